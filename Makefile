@@ -1,0 +1,86 @@
+# ldm - build, test and install.  See README.md.
+#
+#   make                 build/ldmpack, build/ldmgen (and the CUDA backend when nvcc exists)
+#   make test            build and run every test; prints "N passed, N failed"
+#   make asan            the same tests under AddressSanitizer + UBSan (build-asan/)
+#   make install PREFIX=/usr/local DESTDIR=
+#   make CUDA=0          force a CPU-only build
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+CC      ?= cc
+NVCC    ?= nvcc
+PKGS    := libarchive zlib sqlite3 libpng jansson libutf8proc openblas
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ifeq ($(PKG_LIBS),)
+$(error pkg-config could not find: $(PKGS). Run scripts/install-deps.sh)
+endif
+
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Isrc $(PKG_CFLAGS) $(SANITIZE)
+LDFLAGS += -fopenmp $(SANITIZE)
+LDLIBS  += $(PKG_LIBS) -lm -lpthread
+
+# CUDA: on when nvcc is found, unless CUDA=0.
+ifeq ($(origin CUDA), undefined)
+CUDA := $(if $(shell command -v $(NVCC) 2>/dev/null),1,0)
+endif
+CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC) 2>/dev/null)))
+ifeq ($(CUDA),1)
+CFLAGS     += -DLDM_CUDA
+CUDA_SRC   := $(wildcard cuda/*.cu)
+CUDA_OBJ   := $(CUDA_SRC:cuda/%.cu=$(BUILD)/cuda/%.o)
+NVCCFLAGS  ?= -O2 -std=c++17 -Isrc -Xcompiler -Wall,-Wextra
+CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
+LDLIBS     += $(CUDA_LIBS)
+endif
+
+MAINS   := src/ldmpack_main.c src/ldmgen_main.c
+LIB_SRC := $(filter-out $(MAINS), $(wildcard src/*.c))
+LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(CUDA_OBJ)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+PROGS   := $(BUILD)/ldmpack $(BUILD)/ldmgen
+
+.PHONY: all test asan install clean deps
+all: $(PROGS)
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c $< -o $@
+$(BUILD)/cuda/%.o: cuda/%.cu $(wildcard src/*.h cuda/*.h) | $(BUILD)/cuda
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+$(BUILD)/libldm.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+$(BUILD)/ldmpack: $(BUILD)/obj/ldmpack_main.o $(BUILD)/libldm.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/ldmgen: $(BUILD)/obj/ldmgen_main.o $(BUILD)/libldm.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/obj/%_main.o: src/%_main.c $(wildcard src/*.h) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c $< -o $@
+$(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libldm.a | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libldm.a $(LDFLAGS) $(LDLIBS) -o $@
+$(BUILD)/obj $(BUILD)/cuda $(BUILD)/tests:
+	mkdir -p $@
+
+test: $(PROGS) $(TEST_BIN)
+	tests/run.sh $(BUILD)
+
+asan:
+	$(MAKE) BUILD=build-asan OPT=-O1 CUDA=0 SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
+
+install: $(PROGS)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/ldm
+	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 man/*.5 $(DESTDIR)$(PREFIX)/share/man/man5/
+	install -m 644 schema/*.sql $(DESTDIR)$(PREFIX)/share/ldm/
+
+deps:
+	scripts/install-deps.sh
+
+clean:
+	rm -rf build build-asan
