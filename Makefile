@@ -41,7 +41,7 @@ endif
 
 MAINS   := src/ldmpack_main.c src/ldmgen_main.c
 LIB_SRC := $(filter-out $(MAINS), $(wildcard src/*.c))
-LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(CUDA_OBJ)
+LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/schema_sql.o $(CUDA_OBJ)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 PROGS   := $(BUILD)/ldmpack $(BUILD)/ldmgen
@@ -50,6 +50,11 @@ PROGS   := $(BUILD)/ldmpack $(BUILD)/ldmgen
 all: $(PROGS)
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c $< -o $@
+# The SQL migrations in schema/ are compiled into the library.
+$(BUILD)/obj/schema_sql.c: $(sort $(wildcard schema/*.sql)) scripts/embed-sql.sh | $(BUILD)/obj
+	scripts/embed-sql.sh $(sort $(wildcard schema/*.sql)) > $@
+$(BUILD)/obj/schema_sql.o: $(BUILD)/obj/schema_sql.c
 	$(CC) $(CFLAGS) -c $< -o $@
 $(BUILD)/cuda/%.o: cuda/%.cu $(wildcard src/*.h cuda/*.h) | $(BUILD)/cuda
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
