@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <string.h>
 
 #include "common.h"
@@ -232,4 +233,24 @@ int cfg_str_list(const json_t *j, const char *member, const char *field, const c
     }
     *n = (int)json_array_size(v);
     return 0;
+}
+
+ldm_tensor *ldm_load_weight(ldm_loader *L, int ndim, int64_t d0, int64_t d1, int64_t d2,
+                            int64_t d3, const char *fmt, ...) {
+    if (L->failed) return NULL;
+    char name[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const int64_t shape[4] = {d0, d1, d2, d3};
+    ldm_tensor *t = ldm_bundle_need(L->b, name, ndim, shape);
+    if (!t) { L->failed = 1; return NULL; }
+    if (L->be->prepare_weight && L->be->prepare_weight(t)) {
+        ldm_error_prefix("%s: preparing %s for the %s backend", ldm_bundle_path(L->b), name,
+                         L->be->name);
+        L->failed = 1;
+        return NULL;
+    }
+    return t;
 }

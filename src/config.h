@@ -1,4 +1,5 @@
-/* config.h - typed reads of fields from a diffusers/transformers config.json (jansson).
+/* config.h - helpers for model loaders: typed reads of fields from a diffusers/transformers
+ * config.json (jansson), and checked weight lookup with a sticky error (ldm_loader).
  *
  * Model loaders use these so that every error names the member and the field, e.g.
  *   "unet/config.json: field "layers_per_block": expected an integer, found a string".
@@ -19,6 +20,8 @@
 #include <jansson.h>
 
 #include "bundle.h"
+#include "common.h"
+#include "ops.h"
 
 /* Parse `text` as a JSON object.  NULL with an error naming `member` on failure.
  * The caller json_decref()s the result. */
@@ -54,5 +57,27 @@ int cfg_bool_or_list_or(const json_t *j, const char *member, const char *field, 
 /* A list of strings: out[0..*n-1] (pointers into j), at most `max` entries. */
 int cfg_str_list(const json_t *j, const char *member, const char *field, const char **out,
                  int max, int *n);
+
+/* ---- Weights: look up, check the shape, prepare for the backend ----
+ * The first failure is kept (its message names the tensor) and every later call returns
+ * NULL at once, so a loader can fetch all its weights and test L.failed once at the end:
+ *
+ *   ldm_loader L = {b, be, 0};
+ *   w = ldm_load_weight(&L, LDM_CONV(cout, cin, 3), "vae.decoder.up_blocks.%d.resnets.%d.conv1.weight", i, j);
+ *   if (L.failed) goto fail;
+ */
+typedef struct ldm_loader {
+    const ldm_bundle *b;
+    const ldm_backend *be;
+    int failed;
+} ldm_loader;
+
+#define LDM_VEC(n) 1, (int64_t)(n), 0, 0, 0
+#define LDM_MAT(n, k) 2, (int64_t)(n), (int64_t)(k), 0, 0
+#define LDM_CONV(cout, cin, k) 4, (int64_t)(cout), (int64_t)(cin), (int64_t)(k), (int64_t)(k)
+
+/* ldm_bundle_need(name formatted from fmt, shape) then be->prepare_weight. */
+ldm_tensor *ldm_load_weight(ldm_loader *L, int ndim, int64_t d0, int64_t d1, int64_t d2,
+                            int64_t d3, const char *fmt, ...) LDM_PRINTF(7, 8);
 
 #endif
