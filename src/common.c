@@ -27,7 +27,13 @@ int ldm_error_prefix(const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err_buf, sizeof old);
-    snprintf(err_buf, sizeof err_buf, "%s: %s", prefix, old);
+    size_t np = strlen(prefix), no = strlen(old);
+    if (np > sizeof err_buf / 2) np = sizeof err_buf / 2;
+    if (np + 2 + no >= sizeof err_buf) no = sizeof err_buf - np - 3;
+    memcpy(err_buf, prefix, np);
+    memcpy(err_buf + np, ": ", 2);
+    memcpy(err_buf + np + 2, old, no);
+    err_buf[np + 2 + no] = '\0';
     return -1;
 }
 
