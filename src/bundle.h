@@ -30,6 +30,7 @@ typedef struct ldm_tensor {
     uint64_t offset;         /* byte offset of the data within weights.bin */
     uint32_t crc32;          /* zlib crc32 of the fp16 bytes */
     void *dev;               /* backend-owned copy (e.g. on the GPU), NULL on the CPU */
+    int used;                /* set by ldm_bundle_need: some loader asked for it */
 } ldm_tensor;
 
 typedef struct ldm_bundle ldm_bundle;
@@ -58,5 +59,19 @@ int ldm_bundle_verify(const ldm_bundle *b);
 /* Convenience for model loaders: look up "prefix" + "name" and check its shape
  * (ndim dims given in shape[]); error names the tensor, expected and found shapes. */
 ldm_tensor *ldm_bundle_need(const ldm_bundle *b, const char *name, int ndim, const int64_t *shape);
+
+/* ---- Introspection (ldmpack --info, tests) ---- */
+/* Members in archive order: name and size in bytes (weights.bin included). */
+size_t ldm_bundle_member_count(const ldm_bundle *b);
+const char *ldm_bundle_member_name(const ldm_bundle *b, size_t i);
+uint64_t ldm_bundle_member_size(const ldm_bundle *b, size_t i);
+/* Byte offset of a member's data within the file. */
+uint64_t ldm_bundle_member_offset(const ldm_bundle *b, size_t i);
+uint64_t ldm_bundle_file_size(const ldm_bundle *b);
+/* 1 if the manifest lists the component ("unet", "vae", "text_encoder", "tokenizer",
+ * "scheduler"), else 0. */
+int ldm_bundle_has_component(const ldm_bundle *b, const char *component);
+/* Clear every tensor's used flag. */
+void ldm_bundle_clear_used(ldm_bundle *b);
 
 #endif
