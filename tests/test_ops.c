@@ -1,0 +1,493 @@
+/* test_ops.c - every CPU op against a naive double-precision loop on random inputs,
+ * plus the dry backend and the activation arena.
+ *
+ * Bounds: the CPU ops compute in float32 (sgemm blocks, online softmax), so they
+ * differ from an exact double result by accumulated rounding, about sqrt(K)*2^-24
+ * relative for a K-term dot product: well under 1e-6 for the sizes here.  We require
+ * relative L2 <= 1e-5 for the reductions (linear, conv, attention, norms), 1e-6 for
+ * pointwise maths (expf/erff are accurate to a few ulp) and exact equality for pure
+ * data movement.  Weights are fp16; the reference uses the same widened values.
+ *
+ * Sizes are odd on purpose: K not a multiple of 8, Tq/Tk not multiples of the
+ * attention blocks, C with few channels per group, stride 2 with padding, and chunk
+ * limits shrunk so the chunked conv/linear paths run too.
+ */
+#include "common.h"
+#include "ops.h"
+#include "test.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Test hook in ops_cpu.c: shrink the weight / im2col chunk sizes (0 keeps one). */
+void ldm_cpu_set_chunk_limits(size_t weight_floats, size_t col_floats);
+
+static const ldm_backend *be = &ldm_backend_cpu;
+
+/* ---- random data ---- */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng_state >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+static float *rand_vec(size_t n, float amp) {
+    float *v = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) v[i] = amp * frand();
+    return v;
+}
+
+/* An fp16 tensor of random values; *wide gets the exact float values it holds. */
+typedef struct { ldm_tensor t; uint16_t *h; float *f; } wtensor;
+static wtensor rand_weight(int64_t n0, int64_t n1, int64_t n2, int64_t n3, float amp) {
+    wtensor w;
+    memset(&w, 0, sizeof w);
+    int64_t shape[4] = {n0, n1, n2, n3};
+    w.t.name = "test.weight";
+    w.t.numel = 1;
+    for (int i = 0; i < 4 && shape[i] > 0; i++) {
+        w.t.shape[i] = shape[i];
+        w.t.ndim = i + 1;
+        w.t.numel *= shape[i];
+    }
+    w.h = malloc((size_t)w.t.numel * sizeof(uint16_t));
+    w.f = malloc((size_t)w.t.numel * sizeof(float));
+    for (int64_t i = 0; i < w.t.numel; i++) {
+        w.h[i] = ldm_f32_to_f16(amp * frand());
+        w.f[i] = ldm_f16_to_f32(w.h[i]);
+    }
+    w.t.f16 = w.h;
+    return w;
+}
+static void free_weight(wtensor *w) { free(w->h); free(w->f); }
+
+static float *to_float(const double *d, size_t n) {
+    float *f = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) f[i] = (float)d[i];
+    return f;
+}
+
+/* ---- linear ---- */
+static void test_linear(int M, int K, int N, int with_bias) {
+    float *x = rand_vec((size_t)M * K, 1.0f);
+    wtensor w = rand_weight(N, K, 0, 0, 0.5f), b = rand_weight(N, 0, 0, 0, 0.5f);
+    float *out = rand_vec((size_t)M * N, 1.0f); /* garbage: must be overwritten */
+    double *ref = calloc((size_t)M * N, sizeof(double));
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = with_bias ? b.f[n] : 0.0;
+            for (int k = 0; k < K; k++) s += (double)x[(size_t)m * K + k] * w.f[(size_t)n * K + k];
+            ref[(size_t)m * N + n] = s;
+        }
+    be->linear(out, x, &w.t, with_bias ? &b.t : NULL, M, K, N);
+    float *rf = to_float(ref, (size_t)M * N);
+    double e = rel_l2(out, rf, (size_t)M * N);
+    CHECK(e <= 1e-5, "linear M=%d K=%d N=%d bias=%d: rel_l2 %.3g", M, K, N, with_bias, e);
+    free(x); free(out); free(ref); free(rf); free_weight(&w); free_weight(&b);
+}
+
+/* ---- conv2d ---- */
+static void test_conv2d(int N, int Cin, int H, int W, int Cout, int k, int stride, int pad,
+                        int with_bias) {
+    int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    size_t on = (size_t)N * Cout * Ho * Wo;
+    float *x = rand_vec((size_t)N * Cin * H * W, 1.0f);
+    wtensor w = rand_weight(Cout, Cin, k, k, 0.3f), b = rand_weight(Cout, 0, 0, 0, 0.5f);
+    float *out = rand_vec(on, 1.0f);
+    double *ref = calloc(on, sizeof(double));
+    for (int n = 0; n < N; n++)
+        for (int co = 0; co < Cout; co++)
+            for (int oy = 0; oy < Ho; oy++)
+                for (int ox = 0; ox < Wo; ox++) {
+                    double s = with_bias ? b.f[co] : 0.0;
+                    for (int ci = 0; ci < Cin; ci++)
+                        for (int ky = 0; ky < k; ky++)
+                            for (int kx = 0; kx < k; kx++) {
+                                int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                                s += (double)x[(((size_t)n * Cin + ci) * H + iy) * W + ix] *
+                                     w.f[(((size_t)co * Cin + ci) * k + ky) * k + kx];
+                            }
+                    ref[(((size_t)n * Cout + co) * Ho + oy) * Wo + ox] = s;
+                }
+    be->conv2d(out, x, &w.t, with_bias ? &b.t : NULL, N, Cin, H, W, Cout, k, stride, pad);
+    float *rf = to_float(ref, on);
+    double e = rel_l2(out, rf, on);
+    CHECK(e <= 1e-5, "conv2d N=%d Cin=%d %dx%d Cout=%d k=%d s=%d p=%d: rel_l2 %.3g", N, Cin, H,
+          W, Cout, k, stride, pad, e);
+    free(x); free(out); free(ref); free(rf); free_weight(&w); free_weight(&b);
+}
+
+/* ---- normalisation ---- */
+static void test_group_norm(int N, int C, int HW, int G, int silu) {
+    size_t n = (size_t)N * C * HW;
+    float *x = rand_vec(n, 2.0f);
+    for (size_t i = 0; i < n; i++) x[i] += 3.0f; /* a mean far from 0 tests the variance */
+    wtensor g = rand_weight(C, 0, 0, 0, 1.0f), b = rand_weight(C, 0, 0, 0, 1.0f);
+    float *out = malloc(n * sizeof(float));
+    double *ref = malloc(n * sizeof(double));
+    int cpg = C / G;
+    for (int i = 0; i < N; i++)
+        for (int gr = 0; gr < G; gr++) {
+            const float *xs = x + ((size_t)i * C + (size_t)gr * cpg) * HW;
+            size_t cnt = (size_t)cpg * HW;
+            double mean = 0, var = 0;
+            for (size_t j = 0; j < cnt; j++) mean += xs[j];
+            mean /= cnt;
+            for (size_t j = 0; j < cnt; j++) var += (xs[j] - mean) * (xs[j] - mean);
+            var /= cnt;
+            for (size_t j = 0; j < cnt; j++) {
+                int c = gr * cpg + (int)(j / HW);
+                double y = (xs[j] - mean) / sqrt(var + 1e-5) * g.f[c] + b.f[c];
+                if (silu) y = y / (1.0 + exp(-y));
+                ref[((size_t)i * C + (size_t)gr * cpg) * HW + j] = y;
+            }
+        }
+    be->group_norm(out, x, &g.t, &b.t, N, C, HW, G, 1e-5f, silu);
+    float *rf = to_float(ref, n);
+    double e = rel_l2(out, rf, n);
+    CHECK(e <= 1e-5, "group_norm N=%d C=%d HW=%d G=%d silu=%d: rel_l2 %.3g", N, C, HW, G, silu,
+          e);
+    free(x); free(out); free(ref); free(rf); free_weight(&g); free_weight(&b);
+}
+
+static void test_layer_norm(int M, int C) {
+    size_t n = (size_t)M * C;
+    float *x = rand_vec(n, 2.0f);
+    for (size_t i = 0; i < n; i++) x[i] -= 1.5f;
+    wtensor g = rand_weight(C, 0, 0, 0, 1.0f), b = rand_weight(C, 0, 0, 0, 1.0f);
+    float *out = malloc(n * sizeof(float));
+    double *ref = malloc(n * sizeof(double));
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * C;
+        double mean = 0, var = 0;
+        for (int i = 0; i < C; i++) mean += xr[i];
+        mean /= C;
+        for (int i = 0; i < C; i++) var += (xr[i] - mean) * (xr[i] - mean);
+        var /= C;
+        for (int i = 0; i < C; i++)
+            ref[(size_t)m * C + i] = (xr[i] - mean) / sqrt(var + 1e-5) * g.f[i] + b.f[i];
+    }
+    be->layer_norm(out, x, &g.t, &b.t, M, C, 1e-5f);
+    float *rf = to_float(ref, n);
+    double e = rel_l2(out, rf, n);
+    CHECK(e <= 1e-5, "layer_norm M=%d C=%d: rel_l2 %.3g", M, C, e);
+    free(x); free(out); free(ref); free(rf); free_weight(&g); free_weight(&b);
+}
+
+/* ---- attention ---- */
+static void test_attention(int B, int heads, int Tq, int Tk, int D, int q_extra, int kv_extra,
+                           int causal, float amp) {
+    int qs = heads * D + q_extra, ks = heads * D + kv_extra, os = heads * D;
+    float *q = rand_vec((size_t)B * Tq * qs, amp), *k = rand_vec((size_t)B * Tk * ks, amp);
+    float *v = rand_vec((size_t)B * Tk * ks, 1.0f);
+    size_t on = (size_t)B * Tq * os;
+    float *out = rand_vec(on, 1.0f);
+    double *ref = calloc(on, sizeof(double)), *p = malloc((size_t)Tk * sizeof(double));
+    float scale = 1.0f / sqrtf((float)D);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++)
+            for (int i = 0; i < Tq; i++) {
+                const float *qi = q + ((size_t)b * Tq + i) * qs + (size_t)h * D;
+                double mx = -INFINITY, sum = 0;
+                int nk = causal ? (i + 1 < Tk ? i + 1 : Tk) : Tk;
+                for (int j = 0; j < nk; j++) {
+                    const float *kj = k + ((size_t)b * Tk + j) * ks + (size_t)h * D;
+                    double s = 0;
+                    for (int d = 0; d < D; d++) s += (double)qi[d] * kj[d];
+                    p[j] = s * scale;
+                    if (p[j] > mx) mx = p[j];
+                }
+                for (int j = 0; j < nk; j++) sum += (p[j] = exp(p[j] - mx));
+                double *o = ref + ((size_t)b * Tq + i) * os + (size_t)h * D;
+                for (int j = 0; j < nk; j++) {
+                    const float *vj = v + ((size_t)b * Tk + j) * ks + (size_t)h * D;
+                    for (int d = 0; d < D; d++) o[d] += p[j] / sum * vj[d];
+                }
+            }
+    be->attention(out, q, k, v, B, heads, Tq, Tk, D, qs, ks, scale, causal);
+    float *rf = to_float(ref, on);
+    double e = rel_l2(out, rf, on);
+    CHECK(e <= 1e-5, "attention B=%d h=%d Tq=%d Tk=%d D=%d qs=%d ks=%d causal=%d: rel_l2 %.3g",
+          B, heads, Tq, Tk, D, qs, ks, causal, e);
+    free(q); free(k); free(v); free(out); free(ref); free(p); free(rf);
+}
+
+/* ---- elementwise ---- */
+static double silu_d(double x) { return x / (1 + exp(-x)); }
+static double gelu_d(double x) { return 0.5 * x * (1 + erf(x / sqrt(2.0))); }
+static double qgelu_d(double x) { return x / (1 + exp(-1.702 * x)); }
+
+static void test_unary(const char *name, void (*op)(float *, const float *, size_t),
+                       double (*f)(double), size_t n) {
+    float *x = rand_vec(n, 6.0f), *out = malloc(n * sizeof(float));
+    double *ref = malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) ref[i] = f(x[i]);
+    op(out, x, n);
+    float *rf = to_float(ref, n);
+    double e = rel_l2(out, rf, n);
+    CHECK(e <= 1e-6, "%s n=%zu: rel_l2 %.3g", name, n, e);
+    op(x, x, n); /* in place must give the same */
+    CHECK(memcmp(x, out, n * sizeof(float)) == 0, "%s n=%zu in place differs", name, n);
+    free(x); free(out); free(ref); free(rf);
+}
+
+static void test_elementwise(size_t n) {
+    float *a = rand_vec(n, 3.0f), *b = rand_vec(n, 3.0f), *out = malloc(n * sizeof(float));
+    int ok = 1;
+    be->add(out, a, b, n);
+    for (size_t i = 0; i < n; i++) ok &= out[i] == a[i] + b[i];
+    CHECK(ok, "add n=%zu", n);
+    be->scale(out, a, -0.37f, n);
+    ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= out[i] == a[i] * -0.37f;
+    CHECK(ok, "scale n=%zu", n);
+    be->fill(out, 2.5f, n);
+    ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= out[i] == 2.5f;
+    CHECK(ok, "fill n=%zu", n);
+    be->copy(out, a, n);
+    CHECK(memcmp(out, a, n * sizeof(float)) == 0, "copy n=%zu", n);
+    be->upload(out, b, n);
+    CHECK(memcmp(out, b, n * sizeof(float)) == 0, "upload n=%zu", n);
+    be->download(out, a, n);
+    CHECK(memcmp(out, a, n * sizeof(float)) == 0, "download n=%zu", n);
+    test_unary("silu", be->silu, silu_d, n);
+    test_unary("gelu", be->gelu, gelu_d, n);
+    test_unary("quick_gelu", be->quick_gelu, qgelu_d, n);
+    free(a); free(b); free(out);
+}
+
+static void test_geglu(int M, int N) {
+    float *x = rand_vec((size_t)M * 2 * N, 4.0f), *out = malloc((size_t)M * N * sizeof(float));
+    double *ref = malloc((size_t)M * N * sizeof(double));
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < N; j++)
+            ref[(size_t)m * N + j] =
+                x[(size_t)m * 2 * N + j] * gelu_d(x[(size_t)m * 2 * N + N + j]);
+    be->geglu(out, x, M, N);
+    float *rf = to_float(ref, (size_t)M * N);
+    double e = rel_l2(out, rf, (size_t)M * N);
+    CHECK(e <= 1e-6, "geglu M=%d N=%d: rel_l2 %.3g", M, N, e);
+    free(x); free(out); free(ref); free(rf);
+}
+
+static void test_layout(int N, int C, int H, int W) {
+    int HW = H * W;
+    size_t n = (size_t)N * C * HW;
+    float *x = rand_vec(n, 1.0f), *v = rand_vec((size_t)N * C, 1.0f);
+    float *y = malloc(n * sizeof(float)), *z = malloc(n * sizeof(float));
+    int ok = 1;
+
+    memcpy(y, x, n * sizeof(float));
+    be->add_channel_bias(y, v, N, C, HW);
+    for (size_t i = 0; i < n; i++) ok &= y[i] == x[i] + v[i / HW];
+    CHECK(ok, "add_channel_bias N=%d C=%d HW=%d", N, C, HW);
+
+    be->nchw_to_nhwc(y, x, N, C, HW);
+    ok = 1;
+    for (int b = 0; b < N; b++)
+        for (int c = 0; c < C; c++)
+            for (int p = 0; p < HW; p++)
+                ok &= y[((size_t)b * HW + p) * C + c] == x[((size_t)b * C + c) * HW + p];
+    CHECK(ok, "nchw_to_nhwc N=%d C=%d HW=%d", N, C, HW);
+    be->nhwc_to_nchw(z, y, N, C, HW);
+    CHECK(memcmp(z, x, n * sizeof(float)) == 0, "nhwc_to_nchw round trip N=%d C=%d HW=%d", N,
+          C, HW);
+
+    float *up = malloc(4 * n * sizeof(float));
+    be->upsample_nearest2x(up, x, N, C, H, W);
+    ok = 1;
+    for (size_t nc = 0; nc < (size_t)N * C; nc++)
+        for (int yy = 0; yy < 2 * H; yy++)
+            for (int xx = 0; xx < 2 * W; xx++)
+                ok &= up[(nc * 2 * H + yy) * 2 * W + xx] == x[(nc * H + yy / 2) * W + xx / 2];
+    CHECK(ok, "upsample_nearest2x N=%d C=%d %dx%d", N, C, H, W);
+    free(up);
+
+    int Cb = C + 3;
+    float *b2 = rand_vec((size_t)N * Cb * HW, 1.0f);
+    float *cat = malloc((size_t)N * (C + Cb) * HW * sizeof(float));
+    be->concat_channels(cat, x, C, b2, Cb, N, HW);
+    ok = 1;
+    for (int b = 0; b < N; b++)
+        for (int c = 0; c < C + Cb; c++)
+            for (int p = 0; p < HW; p++) {
+                float want = c < C ? x[((size_t)b * C + c) * HW + p]
+                                   : b2[((size_t)b * Cb + c - C) * HW + p];
+                ok &= cat[((size_t)b * (C + Cb) + c) * HW + p] == want;
+            }
+    CHECK(ok, "concat_channels N=%d Ca=%d Cb=%d HW=%d", N, C, Cb, HW);
+    free(b2); free(cat); free(x); free(v); free(y); free(z);
+}
+
+static void test_embedding(void) {
+    int V = 50, C = 19, T = 7, B = 2;
+    wtensor tab = rand_weight(V, C, 0, 0, 1.0f), pos = rand_weight(T, C, 0, 0, 1.0f);
+    int32_t ids[14];
+    for (int i = 0; i < B * T; i++) ids[i] = (i * 17 + 3) % V;
+    ids[0] = 0;
+    ids[1] = V - 1;
+    float *out = malloc((size_t)B * T * C * sizeof(float));
+    be->embedding(out, &tab.t, ids, B * T, C);
+    int ok = 1;
+    for (int i = 0; i < B * T; i++)
+        for (int c = 0; c < C; c++) ok &= out[(size_t)i * C + c] == tab.f[(size_t)ids[i] * C + c];
+    CHECK(ok, "embedding V=%d C=%d n=%d", V, C, B * T);
+    be->add_positional(out, &pos.t, B, T, C);
+    ok = 1;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int c = 0; c < C; c++) {
+                size_t i = ((size_t)b * T + t) * C + c;
+                ok &= out[i] == tab.f[(size_t)ids[b * T + t] * C + c] + pos.f[(size_t)t * C + c];
+            }
+    CHECK(ok, "add_positional B=%d T=%d C=%d", B, T, C);
+    free(out); free_weight(&tab); free_weight(&pos);
+}
+
+/* ---- dry backend and arena ---- */
+static void test_dry(void) {
+    const ldm_backend *d = &ldm_backend_dry;
+    CHECK(strcmp(d->name, "dry") == 0, "dry name %s", d->name);
+    float *p = d->alloc(1 << 20);
+    CHECK(p != NULL, "dry alloc returned NULL");
+    wtensor w = rand_weight(4, 4, 0, 0, 1.0f);
+    int32_t ids[1] = {0};
+    /* Every op must do nothing with (fake) pointers it is given. */
+    float *fake = (float *)(uintptr_t)0x100040;
+    d->upload(fake, fake, 10);
+    d->download(fake, fake, 10);
+    d->copy(fake, fake, 10);
+    d->fill(fake, 1.0f, 10);
+    d->synchronize();
+    CHECK(d->prepare_weight(&w.t) == 0, "dry prepare_weight");
+    d->linear(fake, fake, &w.t, &w.t, 4, 4, 4);
+    d->conv2d(fake, fake, &w.t, NULL, 1, 4, 8, 8, 4, 3, 1, 1);
+    d->group_norm(fake, fake, &w.t, &w.t, 1, 4, 64, 2, 1e-5f, 1);
+    d->layer_norm(fake, fake, &w.t, &w.t, 4, 4, 1e-5f);
+    d->attention(fake, fake, fake, fake, 1, 2, 9, 9, 4, 8, 8, 0.5f, 1);
+    d->add(fake, fake, fake, 10);
+    d->scale(fake, fake, 2.0f, 10);
+    d->silu(fake, fake, 10);
+    d->gelu(fake, fake, 10);
+    d->quick_gelu(fake, fake, 10);
+    d->geglu(fake, fake, 2, 5);
+    d->add_channel_bias(fake, fake, 1, 4, 9);
+    d->upsample_nearest2x(fake, fake, 1, 4, 3, 3);
+    d->concat_channels(fake, fake, 2, fake, 2, 1, 9);
+    d->nchw_to_nhwc(fake, fake, 1, 4, 9);
+    d->nhwc_to_nchw(fake, fake, 1, 4, 9);
+    d->embedding(fake, &w.t, ids, 1, 4);
+    d->add_positional(fake, &w.t, 1, 4, 4);
+    d->free(p);
+    free_weight(&w);
+    CHECK(1, "dry ops returned");
+}
+
+/* The same allocation pattern, run on a measuring arena and then on a real one. */
+static void arena_pattern(ldm_arena *a, float **ptrs) {
+    ptrs[0] = ldm_arena_alloc(a, 3);
+    size_t mark = ldm_arena_mark(a);
+    ptrs[1] = ldm_arena_alloc(a, 1000);
+    ptrs[2] = ldm_arena_alloc(a, 17);
+    ldm_arena_reset(a, mark);
+    ptrs[3] = ldm_arena_alloc(a, 5);
+    ptrs[4] = ldm_arena_alloc(a, 0);
+}
+
+static void test_arena(void) {
+    ldm_arena m;
+    ldm_arena_measure(&m);
+    float *mp[5], *rp[5];
+    arena_pattern(&m, mp);
+    int ok = 1;
+    for (int i = 0; i < 5; i++) ok &= mp[i] != NULL && ((uintptr_t)mp[i] & 63) == 0;
+    CHECK(ok, "measuring arena pointers non-NULL and 64-byte aligned");
+    /* 3 floats -> 64 bytes, 1000 -> 4032, 17 -> 128: peak 64+4032+128. */
+    CHECK(m.peak == 64 + 4032 + 128, "measuring peak %zu, expected %d", m.peak, 64 + 4032 + 128);
+    CHECK(mp[3] == mp[1], "reset to a mark reuses the space");
+    CHECK(m.used == 64 + 64 + 0, "used after reset %zu", m.used);
+
+    ldm_arena r;
+    CHECK(ldm_arena_init(&r, &ldm_backend_cpu, m.peak) == 0, "arena init: %s", ldm_last_error());
+    arena_pattern(&r, rp);
+    ok = 1;
+    for (int i = 0; i < 5; i++) {
+        ok &= ((uintptr_t)rp[i] & 63) == 0;
+        ok &= (char *)rp[i] >= r.base && (char *)rp[i] <= r.base + r.cap;
+        ok &= (char *)rp[i] - r.base == (char *)mp[i] - (char *)mp[0];
+    }
+    CHECK(ok, "real arena: aligned, inside the buffer, same offsets as measured");
+    CHECK(r.peak == m.peak, "real peak %zu == measured %zu", r.peak, m.peak);
+    /* The memory is usable. */
+    rp[1] = ldm_arena_alloc(&r, 1000);
+    for (int i = 0; i < 1000; i++) rp[1][i] = (float)i;
+    CHECK(rp[1][999] == 999.0f, "arena memory writable");
+    ldm_arena_free(&r);
+    CHECK(r.base == NULL, "arena freed");
+
+    ldm_arena e;
+    CHECK(ldm_arena_init(&e, &ldm_backend_cpu, 0) == 0, "empty arena init");
+    ldm_arena_free(&e);
+}
+
+int main(void) {
+    /* linear */
+    test_linear(1, 1, 1, 1);
+    test_linear(7, 13, 5, 0);
+    test_linear(33, 67, 129, 1);
+    test_linear(77, 320, 96, 1);
+    test_linear(3, 768, 1, 1);
+    /* conv2d: 1x1, 3x3 pad 1, stride 2 with and without padding, k=4/5 odd shapes */
+    test_conv2d(2, 5, 7, 6, 3, 1, 1, 0, 1);
+    test_conv2d(1, 4, 9, 11, 6, 3, 1, 1, 1);
+    test_conv2d(2, 3, 9, 8, 5, 3, 2, 1, 1);
+    test_conv2d(1, 3, 10, 10, 4, 3, 2, 0, 0);
+    test_conv2d(1, 2, 6, 7, 3, 5, 1, 2, 1);
+    test_conv2d(1, 3, 5, 5, 2, 1, 2, 0, 1);
+    test_conv2d(1, 1, 1, 1, 1, 3, 1, 1, 1);
+    test_conv2d(1, 16, 32, 32, 8, 3, 1, 1, 1);
+    /* chunked paths: weight in several output-channel chunks, im2col in spatial tiles,
+     * linear in several row chunks */
+    ldm_cpu_set_chunk_limits(200, 700);
+    test_conv2d(2, 7, 13, 15, 11, 3, 1, 1, 1);
+    test_conv2d(1, 5, 17, 9, 9, 3, 2, 1, 1);
+    test_conv2d(2, 30, 11, 12, 9, 1, 1, 0, 1);
+    test_linear(9, 37, 23, 1);
+    ldm_cpu_set_chunk_limits((size_t)4 << 20, (size_t)4 << 20);
+    /* normalisation */
+    test_group_norm(1, 6, 17, 3, 0);
+    test_group_norm(2, 6, 17, 3, 1);
+    test_group_norm(1, 64, 100, 32, 1);
+    test_group_norm(2, 5, 9, 1, 0);
+    test_layer_norm(5, 37);
+    test_layer_norm(77, 768);
+    test_layer_norm(1, 1);
+    /* attention: odd block remainders, strided heads, causal, long and short rows */
+    test_attention(1, 1, 1, 1, 8, 0, 0, 0, 1.0f);
+    test_attention(2, 3, 70, 300, 8, 5, 3, 0, 1.0f);
+    test_attention(1, 2, 77, 77, 16, 0, 0, 1, 2.0f);
+    test_attention(1, 2, 130, 300, 12, 7, 0, 1, 2.0f);
+    test_attention(2, 2, 33, 77, 40, 40, 80, 0, 3.0f);
+    test_attention(1, 1, 300, 530, 5, 1, 2, 0, 4.0f);
+    test_attention(1, 8, 64, 256, 40, 0, 0, 1, 1.0f);
+    /* elementwise, in serial and parallel sizes */
+    test_elementwise(1);
+    test_elementwise(1001);
+    test_elementwise(100003);
+    test_geglu(3, 17);
+    test_geglu(64, 640);
+    test_layout(1, 3, 5, 7);
+    test_layout(2, 37, 33, 35);
+    test_embedding();
+    /* dry backend, arena, CUDA fallback */
+    test_dry();
+    test_arena();
+#ifndef LDM_CUDA
+    CHECK(ldm_backend_cuda() == NULL && strstr(ldm_last_error(), "without CUDA"),
+          "ldm_backend_cuda without CUDA: %s", ldm_last_error());
+#endif
+    TEST_END();
+}
