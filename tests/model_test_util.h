@@ -1,0 +1,105 @@
+/* model_test_util.h - helpers shared by the model tests (test_clip.c, test_vae.c):
+ * a scratch directory, packing a fixture folder with $LDM_BUILD/ldmpack, copying a
+ * fixture folder and editing a field of one of its config.json files, and reading
+ * expected tensors from tests/fixtures/expected as float32.
+ * Header-only (static functions); include after test.h.
+ */
+#ifndef LDM_MODEL_TEST_UTIL_H
+#define LDM_MODEL_TEST_UTIL_H
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "common.h"
+#include "safetensors.h"
+
+static char mt_tmp[256];
+
+/* Create the scratch directory (removed by mt_cleanup). */
+static const char *mt_tmpdir(void) {
+    const char *base = getenv("TMPDIR");
+    snprintf(mt_tmp, sizeof mt_tmp, "%s/ldm_model_test.XXXXXX", base ? base : "/tmp");
+    if (!mkdtemp(mt_tmp)) { perror("mkdtemp"); exit(2); }
+    return mt_tmp;
+}
+
+static void mt_cleanup(void) {
+    char cmd[600];
+    if (!mt_tmp[0]) return;
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", mt_tmp);
+    if (system(cmd)) fprintf(stderr, "could not remove %s\n", mt_tmp);
+}
+
+/* Run a shell command, capturing stdout+stderr into out (NUL-terminated, truncated).
+ * Returns the exit status (or -1). */
+static int mt_run(const char *cmd, char *out, size_t cap) {
+    char full[4200];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    if (!p) { snprintf(out, cap, "popen failed"); return -1; }
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Pack a diffusers folder into `bundle` with ldmpack; log gets its output. */
+static int mt_pack(const char *folder, const char *bundle, char *log, size_t cap) {
+    const char *build = getenv("LDM_BUILD");
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s/ldmpack' '%s' -o '%s'", build ? build : "build", folder,
+             bundle);
+    return mt_run(cmd, log, cap);
+}
+
+/* Copy a fixture folder (following the tokenizer symlinks) to dst. */
+static int mt_copy(const char *src, const char *dst) {
+    char cmd[4096], log[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -rL '%s' '%s'", dst, src, dst);
+    int rc = mt_run(cmd, log, sizeof log);
+    if (rc) fprintf(stderr, "%s: %s\n", cmd, log);
+    return rc;
+}
+
+/* Set `field` of the JSON object in `path` to the JSON text `value`, or delete it when
+ * value is NULL. */
+static int mt_edit_json(const char *path, const char *field, const char *value) {
+    json_error_t e;
+    json_t *j = json_load_file(path, 0, &e);
+    if (!j) { fprintf(stderr, "%s: %s\n", path, e.text); return -1; }
+    if (value) {
+        json_t *v = json_loads(value, JSON_DECODE_ANY, &e);
+        if (!v) { fprintf(stderr, "bad value %s: %s\n", value, e.text); json_decref(j); return -1; }
+        json_object_set_new(j, field, v);
+    } else {
+        json_object_del(j, field);
+    }
+    int rc = json_dump_file(j, path, JSON_INDENT(2));
+    json_decref(j);
+    return rc;
+}
+
+/* A float32 copy of tensor `name` of st, which must have n elements (NULL otherwise). */
+static float *mt_f32(const ldm_safetensors *st, const char *name, size_t n) {
+    const ldm_st_tensor *t = ldm_st_find(st, name);
+    if (!t) { printf("expected tensor %s missing\n", name); return NULL; }
+    if ((size_t)t->numel != n) {
+        printf("expected tensor %s has %lld elements, want %zu\n", name, (long long)t->numel, n);
+        return NULL;
+    }
+    return ldm_st_to_f32(t);
+}
+
+static double mt_max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates */
+    }
+    return m;
+}
+
+#endif
