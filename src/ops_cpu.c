@@ -314,6 +314,65 @@ static void cpu_layer_norm(float *out, const float *x, const ldm_tensor *gamma,
 }
 
 /* ------------------------------------------------------------------------------
+ * Vectorisable exp.  expf from libm is a scalar call; the softmax and the activations
+ * spend most of their time in it.  exp_ps is Cephes' expf: x = n·ln2 + r with
+ * |r| <= ln2/2, a degree-6 polynomial for e^r, then 2^n through the exponent bits.
+ * Error <= 2 ulp; below -87.3 it returns 0 (true value < 2^-126), above 88.3 it
+ * saturates at e^88.3 (finite, so x/(1+exp(-x)) stays a clean 0 or x).
+ * Hot loops using it are compiled for AVX-512, AVX2 and the baseline (target_clones),
+ * so one binary runs anywhere and fast where it can; no-trapping-math lets the
+ * compiler turn its clamps into vector selects (we never read the FP flags). */
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define LDM_CLONES                                                                          \
+    __attribute__((target_clones("avx512f", "avx2", "default"), optimize("no-trapping-math")))
+#define LDM_NO_TRAP __attribute__((optimize("no-trapping-math")))
+#else
+#define LDM_CLONES
+#define LDM_NO_TRAP
+#endif
+
+LDM_NO_TRAP static inline float exp_ps(float x) {
+    float xc = x < -87.3f ? -87.3f : x;
+    xc = xc > 88.3f ? 88.3f : xc;
+    float t = xc * 1.44269504088896341f + 12582912.0f; /* 1.5·2^23: rounds n to nearest */
+    float n = t - 12582912.0f;
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t tb, sb;
+    memcpy(&tb, &t, sizeof tb);         /* low bits of t hold n + 0x400000 */
+    sb = (tb - 0x4B400000 + 127) << 23; /* 2^n */
+    float scale;
+    memcpy(&scale, &sb, sizeof scale);
+    return x < -87.3f ? 0.0f : p * scale;
+}
+
+/* max(init, s[0..n-1]) */
+LDM_CLONES static float row_max(const float *s, int n, float init) {
+    float mx = init;
+#pragma omp simd reduction(max : mx)
+    for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    return mx;
+}
+
+/* s[j] = exp(s[j] - mx) for j < n; returns their sum. */
+LDM_CLONES static float exp_shift_sum(float *s, int n, float mx) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) {
+        s[j] = exp_ps(s[j] - mx);
+        sum += s[j];
+    }
+    return sum;
+}
+
+/* ------------------------------------------------------------------------------
  * Attention, flash style.  For each (batch, head, block of BQ queries) one thread
  * walks the keys BK at a time:
  *   S = Q Kᵀ·scale            [bq, bk]   (sgemm)
@@ -341,18 +400,13 @@ static void attention_block(float *out, const float *q, const float *k, const fl
                 int lim = q0 + i + 1 - k0;
                 valid = lim < 0 ? 0 : (lim < bk ? lim : bk);
             }
-            float mx = m[i];
-            for (int j = 0; j < valid; j++) mx = s[j] > mx ? s[j] : mx;
+            float mx = row_max(s, valid, m[i]);
             float *o = O + (size_t)i * D;
             if (mx == -INFINITY) { /* nothing visible yet: P row is zero */
                 memset(s, 0, (size_t)bk * sizeof(float));
                 continue;
             }
-            float corr = expf(m[i] - mx), sum = 0.0f;
-            for (int j = 0; j < valid; j++) {
-                s[j] = expf(s[j] - mx);
-                sum += s[j];
-            }
+            float corr = expf(m[i] - mx), sum = exp_shift_sum(s, valid, mx);
             for (int j = valid; j < bk; j++) s[j] = 0.0f;
             l[i] = l[i] * corr + sum;
             m[i] = mx;
