@@ -45,6 +45,7 @@ struct ldm_bundle {
     char **components;
     size_t ncomp;
     char **hash_members;      /* manifest "members" order (for the content hash) */
+    int64_t *member_crc;      /* their crc32 from the manifest, -1 if none */
     size_t nhash_members;
 };
 
@@ -367,13 +368,18 @@ static int parse_manifest(ldm_bundle *b, const member *mm) {
     json_t *jm = json_object_get(root, "members");
     if (!rc && json_is_array(jm)) {
         b->hash_members = ldm_xcalloc(json_array_size(jm) + 1, sizeof *b->hash_members);
+        b->member_crc = ldm_xcalloc(json_array_size(jm) + 1, sizeof *b->member_crc);
         for (size_t i = 0; i < json_array_size(jm) && !rc; i++) {
-            const char *n = json_string_value(json_object_get(json_array_get(jm, i), "name"));
-            if (!n || !find_member(b, n))
-                rc = ldm_error("%s: manifest.json: members[%zu] ('%s') is not in the archive", P, i,
-                               n ? n : "?");
-            else
+            json_t *e = json_array_get(jm, i);
+            const char *n = json_string_value(json_object_get(e, "name"));
+            uint64_t crc;
+            if (!n || !find_member(b, n) || !find_member(b, n)->copy) {
+                rc = ldm_error("%s: manifest.json: members[%zu] ('%s') is not a config member in the "
+                               "archive", P, i, n ? n : "?");
+            } else {
+                b->member_crc[b->nhash_members] = get_u64(e, "crc32", &crc) ? -1 : (int64_t)crc;
                 b->hash_members[b->nhash_members++] = ldm_xstrdup(n);
+            }
         }
     }
 
@@ -458,6 +464,7 @@ void ldm_bundle_close(ldm_bundle *b) {
     for (size_t i = 0; i < b->nhash_members; i++) free(b->hash_members[i]);
     free(b->components);
     free(b->hash_members);
+    free(b->member_crc);
     free(b->m);
     free(b->t);
     free(b->by_name);
@@ -543,7 +550,16 @@ int ldm_bundle_verify(const ldm_bundle *b) {
     for (size_t i = 0; i < b->nhash_members; i++) {
         size_t len;
         const char *data = ldm_bundle_member(b, b->hash_members[i], &len);
-        if (data) ldmb_hash_member(&s, b->hash_members[i], data, len);
+        if (!data) continue;
+        ldmb_hash_member(&s, b->hash_members[i], data, len);
+        uint32_t crc = (uint32_t)crc32(crc32(0L, Z_NULL, 0), (const Bytef *)data, (uInt)len);
+        if (b->member_crc[i] >= 0 && crc != (uint32_t)b->member_crc[i]) {
+            if (bad < 8 && k < sizeof msg)
+                k += (size_t)snprintf(msg + k, sizeof msg - k, "%smember %s (crc32 %08x, manifest says "
+                                      "%08x)", bad ? "; " : "", b->hash_members[i], (unsigned)crc,
+                                      (unsigned)b->member_crc[i]);
+            bad++;
+        }
     }
     for (size_t i = 0; i < b->nt; i++) {
         const ldm_tensor *t = &b->t[i];
@@ -558,7 +574,7 @@ int ldm_bundle_verify(const ldm_bundle *b) {
         ldm_sha256_update(&s, p, (size_t)nbytes);
         if ((uint32_t)crc != t->crc32) {
             if (bad < 8 && k < sizeof msg)
-                k += (size_t)snprintf(msg + k, sizeof msg - k, "%s%s (crc32 %08x, manifest says %08x)",
+                k += (size_t)snprintf(msg + k, sizeof msg - k, "%stensor %s (crc32 %08x, manifest says %08x)",
                                       bad ? "; " : "", t->name, (unsigned)crc, (unsigned)t->crc32);
             bad++;
         }
@@ -568,8 +584,7 @@ int ldm_bundle_verify(const ldm_bundle *b) {
     ldm_sha256_final(&s, d);
     ldm_sha256_hex(d, hex);
     if (bad)
-        return ldm_error("%s: %zu damaged tensor%s: %s%s", b->path, bad, bad > 1 ? "s" : "", msg,
-                         bad > 8 ? "; ..." : "");
+        return ldm_error("%s: %zu damaged: %s%s", b->path, bad, msg, bad > 8 ? "; ..." : "");
     if (strcmp(hex, b->hash) != 0)
         return ldm_error("%s: content hash mismatch: computed %s, manifest says %s (a config member "
                          "or the manifest was changed)", b->path, hex, b->hash);

@@ -720,7 +720,7 @@ int ldm_pack_info(const char *path, int as_json, FILE *out) {
     json_object_set_new(info, "members", mem);
 
     if (as_json) {
-        char *s = json_dumps(info, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        char *s = json_dumps(info, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
         fprintf(out, "%s\n", s);
         free(s);
     } else {
@@ -738,32 +738,35 @@ int ldm_pack_info(const char *path, int as_json, FILE *out) {
         json_t *ci;
         json_object_foreach(comps, key, ci) {
             fprintf(out, "  %-13s", key);
+            int counted = 0;
             if (json_object_get(ci, "parameters")) {
                 human_size(sz, sizeof sz, (uint64_t)json_integer_value(json_object_get(ci, "bytes")));
                 fprintf(out, "%lld parameters in %lld tensors, %s",
                         (long long)json_integer_value(json_object_get(ci, "parameters")),
                         (long long)json_integer_value(json_object_get(ci, "tensors")), sz);
+                counted = 1;
             }
-            if (json_object_get(ci, "vocab_size"))
+            if (json_object_get(ci, "vocab_size")) {
                 fprintf(out, "%lld tokens, %lld merges", (long long)json_integer_value(json_object_get(ci, "vocab_size")),
                         (long long)json_integer_value(json_object_get(ci, "merges")));
-            fprintf(out, "\n");
+                counted = 1;
+            }
             json_t *cfg = json_object_get(ci, "config");
             if (cfg && json_object_size(cfg)) {
-                fprintf(out, "  %-13s", "");
+                if (counted) fprintf(out, "\n  %-13s", "");
                 const char *k2;
                 json_t *x;
                 int col = 15;
                 json_object_foreach(cfg, k2, x) {
-                    char *s = json_dumps(x, JSON_COMPACT | JSON_ENCODE_ANY);
+                    char *s = json_dumps(x, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
                     int w = (int)(strlen(k2) + strlen(s) + 2);
                     if (col + w > 100 && col > 15) { fprintf(out, "\n  %-13s", ""); col = 15; }
-                    fprintf(out, "%s=%s ", k2, s);
+                    fprintf(out, "%s%s=%s", col > 15 ? " " : "", k2, s);
                     col += w;
                     free(s);
                 }
-                fprintf(out, "\n");
             }
+            fprintf(out, "\n");
         }
         fprintf(out, "members\n");
         for (size_t i = 0; i < ldm_bundle_member_count(b); i++)
