@@ -1,0 +1,199 @@
+/* test_unet.c - the UNet against diffusers (tests/fixtures/expected/{sd1,sd2}_unet.safetensors):
+ * x [2,4,8,8], ctx [2,77,C] at t = 981 and t = 1 -> out [2,4,8,8]; batch independence; the
+ * arena sizing; refused configs (at pack time by ldm_pack, and by the loader directly)
+ * naming the field; a weight of the wrong shape naming the tensor; and the arena an
+ * SD-1.5-sized UNet needs at 64x64 latents (a weightless model from its config).
+ */
+#include <string.h>
+
+#include "test.h"
+#include "model_test_util.h"
+
+#include "bundle.h"
+#include "model.h"
+#include "ops.h"
+#include "pack.h"
+
+#define TOL 1e-4
+
+static ldm_unet *open_unet(const char *bundle_path, ldm_bundle **pb) {
+    *pb = ldm_bundle_open(bundle_path);
+    CHECK(*pb != NULL, "%s", ldm_last_error());
+    if (!*pb) return NULL;
+    ldm_unet *m = ldm_unet_load(*pb, &ldm_backend_cpu);
+    CHECK(m != NULL, "%s: %s", bundle_path, ldm_last_error());
+    return m;
+}
+
+/* One model against its fixture: both timesteps, then batch element 1 alone. */
+static void test_fixture(const char *tag, const char *bundle_path, int ctx_dim) {
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/expected/%s_unet.safetensors", tag);
+    ldm_safetensors *st = ldm_st_open(path);
+    CHECK(st != NULL, "%s", ldm_last_error());
+    ldm_bundle *b = NULL;
+    ldm_unet *m = st ? open_unet(bundle_path, &b) : NULL;
+    if (!m) { ldm_st_close(st); ldm_bundle_close(b); return; }
+
+    const int B = 2, C = 4, H = 8, W = 8, T = 77;
+    CHECK(ldm_unet_in_channels(m) == 4 && ldm_unet_out_channels(m) == 4, "channels %d %d",
+          ldm_unet_in_channels(m), ldm_unet_out_channels(m));
+    CHECK(ldm_unet_sample_size(m) == 8, "sample_size %d", ldm_unet_sample_size(m));
+    CHECK(ldm_unet_context_dim(m) == ctx_dim, "context dim %d", ldm_unet_context_dim(m));
+
+    const size_t n = (size_t)B * C * H * W, nc = (size_t)B * T * ctx_dim;
+    float *x = mt_f32(st, "x", n), *ctx = mt_f32(st, "ctx", nc);
+    float *t1 = mt_f32(st, "t", 1), *t2 = mt_f32(st, "t2", 1);
+    float *want1 = mt_f32(st, "out", n), *want2 = mt_f32(st, "out2", n);
+    float *out = ldm_xmalloc(n * sizeof(float));
+    size_t bytes = ldm_unet_arena_bytes(m, B, H, W, T);
+    CHECK(bytes > 0, "arena bytes: %s", ldm_last_error());
+    printf("%s: arena %zu bytes for B=%d %dx%d T=%d\n", tag, bytes, B, H, W, T);
+    ldm_arena a;
+    CHECK(ldm_arena_init(&a, &ldm_backend_cpu, bytes) == 0, "%s", ldm_last_error());
+    if (x && ctx && t1 && t2 && want1 && want2 && a.base) {
+        CHECK(ldm_unet_forward(m, &a, x, t1[0], ctx, B, H, W, T, out) == 0, "%s",
+              ldm_last_error());
+        CHECK(a.used == 0, "arena not reset: %zu", a.used);
+        CHECK(a.peak == bytes, "real peak %zu != measured %zu", a.peak, bytes);
+        double e1 = rel_l2(out, want1, n);
+        printf("%s: t=%g rel L2 %.3g (max abs %.3g)\n", tag, t1[0], e1,
+               mt_max_abs_diff(out, want1, n));
+        CHECK(e1 <= TOL, "%s: t=%g rel L2 %.3g", tag, t1[0], e1);
+
+        CHECK(ldm_unet_forward(m, &a, x, t2[0], ctx, B, H, W, T, out) == 0, "%s",
+              ldm_last_error());
+        double e2 = rel_l2(out, want2, n);
+        printf("%s: t=%g rel L2 %.3g (max abs %.3g)\n", tag, t2[0], e2,
+               mt_max_abs_diff(out, want2, n));
+        CHECK(e2 <= TOL, "%s: t=%g rel L2 %.3g", tag, t2[0], e2);
+
+        /* batch element 1 alone gives the same result as inside the batch */
+        size_t n1 = n / 2;
+        CHECK(ldm_unet_forward(m, &a, x + n1, t1[0], ctx + nc / 2, 1, H, W, T, out) == 0, "%s",
+              ldm_last_error());
+        double e3 = rel_l2(out, want1 + n1, n1);
+        CHECK(e3 <= TOL, "%s: batch of one rel L2 %.3g", tag, e3);
+
+        /* latent sizes the up path cannot mirror are refused */
+        CHECK(ldm_unet_forward(m, &a, x, t1[0], ctx, B, 7, 8, T, out) != 0, "7x8 accepted");
+        CHECK(strstr(ldm_last_error(), "multiple") != NULL, "message: %s", ldm_last_error());
+    }
+    free(x); free(ctx); free(t1); free(t2); free(want1); free(want2); free(out);
+    ldm_arena_free(&a);
+    ldm_unet_free(m);
+    ldm_bundle_close(b);
+    ldm_st_close(st);
+}
+
+/* Copy sd1, set unet/config.json's `field` to `value`; return the folder (static buffer). */
+static const char *edited_copy(const char *tmp, const char *field, const char *value) {
+    static char dir[512];
+    char cfg[600];
+    snprintf(dir, sizeof dir, "%s/edit", tmp);
+    snprintf(cfg, sizeof cfg, "%s/unet/config.json", dir);
+    if (mt_copy("tests/fixtures/models/sd1", dir) || mt_edit_json(cfg, field, value)) return NULL;
+    return dir;
+}
+
+/* Pack sd1 with unet/config.json's `field` set to `value`: with check != 0 packing itself
+ * must fail (ldm_pack loads the UNet on the dry backend), else the bundle is written
+ * unchecked and ldm_unet_load must fail.  Either message must contain `must`. */
+static void test_refuses(const char *tmp, int check, const char *field, const char *value,
+                         const char *must) {
+    char bundle[600];
+    const char *dir = edited_copy(tmp, field, value);
+    CHECK(dir != NULL, "could not prepare the copy for %s", field);
+    if (!dir) return;
+    snprintf(bundle, sizeof bundle, "%s/edited.ldmb", tmp);
+    remove(bundle);
+    ldm_pack_opts o = {0};
+    o.model_dir = dir;
+    o.output = bundle;
+    o.no_model_check = !check;
+    int rc = ldm_pack(&o);
+    if (check) {
+        CHECK(rc != 0, "ldm_pack accepted %s = %s", field, value);
+        CHECK(rc == 0 || strstr(ldm_last_error(), must) != NULL, "pack message lacks '%s': %s",
+              must, ldm_last_error());
+        return;
+    }
+    CHECK(rc == 0, "pack: %s", ldm_last_error());
+    if (rc) return;
+    ldm_bundle *b = ldm_bundle_open(bundle);
+    CHECK(b != NULL, "%s", ldm_last_error());
+    if (!b) return;
+    ldm_unet *m = ldm_unet_load(b, &ldm_backend_dry);
+    CHECK(m == NULL, "loader accepted %s = %s", field, value);
+    CHECK(m || strstr(ldm_last_error(), must) != NULL, "load message lacks '%s': %s", must,
+          ldm_last_error());
+    ldm_unet_free(m);
+    ldm_bundle_close(b);
+}
+
+/* The SD 1.5 UNet's config (diffusers runwayml/stable-diffusion-v1-5) without weights. */
+static void test_sd15_arena(void) {
+    const char *cfg =
+        "{\"_class_name\": \"UNet2DConditionModel\", \"act_fn\": \"silu\", "
+        "\"attention_head_dim\": 8, \"block_out_channels\": [320, 640, 1280, 1280], "
+        "\"center_input_sample\": false, \"cross_attention_dim\": 768, "
+        "\"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", "
+        "\"CrossAttnDownBlock2D\", \"DownBlock2D\"], \"downsample_padding\": 1, "
+        "\"flip_sin_to_cos\": true, \"freq_shift\": 0, \"in_channels\": 4, "
+        "\"layers_per_block\": 2, \"mid_block_scale_factor\": 1, \"norm_eps\": 1e-05, "
+        "\"norm_num_groups\": 32, \"out_channels\": 4, \"sample_size\": 64, "
+        "\"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", "
+        "\"CrossAttnUpBlock2D\"]}";
+    ldm_unet *m = ldm_unet_from_config(cfg);
+    CHECK(m != NULL, "%s", ldm_last_error());
+    if (!m) return;
+    CHECK(ldm_unet_context_dim(m) == 768, "ctx dim %d", ldm_unet_context_dim(m));
+    size_t b64 = ldm_unet_arena_bytes(m, 2, 64, 64, 77), b96 = ldm_unet_arena_bytes(m, 2, 96, 96, 77);
+    printf("SD 1.5 UNet arena, B=2 T=77: 64x64 latents %.1f MiB, 96x96 %.1f MiB\n",
+           b64 / 1048576.0, b96 / 1048576.0);
+    /* one [2,320,64,64] activation is 10 MiB; the whole pass stays within ~16 of them */
+    CHECK(b64 > 30u << 20 && b64 < 200u << 20, "64x64 arena %zu bytes", b64);
+    CHECK(b96 > b64, "96x96 arena %zu <= 64x64 %zu", b96, b64);
+    CHECK(ldm_unet_arena_bytes(m, 2, 60, 64, 77) == 0, "60x64 accepted (needs multiples of 8)");
+    ldm_unet_free(m);
+}
+
+int main(void) {
+    const char *tmp = mt_tmpdir();
+    char sd1[600], sd2[600], log[8192];
+    snprintf(sd1, sizeof sd1, "%s/sd1.ldmb", tmp);
+    snprintf(sd2, sizeof sd2, "%s/sd2.ldmb", tmp);
+    int rc1 = mt_pack("tests/fixtures/models/sd1", sd1, log, sizeof log);
+    CHECK(rc1 == 0, "ldmpack sd1: %s", log);
+    int rc2 = mt_pack("tests/fixtures/models/sd2", sd2, log, sizeof log);
+    CHECK(rc2 == 0, "ldmpack sd2: %s", log);
+    if (!rc1) test_fixture("sd1", sd1, 32);
+    if (!rc2) test_fixture("sd2", sd2, 24);
+
+    /* unsupported configs are refused when packing, naming the field and value */
+    test_refuses(tmp, 1, "down_block_types", "[\"SimpleCrossAttnDownBlock2D\", \"DownBlock2D\"]",
+                 "\"down_block_types\": block type \"SimpleCrossAttnDownBlock2D\"");
+    test_refuses(tmp, 1, "dual_cross_attention", "true", "\"dual_cross_attention\" = true");
+    test_refuses(tmp, 1, "mid_block_type", "\"UNetMidBlock2DSimpleCrossAttn\"",
+                 "\"mid_block_type\" = \"UNetMidBlock2DSimpleCrossAttn\"");
+    test_refuses(tmp, 1, "time_cond_proj_dim", "256", "\"time_cond_proj_dim\" = 256");
+    test_refuses(tmp, 1, "resnet_time_scale_shift", "\"scale_shift\"",
+                 "\"resnet_time_scale_shift\" = \"scale_shift\"");
+    test_refuses(tmp, 1, "layers_per_block", "[2, 2, 2]", "layers_per_block");
+    /* ... and by the loader itself */
+    test_refuses(tmp, 0, "dual_cross_attention", "true", "dual_cross_attention");
+    test_refuses(tmp, 0, "conv_in_kernel", "1", "\"conv_in_kernel\" = 1");
+    test_refuses(tmp, 0, "class_embed_type", "\"timestep\"", "class_embed_type");
+    test_refuses(tmp, 0, "norm_num_groups", "null", "norm_num_groups");
+    test_refuses(tmp, 0, "up_block_types", "[\"UpBlock2D\", \"AttnUpBlock2D\"]", "AttnUpBlock2D");
+    test_refuses(tmp, 0, "attention_type", "\"gated\"", "attention_type");
+    /* a config that changes a weight's shape: the error names the tensor */
+    test_refuses(tmp, 0, "cross_attention_dim", "48",
+                 "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight");
+    test_refuses(tmp, 0, "use_linear_projection", "true",
+                 "unet.down_blocks.0.attentions.0.proj_in.weight");
+
+    test_sd15_arena();
+    mt_cleanup();
+    TEST_END();
+}
