@@ -28,6 +28,9 @@ int ldm_clip_encode(ldm_clip *m, ldm_arena *a, const int32_t *ids, int B, int cl
 typedef struct ldm_unet ldm_unet;
 ldm_unet *ldm_unet_load(const ldm_bundle *b, const ldm_backend *be);
 void ldm_unet_free(ldm_unet *m);
+/* A weightless UNet from config.json text, on the dry backend only: for memory planning
+ * (ldm_unet_arena_bytes) of a model without its weights.  NULL + ldm_error if refused. */
+ldm_unet *ldm_unet_from_config(const char *config_json);
 int ldm_unet_in_channels(const ldm_unet *m);
 int ldm_unet_out_channels(const ldm_unet *m);
 int ldm_unet_sample_size(const ldm_unet *m);
