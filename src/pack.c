@@ -442,11 +442,6 @@ static void on_signal(int sig) {
 
 /* ---------------------------------------------------------------- model check hook */
 
-/* The UNet loader is linked when src/unet.c exists; until then this is NULL and the
- * check of the UNet's weights is skipped with a warning. */
-__attribute__((weak)) ldm_unet *ldm_unet_load(const ldm_bundle *b, const ldm_backend *be);
-__attribute__((weak)) void ldm_unet_free(ldm_unet *m);
-
 int ldm_pack_check_models(const ldm_bundle *b) {
     ldm_bundle *bm = (ldm_bundle *)b;   /* only the used flags change */
     ldm_bundle_clear_used(bm);
@@ -455,16 +450,10 @@ int ldm_pack_check_models(const ldm_bundle *b) {
         if (!m) return ldm_error_prefix("text_encoder does not match its config");
         ldm_clip_free(m);
     }
-    int unet_checked = 0;
     if (ldm_bundle_has_component(b, "unet")) {
-        if (ldm_unet_load) {
-            ldm_unet *m = ldm_unet_load(b, &ldm_backend_dry);
-            if (!m) return ldm_error_prefix("unet does not match its config");
-            ldm_unet_free(m);
-            unet_checked = 1;
-        } else {
-            ldm_warn("this ldmpack has no UNet loader; unet weights were not checked against unet/config.json");
-        }
+        ldm_unet *m = ldm_unet_load(b, &ldm_backend_dry);
+        if (!m) return ldm_error_prefix("unet does not match its config");
+        ldm_unet_free(m);
     }
     if (ldm_bundle_has_component(b, "vae")) {
         ldm_vae *m = ldm_vae_load(b, &ldm_backend_dry);
@@ -480,7 +469,6 @@ int ldm_pack_check_models(const ldm_bundle *b) {
         if (t->used || strncmp(t->name, "vae.encoder.", 12) == 0 ||
             strncmp(t->name, "vae.quant_conv.", 15) == 0)
             continue;
-        if (strncmp(t->name, "unet.", 5) == 0 && !unet_checked) continue;
         if (extra < 5) sb_add(&msg, "%s'%s'", extra ? ", " : "", t->name);
         extra++;
     }
