@@ -82,6 +82,7 @@ struct ldm_unet {
     int in_channels, out_channels, sample_size, ctx_dim, nblocks, groups, temb_dim;
     int flip_sin_to_cos, center_input;
     float freq_shift, eps;
+    int ff_rows;            /* feed-forward row chunk; 0 = automatic */
     int block_out[MAX_BLOCKS];
     /* weights */
     unet_linear conv_in, time_linear_1, time_linear_2, conv_out;
@@ -507,6 +508,8 @@ ldm_unet *ldm_unet_from_config(const char *config_json) {
     return m;
 }
 
+void ldm_unet_set_ff_chunk(ldm_unet *m, int rows) { m->ff_rows = rows > 0 ? rows : 0; }
+
 int ldm_unet_in_channels(const ldm_unet *m) { return m->in_channels; }
 int ldm_unet_out_channels(const ldm_unet *m) { return m->out_channels; }
 int ldm_unet_sample_size(const ldm_unet *m) { return m->sample_size; }
@@ -608,8 +611,11 @@ static void feed_forward_residual(const fwd *f, const unet_transformer *tr, cons
     const ldm_backend *be = f->be;
     ldm_arena *a = f->a;
     int D = tr->inner, F = tr->ff_inner, M = f->B * S;
-    /* chunk rows so that the GEGLU input [rows, 2F] is about as large as hs itself */
-    int chunk = (int)((size_t)M * D / (2 * (size_t)F));
+    /* Row chunks: the GEGLU input [rows, 2F] gets as many floats as hs itself, but at least
+     * 4M (16 MiB): the CPU backend widens the fp16 weight on every call, which small
+     * chunks would repeat too often. */
+    size_t budget = (size_t)M * D > ((size_t)4 << 20) ? (size_t)M * D : ((size_t)4 << 20);
+    int chunk = f->m->ff_rows > 0 ? f->m->ff_rows : (int)(budget / (2 * (size_t)F));
     if (chunk < 1) chunk = 1;
     if (chunk > M) chunk = M;
     size_t mark = ldm_arena_mark(a);

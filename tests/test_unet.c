@@ -75,6 +75,14 @@ static void test_fixture(const char *tag, const char *bundle_path, int ctx_dim) 
         double e3 = rel_l2(out, want1 + n1, n1);
         CHECK(e3 <= TOL, "%s: batch of one rel L2 %.3g", tag, e3);
 
+        /* the feed-forward in chunks of 7 rows (an odd split) changes nothing */
+        ldm_unet_set_ff_chunk(m, 7);
+        CHECK(ldm_unet_forward(m, &a, x, t1[0], ctx, B, H, W, T, out) == 0, "%s",
+              ldm_last_error());
+        double e4 = rel_l2(out, want1, n);
+        CHECK(e4 <= TOL, "%s: 7-row feed-forward chunks rel L2 %.3g", tag, e4);
+        ldm_unet_set_ff_chunk(m, 0);
+
         /* latent sizes the up path cannot mirror are refused */
         CHECK(ldm_unet_forward(m, &a, x, t1[0], ctx, B, 7, 8, T, out) != 0, "7x8 accepted");
         CHECK(strstr(ldm_last_error(), "multiple") != NULL, "message: %s", ldm_last_error());
