@@ -31,6 +31,8 @@ void ldm_unet_free(ldm_unet *m);
 /* A weightless UNet from config.json text, on the dry backend only: for memory planning
  * (ldm_unet_arena_bytes) of a model without its weights.  NULL + ldm_error if refused. */
 ldm_unet *ldm_unet_from_config(const char *config_json);
+/* Rows per feed-forward chunk (0 = automatic); for tests and tuning. */
+void ldm_unet_set_ff_chunk(ldm_unet *m, int rows);
 int ldm_unet_in_channels(const ldm_unet *m);
 int ldm_unet_out_channels(const ldm_unet *m);
 int ldm_unet_sample_size(const ldm_unet *m);
