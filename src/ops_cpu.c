@@ -40,8 +40,12 @@ void ldm_cpu_set_chunk_limits(size_t weight_floats, size_t col_floats) {
     if (col_floats) cols_chunk_floats = col_floats;
 }
 /* Attention block sizes: BQ queries against BK keys at a time. */
-#define ATT_BQ 64
-#define ATT_BK 256
+#ifndef ATT_BQ
+#define ATT_BQ 128
+#endif
+#ifndef ATT_BK
+#define ATT_BK 512
+#endif
 /* Elementwise loops shorter than this run on one thread (fork/join costs more). */
 #define PAR_MIN 32768
 
@@ -109,6 +113,77 @@ static void widen(float *dst, const uint16_t *src, size_t n) {
         size_t s = c * chunk, e = s + chunk < n ? s + chunk : n;
         widen_serial(dst + s, src + s, e - s);
     }
+}
+
+/* ------------------------------------------------------------------------------
+ * Vectorisable exp.  expf from libm is a scalar call; the softmax and the activations
+ * spend most of their time in it.  exp_ps is Cephes' expf: x = n·ln2 + r with
+ * |r| <= ln2/2, a degree-6 polynomial for e^r, then 2^n through the exponent bits.
+ * Error <= 2 ulp; below -87.3 it returns 0 (true value < 2^-126), above 88.3 +Inf
+ * (so x/(1+exp(-x)) is a clean ±0 or x).
+ * Hot loops using it are compiled for AVX-512, AVX2 and the baseline (target_clones),
+ * so one binary runs anywhere and fast where it can; no-trapping-math lets the
+ * compiler turn its clamps into vector selects (we never read the FP flags). */
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define LDM_CLONES                                                                          \
+    __attribute__((target_clones("avx512f", "avx2", "default"), optimize("no-trapping-math")))
+#define LDM_NO_TRAP __attribute__((optimize("no-trapping-math")))
+#else
+#define LDM_CLONES
+#define LDM_NO_TRAP
+#endif
+
+LDM_NO_TRAP static inline float exp_ps(float x) {
+    float xc = x < -87.3f ? -87.3f : x;
+    xc = xc > 88.3f ? 88.3f : xc;
+    float t = xc * 1.44269504088896341f + 12582912.0f; /* 1.5·2^23: rounds n to nearest */
+    float n = t - 12582912.0f;
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t tb, sb;
+    memcpy(&tb, &t, sizeof tb);         /* low bits of t hold n + 0x400000 */
+    sb = (tb - 0x4B400000 + 127) << 23; /* 2^n */
+    float scale;
+    memcpy(&scale, &sb, sizeof scale);
+    float y = x < -87.3f ? 0.0f : p * scale;
+    return x > 88.3f ? INFINITY : y;
+}
+
+/* out[i] = y / (1 + exp(-alpha·y)) with y = x[i]·a + b: SiLU (alpha 1) or
+ * quick GELU (alpha 1.702), optionally after an affine map (group norm). */
+LDM_CLONES static void silu_row(float *out, const float *x, size_t n, float a, float b,
+                                float alpha) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        float y = x[i] * a + b;
+        out[i] = y / (1.0f + exp_ps(-alpha * y));
+    }
+}
+
+/* max(init, s[0..n-1]) */
+LDM_CLONES static float row_max(const float *s, int n, float init) {
+    float mx = init;
+#pragma omp simd reduction(max : mx)
+    for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    return mx;
+}
+
+/* s[j] = exp(s[j] - mx) for j < n; returns their sum. */
+LDM_CLONES static float exp_shift_sum(float *s, int n, float mx) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) {
+        s[j] = exp_ps(s[j] - mx);
+        sum += s[j];
+    }
+    return sum;
 }
 
 /* ------------------------------------------------------------------------------
@@ -267,8 +342,10 @@ static void cpu_group_norm(float *out, const float *x, const ldm_tensor *gamma,
         const float *xs = x + ((size_t)n * C + (size_t)g * cpg) * HW;
         float *os = out + ((size_t)n * C + (size_t)g * cpg) * HW;
         double sum = 0;
+#pragma omp simd reduction(+ : sum)
         for (size_t i = 0; i < gsize; i++) sum += xs[i];
         double mean = sum / (double)gsize, var = 0;
+#pragma omp simd reduction(+ : var)
         for (size_t i = 0; i < gsize; i++) {
             double d = xs[i] - mean;
             var += d * d;
@@ -281,10 +358,7 @@ static void cpu_group_norm(float *out, const float *x, const ldm_tensor *gamma,
             const float *xr = xs + (size_t)c * HW;
             float *orow = os + (size_t)c * HW;
             if (silu) {
-                for (int i = 0; i < HW; i++) {
-                    float y = xr[i] * a + sh;
-                    orow[i] = y / (1.0f + expf(-y));
-                }
+                silu_row(orow, xr, (size_t)HW, a, sh, 1.0f);
             } else {
                 for (int i = 0; i < HW; i++) orow[i] = xr[i] * a + sh;
             }
@@ -311,65 +385,6 @@ static void cpu_layer_norm(float *out, const float *x, const ldm_tensor *gamma,
         float rstd = (float)(1.0 / sqrt(var / C + eps)), meanf = (float)mean;
         for (int i = 0; i < C; i++) orow[i] = (xr[i] - meanf) * rstd * gb[i] + gb[C + i];
     }
-}
-
-/* ------------------------------------------------------------------------------
- * Vectorisable exp.  expf from libm is a scalar call; the softmax and the activations
- * spend most of their time in it.  exp_ps is Cephes' expf: x = n·ln2 + r with
- * |r| <= ln2/2, a degree-6 polynomial for e^r, then 2^n through the exponent bits.
- * Error <= 2 ulp; below -87.3 it returns 0 (true value < 2^-126), above 88.3 it
- * saturates at e^88.3 (finite, so x/(1+exp(-x)) stays a clean 0 or x).
- * Hot loops using it are compiled for AVX-512, AVX2 and the baseline (target_clones),
- * so one binary runs anywhere and fast where it can; no-trapping-math lets the
- * compiler turn its clamps into vector selects (we never read the FP flags). */
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define LDM_CLONES                                                                          \
-    __attribute__((target_clones("avx512f", "avx2", "default"), optimize("no-trapping-math")))
-#define LDM_NO_TRAP __attribute__((optimize("no-trapping-math")))
-#else
-#define LDM_CLONES
-#define LDM_NO_TRAP
-#endif
-
-LDM_NO_TRAP static inline float exp_ps(float x) {
-    float xc = x < -87.3f ? -87.3f : x;
-    xc = xc > 88.3f ? 88.3f : xc;
-    float t = xc * 1.44269504088896341f + 12582912.0f; /* 1.5·2^23: rounds n to nearest */
-    float n = t - 12582912.0f;
-    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t tb, sb;
-    memcpy(&tb, &t, sizeof tb);         /* low bits of t hold n + 0x400000 */
-    sb = (tb - 0x4B400000 + 127) << 23; /* 2^n */
-    float scale;
-    memcpy(&scale, &sb, sizeof scale);
-    return x < -87.3f ? 0.0f : p * scale;
-}
-
-/* max(init, s[0..n-1]) */
-LDM_CLONES static float row_max(const float *s, int n, float init) {
-    float mx = init;
-#pragma omp simd reduction(max : mx)
-    for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
-    return mx;
-}
-
-/* s[j] = exp(s[j] - mx) for j < n; returns their sum. */
-LDM_CLONES static float exp_shift_sum(float *s, int n, float mx) {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < n; j++) {
-        s[j] = exp_ps(s[j] - mx);
-        sum += s[j];
-    }
-    return sum;
 }
 
 /* ------------------------------------------------------------------------------
@@ -465,9 +480,15 @@ static void cpu_scale(float *out, const float *x, float s, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = x[i] * s;
 }
+/* Elementwise maps over large n: split into chunks, one per OpenMP iteration. */
+#define ELEM_CHUNK ((size_t)16384)
 static void cpu_silu(float *out, const float *x, size_t n) {
+    size_t nchunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-x[i]));
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t s = c * ELEM_CHUNK, len = n - s < ELEM_CHUNK ? n - s : ELEM_CHUNK;
+        silu_row(out + s, x + s, len, 1.0f, 0.0f, 1.0f);
+    }
 }
 static inline float gelu1(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 static void cpu_gelu(float *out, const float *x, size_t n) {
@@ -475,8 +496,12 @@ static void cpu_gelu(float *out, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = gelu1(x[i]);
 }
 static void cpu_quick_gelu(float *out, const float *x, size_t n) {
+    size_t nchunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t s = c * ELEM_CHUNK, len = n - s < ELEM_CHUNK ? n - s : ELEM_CHUNK;
+        silu_row(out + s, x + s, len, 1.0f, 0.0f, 1.702f);
+    }
 }
 static void cpu_geglu(float *out, const float *x, int M, int N) {
 #pragma omp parallel for schedule(static) if ((size_t)M * N >= PAR_MIN)

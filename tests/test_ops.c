@@ -233,6 +233,27 @@ static void test_unary(const char *name, void (*op)(float *, const float *, size
     free(x); free(out); free(ref); free(rf);
 }
 
+/* Large magnitudes: the fast exp saturates; results must stay finite and correct.
+ * 1e-5 relative: in float, the rounding of 1.702*x alone moves exp(-1.702x) by
+ * |1.702x|·2^-24, about 1.5e-6 relative at x = -30 (PyTorch rounds the same way). */
+static void test_unary_extremes(const char *name, void (*op)(float *, const float *, size_t),
+                                double (*f)(double)) {
+    float x[] = {-1000.0f, -120.0f, -88.5f, -87.0f, -30.0f, -1e-20f, 0.0f, 1e-20f,
+                 30.0f, 87.0f, 88.5f, 120.0f, 1000.0f, 3.4e38f, -3.4e38f};
+    size_t n = sizeof x / sizeof x[0];
+    float out[sizeof x / sizeof x[0]];
+    op(out, x, n);
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) {
+        double want = f(x[i]);
+        if (isnan(want)) want = x[i] < 0 ? 0.0 : x[i]; /* inf/inf in the double formula */
+        int good = isfinite(out[i]) && fabs(out[i] - want) <= 1e-5 * fabs(want) + 1e-30;
+        if (!good) printf("  %s(%g) = %g, want %g\n", name, x[i], out[i], want);
+        ok &= good;
+    }
+    CHECK(ok, "%s at extreme inputs", name);
+}
+
 static void test_elementwise(size_t n) {
     float *a = rand_vec(n, 3.0f), *b = rand_vec(n, 3.0f), *out = malloc(n * sizeof(float));
     int ok = 1;
@@ -477,6 +498,9 @@ int main(void) {
     test_elementwise(1);
     test_elementwise(1001);
     test_elementwise(100003);
+    test_unary_extremes("silu", be->silu, silu_d);
+    test_unary_extremes("gelu", be->gelu, gelu_d);
+    test_unary_extremes("quick_gelu", be->quick_gelu, qgelu_d);
     test_geglu(3, 17);
     test_geglu(64, 640);
     test_layout(1, 3, 5, 7);
