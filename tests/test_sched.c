@@ -25,7 +25,7 @@
 #include "common.h"
 #include "rng.h"
 #include "safetensors.h"
-#include "sched.h"
+#include "scheduler.h"
 #include "test.h"
 
 #define EXP "tests/fixtures/expected/"

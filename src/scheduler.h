@@ -1,4 +1,4 @@
-/* sched.h - the samplers ("schedulers") of the denoising loop, equal to diffusers 0.25.1:
+/* scheduler.h - the samplers ("schedulers") of the denoising loop, equal to diffusers 0.25.1:
  * DDIM, DDPM, PNDM (PLMS, optional PRK warm-up), Euler, Euler ancestral and
  * DPM-Solver++(2M), with Karras sigmas for Euler and DPM++.
  *
@@ -27,8 +27,8 @@
  *       ldm_sched_step(s, i, eps, x, B, per_image, rngs);
  *   }
  */
-#ifndef LDM_SCHED_H
-#define LDM_SCHED_H
+#ifndef LDM_SCHEDULER_H
+#define LDM_SCHEDULER_H
 
 #include <stddef.h>
 #include <stdint.h>

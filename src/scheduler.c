@@ -1,4 +1,4 @@
-/* sched.c - DDIM, DDPM, PNDM, Euler, Euler ancestral and DPM-Solver++(2M) samplers,
+/* scheduler.c - DDIM, DDPM, PNDM, Euler, Euler ancestral and DPM-Solver++(2M) samplers,
  * computed with the same dtypes and the same order of operations as diffusers 0.25.1
  * (torch float32 for tables and updates, numpy float64 for schedules).
  *
@@ -7,7 +7,7 @@
  * mirrors, one rounding per torch op, with scalars (0-dim tensors) computed in float32.
  * Do not "simplify" these expressions: (a - b) / c and a/c - b/c round differently.
  */
-#include "sched.h"
+#include "scheduler.h"
 
 #include <jansson.h>
 #include <math.h>
