@@ -115,7 +115,12 @@ int ldm_write_file_atomic(const char *path, const void *data, size_t len) {
         }
         p += w; left -= (size_t)w;
     }
-    if (fsync(fd) != 0 || close(fd) != 0) { int e = errno; unlink(tmp); return ldm_error("%s: write failed: %s", path, strerror(e)); }
+    int synced = fsync(fd) == 0 ? 0 : errno;
+    int closed = close(fd) == 0 ? 0 : errno;
+    if (synced || closed) {
+        unlink(tmp);
+        return ldm_error("%s: write failed: %s", path, strerror(synced ? synced : closed));
+    }
     if (rename(tmp, path) != 0) { int e = errno; unlink(tmp); return ldm_error("%s: cannot rename into place: %s", path, strerror(e)); }
     return 0;
 }
