@@ -16,7 +16,9 @@ PKGS    := libarchive zlib sqlite3 libpng jansson libutf8proc openblas
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(PKG_LIBS),)
-$(error pkg-config could not find: $(PKGS). Run scripts/install-deps.sh)
+ifneq ($(filter-out deps clean,$(or $(MAKECMDGOALS),all)),)
+$(error pkg-config could not find: $(PKGS). Run scripts/install-deps.sh (or make deps))
+endif
 endif
 
 OPT     ?= -O2
