@@ -1,9 +1,9 @@
 /* bench_ops.c - times the hot CPU ops at Stable Diffusion sizes against naive loops.
  *
- * Build and run from the repository root (after `make`):
+ * Build and run from the repository root (after `make`); optional argument: repetitions.
+ * Set OMP_NUM_THREADS / OPENBLAS_NUM_THREADS to compare thread counts.
  *   cc -O2 -std=c11 -D_GNU_SOURCE -fopenmp -Isrc bench/bench_ops.c build/libldm.a \
  *      $(pkg-config --libs openblas) -lm -o build/bench_ops && build/bench_ops
- * (add -DLDM_CUDA if libldm.a was built with CUDA, and its CUDA libraries.)
  *
  * Sizes: conv2d 320->320 3x3 at 64x64, linear 4096x320 -> 1280, attention over 4096
  * tokens with 8 heads of 40 (SD 1.x at 512x512, first UNet level).  The naive

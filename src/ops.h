@@ -53,7 +53,8 @@ typedef struct ldm_backend {
     /* Multi-head attention, computed in blocks (memory does not grow with Tq*Tk).
      * q is [B, Tq, q_stride] and head h uses columns h*D .. h*D+D-1; k and v are
      * [B, Tk, kv_stride] likewise; out is [B, Tq, heads*D].
-     * out = softmax(q kᵀ * scale [+ causal mask]) v per head.                     */
+     * out = softmax(q kᵀ * scale [+ causal mask]) v per head; the causal mask hides
+     * key j from query i when j > i.  out must not overlap q, k or v.            */
     void (*attention)(float *out, const float *q, const float *k, const float *v,
                       int B, int heads, int Tq, int Tk, int D, int q_stride,
                       int kv_stride, float scale, int causal);
