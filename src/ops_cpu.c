@@ -263,8 +263,14 @@ static void im2col(float *cols, const float *x, int Cin, int H, int W, int k, in
             } else {
                 const float *src = xc + (size_t)iy * W;
                 int ix = ox * stride - pad + kx;
-                if (stride == 1 && ix >= 0 && ix + run <= W) {
-                    memcpy(dst + p, src + ix, (size_t)run * sizeof(float));
+                if (stride == 1) { /* zeros left of the image, a copy, zeros right */
+                    int lo = ix < 0 ? -ix : 0, hi = W - ix;
+                    if (lo > run) lo = run;
+                    if (hi > run) hi = run;
+                    if (hi < lo) hi = lo;
+                    for (int i = 0; i < lo; i++) dst[p + i] = 0.0f;
+                    memcpy(dst + p + lo, src + ix + lo, (size_t)(hi - lo) * sizeof(float));
+                    for (int i = hi; i < run; i++) dst[p + i] = 0.0f;
                 } else {
                     for (int i = 0; i < run; i++, ix += stride)
                         dst[p + i] = (ix >= 0 && ix < W) ? src[ix] : 0.0f;
