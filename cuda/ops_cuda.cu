@@ -950,13 +950,16 @@ static void cuda_upsample_nearest2x(float *out, const float *x, int N, int C, in
 static void cuda_concat_channels(float *out, const float *a, int Ca, const float *b, int Cb, int N,
                                  int HW) {
     if (g_failed || N <= 0 || HW <= 0) return;
-    size_t pitch = (size_t)(Ca + Cb) * HW * sizeof(float);
     size_t wa = (size_t)Ca * HW * sizeof(float), wb = (size_t)Cb * HW * sizeof(float);
-    if (wa && !cudaCheck(cudaMemcpy2DAsync(out, pitch, a, wa, wa, (size_t)N, cudaMemcpyDeviceToDevice, 0)))
-        return;
-    if (wb)
-        cudaCheck(cudaMemcpy2DAsync((char *)out + wa, pitch, b, wb, wb, (size_t)N,
-                                    cudaMemcpyDeviceToDevice, 0));
+    for (int n = 0; n < N; n++) { /* N is the batch: one or two */
+        char *o = (char *)out + (size_t)n * (wa + wb);
+        if (wa && !cudaCheck(cudaMemcpyAsync(o, (const char *)a + (size_t)n * wa, wa,
+                                             cudaMemcpyDeviceToDevice, 0)))
+            return;
+        if (wb && !cudaCheck(cudaMemcpyAsync(o + wa, (const char *)b + (size_t)n * wb, wb,
+                                             cudaMemcpyDeviceToDevice, 0)))
+            return;
+    }
 }
 /* out[n][j][i] = x[n][i][j] for x[N, R, Cc]. */
 static void transpose(float *out, const float *x, int N, int R, int Cc) {

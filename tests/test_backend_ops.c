@@ -1,7 +1,9 @@
 /* test_backend_ops.c - every op of the CUDA backend against the CPU backend on random
  * inputs (in the manner of ggml's test-backend-ops), and with --bench a timing table.
  *
- *   build/tests/test_backend_ops            correctness; skips (one check) without a GPU
+ *   build/tests/test_backend_ops            correctness; without a GPU it says it skipped
+ *                                           and checks only the reason given (with
+ *                                           LDM_REQUIRE_CUDA=1 a missing GPU fails)
  *   build/tests/test_backend_ops --bench [reps]
  *                                           Stable Diffusion sized ops: CPU ms, CUDA ms,
  *                                           speed-up, and the same error bounds
@@ -502,6 +504,8 @@ int main(int argc, char **argv) {
         CHECK(ldm_backend_cuda() == NULL && strstr(ldm_last_error(), "CUDA"), "second call: %s",
               ldm_last_error());
         CHECK(ldm_cuda_check() == 0, "ldm_cuda_check with no backend");
+        const char *req = getenv("LDM_REQUIRE_CUDA"); /* set by scripts/gpu-check.sh run */
+        CHECK(!req || strcmp(req, "1") != 0, "LDM_REQUIRE_CUDA=1 but no CUDA backend");
         TEST_END();
     }
     CHECK(strcmp(gpu->name, "cuda") == 0, "backend name %s", gpu->name);
