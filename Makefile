@@ -36,7 +36,10 @@ ifeq ($(CUDA),1)
 CFLAGS     += -DLDM_CUDA
 CUDA_SRC   := $(wildcard cuda/*.cu)
 CUDA_OBJ   := $(CUDA_SRC:cuda/%.cu=$(BUILD)/cuda/%.o)
-NVCCFLAGS  ?= -O2 -std=c++17 -Isrc -Xcompiler -Wall,-Wextra
+# SASS for Turing, Ampere and Hopper, PTX for anything newer (JIT-compiled once).
+NVCC_ARCH  ?= -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 \
+              -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+NVCCFLAGS  ?= -O2 -std=c++17 -Isrc -Xcompiler -Wall,-Wextra $(NVCC_ARCH)
 CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
 LDLIBS     += $(CUDA_LIBS)
 endif
