@@ -6,9 +6,9 @@
  * grow to the largest request and are then reused, so memory stays near the fp16
  * size of the model plus the activation arena.
  *
- * Threads: OpenMP (one pragma per hot loop) for elementwise work, im2col and the
- * attention blocks; OpenBLAS's own threads for the big matrix products.  The two never
- * nest: inside an OpenMP region (attention) OpenBLAS is set to one thread.
+ * Threads: OpenMP only (one pragma per hot loop).  OpenBLAS runs single-threaded
+ * inside our threads: large products are split into slabs (see gemm), attention runs
+ * one block per thread.  Two thread pools taking turns would spin against each other.
  *
  * The ops are not reentrant across threads sharing a call: one forward pass at a time
  * per calling thread (the scratch buffers are per calling thread).
@@ -205,6 +205,51 @@ static void cpu_synchronize(void) {}
 static int cpu_prepare_weight(ldm_tensor *w) { (void)w; return 0; }
 
 /* ------------------------------------------------------------------------------
+ * Matrix product.  All threading is OpenMP: OpenBLAS is switched to one thread once
+ * (its pthread pool would otherwise spin against ours between ops), and a large
+ * product is split along the longer of M and N into slabs, each a single-threaded
+ * sgemm.  OpenBLAS sums over K in the same order whatever the slab,
+ * so results do not depend on the thread count.
+ *   C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C     (row-major, ldc)        */
+
+static void blas_single_thread(void) {
+    static int done;
+    if (!done) {
+        openblas_set_num_threads(1);
+        done = 1;
+    }
+}
+
+static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                 int ldc) {
+    if (M <= 0 || N <= 0) return;
+    blas_single_thread();
+    int split_n = N >= M, len = split_n ? N : M;
+    int nt = omp_get_max_threads();
+    /* Up to 4 slabs per thread, scheduled dynamically, so a thread that loses its
+     * core for a while does not hold the others up; each slab >= 64 wide. */
+    int slabs = 4 * nt < len / 64 ? 4 * nt : len / 64;
+    if (nt <= 1 || slabs <= 1 || (double)M * N * K < 2e6 || omp_in_parallel()) {
+        cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int t = 0; t < slabs; t++) {
+        int s = t ? (int)((int64_t)len * t / slabs) & ~15 : 0;
+        int e = t + 1 < slabs ? (int)((int64_t)len * (t + 1) / slabs) & ~15 : len;
+        if (e <= s) continue;
+        if (split_n) /* columns s..e-1 of op(B) and C */
+            cblas_sgemm(CblasRowMajor, ta, tb, M, e - s, K, alpha, A, lda,
+                        tb == CblasNoTrans ? B + s : B + (size_t)s * ldb, ldb, beta, C + s, ldc);
+        else /* rows s..e-1 of op(A) and C */
+            cblas_sgemm(CblasRowMajor, ta, tb, e - s, N, K, alpha,
+                        ta == CblasNoTrans ? A + (size_t)s * lda : A + s, lda, B, ldb, beta,
+                        C + (size_t)s * ldc, ldc);
+    }
+}
+
+/* ------------------------------------------------------------------------------
  * Linear:  out[M,N] = x[M,K] · W[N,K]ᵀ + b[N].
  * W is widened weight_chunk_floats floats at a time (whole rows), each chunk one sgemm. */
 
@@ -229,8 +274,7 @@ static void cpu_linear(float *out, const float *x, const ldm_tensor *w, const ld
         int nc = N - n0 < (int)rows ? N - n0 : (int)rows;
         widen(wf, w->f16 + (size_t)n0 * K, (size_t)nc * K);
         /* out[:, n0:n0+nc] = x · wf[nc,K]ᵀ */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nc, K, 1.0f, x, K, wf, K,
-                    0.0f, out + n0, N);
+        gemm(CblasNoTrans, CblasTrans, M, nc, K, 1.0f, x, K, wf, K, 0.0f, out + n0, N);
     }
     if (b) add_row_bias(out, b, M, N);
 }
@@ -315,15 +359,15 @@ static void cpu_conv2d(float *out, const float *x, const ldm_tensor *w, const ld
             const float *xn = x + (size_t)n * Cin * H * W;
             float *on = out + ((size_t)n * Cout + co0) * HWo;
             if (direct) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nco, HWo, Cin, 1.0f,
-                            wf, Kd, xn, HWo, 0.0f, on, HWo);
+                gemm(CblasNoTrans, CblasNoTrans, nco, HWo, Cin, 1.0f, wf, Kd, xn, HWo, 0.0f, on,
+                     HWo);
                 continue;
             }
             for (int p0 = 0; p0 < HWo; p0 += P) {
                 int np = HWo - p0 < P ? HWo - p0 : P;
                 im2col(cols, xn, Cin, H, W, k, stride, pad, Wo, p0, np);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nco, np, Kd, 1.0f, wf,
-                            Kd, cols, np, 0.0f, on + p0, HWo);
+                gemm(CblasNoTrans, CblasNoTrans, nco, np, Kd, 1.0f, wf, Kd, cols, np, 0.0f,
+                     on + p0, HWo);
             }
         }
     }
@@ -458,8 +502,7 @@ static void cpu_attention(float *out, const float *q, const float *k, const floa
     size_t per = (size_t)ATT_BQ * ATT_BK + (size_t)ATT_BQ * D + 2 * ATT_BQ;
     per = (per + 15) & ~(size_t)15; /* keep each thread's slice 64-byte aligned */
     float *buf = scratch(SCR_ATT, per * (size_t)nthreads);
-    int blas_threads = openblas_get_num_threads();
-    openblas_set_num_threads(1); /* sgemm inside the OpenMP region must not fork */
+    blas_single_thread(); /* the sgemm calls below run inside an OpenMP region */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int t = 0; t < ntasks; t++) {
         int qb = t % nqb, h = (t / nqb) % heads, b = t / (nqb * heads);
@@ -472,7 +515,6 @@ static void cpu_attention(float *out, const float *q, const float *k, const floa
                         v + (size_t)b * Tk * kv_stride + (size_t)h * D, heads, Tq, Tk, D,
                         q_stride, kv_stride, scale, causal, q0, bq, S, O, m, l);
     }
-    openblas_set_num_threads(blas_threads);
 }
 
 /* ------------------------------------------------------------------------------
@@ -496,7 +538,9 @@ static void cpu_silu(float *out, const float *x, size_t n) {
         silu_row(out + s, x + s, len, 1.0f, 0.0f, 1.0f);
     }
 }
-static inline float gelu1(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+/* GELU as 0.5·x·erfc(-x/√2), which equals 0.5·x·(1 + erf(x/√2)) without the
+ * cancellation in 1 + erf for negative x. */
+static inline float gelu1(float x) { return 0.5f * x * erfcf(-x * 0.70710678118654752f); }
 static void cpu_gelu(float *out, const float *x, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = gelu1(x[i]);

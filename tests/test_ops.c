@@ -17,6 +17,7 @@
 #include "test.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -455,12 +456,16 @@ static void test_arena(void) {
 }
 
 int main(void) {
+    /* Three threads whatever the machine: the products split into uneven slabs. */
+    omp_set_num_threads(3);
     /* linear */
     test_linear(1, 1, 1, 1);
     test_linear(7, 13, 5, 0);
     test_linear(33, 67, 129, 1);
     test_linear(77, 320, 96, 1);
     test_linear(3, 768, 1, 1);
+    test_linear(300, 100, 40, 1); /* split along M */
+    test_linear(40, 100, 300, 0); /* split along N */
     /* conv2d: 1x1, 3x3 pad 1, stride 2 with and without padding, k=4/5 odd shapes */
     test_conv2d(2, 5, 7, 6, 3, 1, 1, 0, 1);
     test_conv2d(1, 4, 9, 11, 6, 3, 1, 1, 1);
@@ -470,6 +475,8 @@ int main(void) {
     test_conv2d(1, 3, 5, 5, 2, 1, 2, 0, 1);
     test_conv2d(1, 1, 1, 1, 1, 3, 1, 1, 1);
     test_conv2d(1, 16, 32, 32, 8, 3, 1, 1, 1);
+    test_conv2d(1, 32, 6, 6, 300, 3, 1, 1, 1);  /* product split along output channels */
+    test_conv2d(2, 64, 20, 21, 40, 1, 1, 0, 1); /* 1x1, split along positions */
     /* chunked paths: weight in several output-channel chunks, im2col in spatial tiles,
      * linear in several row chunks */
     ldm_cpu_set_chunk_limits(200, 700);
