@@ -369,16 +369,14 @@ int main(int argc, char **argv) {
     ldm_bundle *b = ldm_bundle_open(path);
     if (!b) return runtime_error(ldm_last_error());
     ldm_sched_config sc;
-    if (ldm_gen_sched_config(b, &prm, &sc)) {
+    if (ldm_gen_check_bundle(b, &prm, &sc, NULL, NULL)) {
+        /* a config the library cannot read is the bundle's fault, the rest is ours */
+        int data = strstr(ldm_last_error(), ".json") != NULL;
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", ldm_last_error());
         ldm_bundle_close(b);
-        return usage_error("%s", ldm_last_error());
+        return data ? runtime_error(msg) : usage_error("%s", msg);
     }
-    ldm_sched *probe = ldm_sched_new(&sc, prm.steps);   /* e.g. too many steps for it */
-    if (!probe) {
-        ldm_bundle_close(b);
-        return usage_error("%s", ldm_last_error());
-    }
-    ldm_sched_free(probe);
     int n_out = prm.batch;
     char **names = ldm_xcalloc((size_t)n_out, sizeof *names);
     for (int i = 0; i < n_out; i++) names[i] = output_name(out, i, n_out);
@@ -399,10 +397,6 @@ int main(int argc, char **argv) {
     b = NULL;   /* owned by the pipeline now */
     if (!p) { runtime_error(ldm_last_error()); goto done; }
     ldm_log(2, "models loaded in %.2f s\n", now_s() - t_load);
-    {
-        ldm_sched_config chk;
-        if (ldm_gen_check(p, &prm, &chk)) { rc = usage_error("%s", ldm_last_error()); goto done; }
-    }
     if (!have_seed) {
         prm.seed = random_seed();
         ldm_log(1, "seed: %llu\n", (unsigned long long)prm.seed);

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "common.h"
+#include "config.h"
 #include "model.h"
 #include "rng.h"
 
@@ -172,7 +173,31 @@ int ldm_gen_sched_config(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sch
     return 0;
 }
 
-int ldm_gen_check(const ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc) {
+/* Image geometry from the configs: default side (unet sample_size * VAE factor) and the
+ * multiple sizes must have (VAE factor * 2^(UNet levels - 1): each UNet level halves). */
+static int bundle_geometry(const ldm_bundle *b, int *def, int *mult) {
+    json_t *u = cfg_load(b, "unet/config.json"), *v = u ? cfg_load(b, "vae/config.json") : NULL;
+    int ub[8], vb[8], nu = 0, nv = 0, ss = 0, rc = -1;
+    if (v && !cfg_int_list(u, "unet/config.json", "block_out_channels", ub, 8, &nu) &&
+        !cfg_int_list(v, "vae/config.json", "block_out_channels", vb, 8, &nv) &&
+        !cfg_int(u, "unet/config.json", "sample_size", &ss)) {
+        if (nu < 1 || nv < 1 || ss < 1)
+            ldm_error("%s: unet/vae config: empty block_out_channels or bad sample_size",
+                      ldm_bundle_path(b));
+        else {
+            int f = 1 << (nv - 1);
+            *def = ss * f;
+            *mult = f << (nu - 1);
+            rc = 0;
+        }
+    }
+    if (u) json_decref(u);
+    if (v) json_decref(v);
+    return rc;
+}
+
+int ldm_gen_check_bundle(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sched_config *sc,
+                         int *width, int *height) {
     if (!prm->prompt) return ldm_error("no prompt");
     if (prm->steps < 1 || prm->steps > 1000)
         return ldm_error("steps %d: expected 1..1000", prm->steps);
@@ -180,13 +205,24 @@ int ldm_gen_check(const ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_co
     if (prm->batch < 0 || prm->batch > 64) return ldm_error("batch %d: expected 1..64", prm->batch);
     if (prm->clip_skip < 0 || prm->clip_skip > 12)
         return ldm_error("clip skip %d: expected 1..12", prm->clip_skip);
-    int m = ldm_pipeline_size_multiple(p);
-    int W = prm->width ? prm->width : ldm_pipeline_default_size(p);
-    int H = prm->height ? prm->height : ldm_pipeline_default_size(p);
+    int def, m;
+    if (bundle_geometry(b, &def, &m)) return -1;
+    int W = prm->width ? prm->width : def, H = prm->height ? prm->height : def;
     if (W < m || H < m || W % m || H % m || W > 8192 || H > 8192)
-        return ldm_error("size %dx%d: width and height must be multiples of %d, %d..8192", W, H,
-                         m, m);
-    return ldm_gen_sched_config(p->bundle, prm, sc);
+        return ldm_error("size %dx%d: this model needs width and height in multiples of %d "
+                         "(%d..8192)", W, H, m, m);
+    if (width) *width = W;
+    if (height) *height = H;
+    if (ldm_gen_sched_config(b, prm, sc)) return -1;
+    /* build it once: schedules that do not fit (e.g. too many steps) fail here */
+    ldm_sched *s = ldm_sched_new(sc, prm->steps);
+    if (!s) return -1;
+    ldm_sched_free(s);
+    return 0;
+}
+
+int ldm_gen_check(const ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc) {
+    return ldm_gen_check_bundle(p->bundle, prm, sc, NULL, NULL);
 }
 
 /* ------------------------------------------------------------------------------------ */

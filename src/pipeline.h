@@ -42,7 +42,8 @@ const ldm_bundle *ldm_pipeline_bundle(const ldm_pipeline *p);
 const ldm_tokenizer *ldm_pipeline_tokenizer(const ldm_pipeline *p);
 /* Default image side in pixels: unet sample_size * VAE downscale (512 for SD 1.x). */
 int ldm_pipeline_default_size(const ldm_pipeline *p);
-/* Multiple that width and height must be (the VAE downscale, 8). */
+/* The VAE downscale factor (8); sizes must be multiples of it times 2^(UNet levels-1),
+ * see ldm_gen_check_bundle. */
 int ldm_pipeline_size_multiple(const ldm_pipeline *p);
 /* Token sequence length (77) and text embedding width (768 for SD 1.x). */
 int ldm_pipeline_text_length(const ldm_pipeline *p);
@@ -96,11 +97,16 @@ typedef struct ldm_gen_result {
     ldm_sched_config sched;    /* the effective scheduler configuration */
 } ldm_gen_result;
 
-/* Check the parameters and build the effective scheduler configuration (no model
- * work): lets a front end reject bad input before loading anything heavy.
- * Errors name the parameter. */
+/* Check the parameters against the bundle's configs and build the effective scheduler
+ * configuration, without loading any weights: lets a front end reject bad input (size
+ * not a multiple the UNet can take, --karras with DDIM, too many steps for the
+ * schedule, ...) before the heavy work.  *width and *height (may be NULL) get the size that
+ * will be used.  Errors name the parameter. */
+int ldm_gen_check_bundle(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sched_config *sc,
+                         int *width, int *height);
 int ldm_gen_check(const ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc);
-/* The same check from a bundle's scheduler config alone. */
+/* Only the scheduler part: the bundle's scheduler config read as prm->scheduler's class,
+ * with prm's karras, eta and spacing applied. */
 int ldm_gen_sched_config(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sched_config *sc);
 
 /* Generate.  Returns 0, or -1 with ldm_error (and res->interrupted when interrupted).

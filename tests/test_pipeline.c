@@ -240,7 +240,8 @@ static void check_api(void) {
     g = ldm_gen_params_default();
     g.prompt = "x";
     g.width = 60;
-    CHECK(ldm_gen_check(p, &g, &sc) && strstr(ldm_last_error(), "multiples of 8"), "width 60");
+    CHECK(ldm_gen_check(p, &g, &sc) && strstr(ldm_last_error(), "multiples of 16"), "width 60: %s",
+          ldm_last_error());
     g.width = 0;
     g.steps = 0;
     CHECK(ldm_gen_check(p, &g, &sc) && strstr(ldm_last_error(), "steps"), "steps 0");
