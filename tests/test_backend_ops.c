@@ -36,6 +36,9 @@
 static const ldm_backend *cpu = &ldm_backend_cpu;
 static const ldm_backend *gpu;
 static int bench_reps; /* > 0: bench mode */
+/* 0 when LDM_TEST_CPU_AS_GPU=1 stands the CPU backend in for CUDA: that checks this
+ * harness itself (e.g. under ASan) on a machine without a GPU. */
+static int real_cuda = 1;
 
 /* ---- random data ---- */
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
@@ -67,7 +70,8 @@ static ldm_tensor rand_weight(int64_t n0, int64_t n1, int64_t n2, int64_t n3, fl
 }
 static void prepare(ldm_tensor *t) {
     int rc = gpu->prepare_weight(t);
-    CHECK(rc == 0 && t->dev != NULL, "prepare_weight %s: %s", t->name, ldm_last_error());
+    CHECK(rc == 0 && (t->dev != NULL || !real_cuda), "prepare_weight %s: %s", t->name,
+          ldm_last_error());
 }
 static void free_weight(ldm_tensor *t) {
     ldm_cuda_release_weight(t);
@@ -102,11 +106,14 @@ static double now(void) {
 }
 static double t_cpu, t_gpu; /* best seconds of the last RUN_BOTH */
 static double gflop;        /* of the op being run, for the table */
+/* Inside RUN_BOTH: the CPU-side or the GPU-side buffer. */
+#define PICK(cpu_buf, gpu_buf) (on_cpu_ ? (cpu_buf) : (gpu_buf))
 /* Run the statement with be = cpu once (twice in bench mode, best kept), then with
  * be = gpu (in bench mode after a warm-up, best of bench_reps, synchronized). */
 #define RUN_BOTH(be, ...)                                                                   \
     do {                                                                                    \
         const ldm_backend *be = cpu;                                                        \
+        int on_cpu_ = 1;                                                                    \
         t_cpu = t_gpu = 1e30;                                                               \
         for (int r_ = 0; r_ < (bench_reps ? 2 : 1); r_++) {                                 \
             double t0_ = now();                                                             \
@@ -115,6 +122,7 @@ static double gflop;        /* of the op being run, for the table */
             if (dt_ < t_cpu) t_cpu = dt_;                                                   \
         }                                                                                   \
         be = gpu;                                                                           \
+        on_cpu_ = 0;                                                                        \
         if (bench_reps) { __VA_ARGS__; gpu->synchronize(); } /* warm-up: cuDNN plans */    \
         for (int r_ = 0; r_ < (bench_reps ? bench_reps : 1); r_++) {                        \
             double t0_ = now();                                                             \
@@ -136,6 +144,7 @@ static void compare(const char *what, const float *got, const float *ref, size_t
     CHECK(rc == 0, "%s: CUDA error: %s", what, ldm_last_error());
     double e = rel_l2(got, ref, n);
     int fin = all_finite(got, n) && all_finite(ref, n);
+    int ok = rc == 0 && fin && e <= bound;
     CHECK(fin && e <= bound, "%s: relative L2 %.3g (bound %.3g)%s", what, e, bound,
           fin ? "" : ", non-finite values");
     if (bench_reps && t_gpu > 0)
@@ -144,7 +153,7 @@ static void compare(const char *what, const float *got, const float *ref, size_t
     else if (bench_reps)
         printf("%-46s %10s %10s %9s %9s   %.2g\n", what, "-", "-", "-", "-", e);
     else
-        printf("ok   %-46s rel L2 %.3g (bound %.3g)\n", what, e, bound);
+        printf("%-4s %-46s rel L2 %.3g (bound %.3g)\n", ok ? "ok" : "BAD", what, e, bound);
 }
 
 /* ---- memory ops ---- */
@@ -191,9 +200,9 @@ static void test_linear(int M, int K, int N, int with_bias, int prepared) {
     float *ref = ldm_xmalloc((size_t)M * N * sizeof(float));
     float *dx = to_dev(x, (size_t)M * K), *dout = dev_alloc((size_t)M * N);
     gflop = 2.0 * M * K * N * 1e-9;
-    RUN_BOTH(be, be->linear(be == cpu ? ref : dout, be == cpu ? x : dx, &w, with_bias ? &b : NULL,
+    RUN_BOTH(be, be->linear(PICK(ref, dout), PICK(x, dx), &w, with_bias ? &b : NULL,
                             M, K, N));
-    if (!prepared) CHECK(w.dev != NULL, "linear: unprepared weight uploaded at first use");
+    if (!prepared && real_cuda) CHECK(w.dev != NULL, "linear: unprepared weight uploaded at first use");
     float *got = from_dev(dout, (size_t)M * N);
     char what[96];
     snprintf(what, sizeof what, "linear %dx%d -> %d%s%s", M, K, N, with_bias ? " +b" : "",
@@ -215,7 +224,7 @@ static void test_conv(int N, int Cin, int H, int W, int Cout, int k, int stride,
     float *ref = ldm_xmalloc(ny * sizeof(float));
     float *dx = to_dev(x, nx), *dout = dev_alloc(ny);
     gflop = 2.0 * N * Cout * Ho * Wo * Cin * k * k * 1e-9;
-    RUN_BOTH(be, be->conv2d(be == cpu ? ref : dout, be == cpu ? x : dx, &w, with_bias ? &b : NULL, N,
+    RUN_BOTH(be, be->conv2d(PICK(ref, dout), PICK(x, dx), &w, with_bias ? &b : NULL, N,
                             Cin, H, W, Cout, k, stride, pad));
     float *got = from_dev(dout, ny);
     char what[96];
@@ -236,7 +245,7 @@ static void test_group_norm(int N, int C, int HW, int groups, float eps, int sil
     float *ref = ldm_xmalloc(n * sizeof(float));
     float *dx = to_dev(x, n), *dout = dev_alloc(n);
     gflop = 8.0 * n * 1e-9;
-    RUN_BOTH(be, be->group_norm(be == cpu ? ref : dout, be == cpu ? x : dx, &g, &b, N, C, HW, groups,
+    RUN_BOTH(be, be->group_norm(PICK(ref, dout), PICK(x, dx), &g, &b, N, C, HW, groups,
                                 eps, silu));
     float *got = from_dev(dout, n);
     char what[96];
@@ -261,7 +270,7 @@ static void test_layer_norm(int M, int C) {
     float *ref = ldm_xmalloc(n * sizeof(float));
     float *dx = to_dev(x, n), *dout = dev_alloc(n);
     gflop = 8.0 * n * 1e-9;
-    RUN_BOTH(be, be->layer_norm(be == cpu ? ref : dout, be == cpu ? x : dx, &g, &b, M, C, 1e-5f));
+    RUN_BOTH(be, be->layer_norm(PICK(ref, dout), PICK(x, dx), &g, &b, M, C, 1e-5f));
     float *got = from_dev(dout, n);
     char what[96];
     snprintf(what, sizeof what, "layer_norm [%d,%d]", M, C);
@@ -283,8 +292,8 @@ static void test_attention(int B, int heads, int Tq, int Tk, int D, int q_stride
     float *dq = to_dev(q, nq), *dk = to_dev(k, nk), *dv = to_dev(v, nk), *dout = dev_alloc(no);
     float scale = 1.0f / sqrtf((float)D);
     gflop = 4.0 * B * heads * (double)Tq * Tk * D * (causal ? 0.5 : 1.0) * 1e-9;
-    RUN_BOTH(be, be->attention(be == cpu ? ref : dout, be == cpu ? q : dq, be == cpu ? k : dk,
-                               be == cpu ? v : dv, B, heads, Tq, Tk, D, q_stride, kv_stride, scale,
+    RUN_BOTH(be, be->attention(PICK(ref, dout), PICK(q, dq), PICK(k, dk),
+                               PICK(v, dv), B, heads, Tq, Tk, D, q_stride, kv_stride, scale,
                                causal));
     float *got = from_dev(dout, no);
     char what[96];
@@ -305,8 +314,8 @@ static void test_unary(int op, size_t n) {
     float *da = to_dev(a, n), *db = to_dev(b, n), *dout = dev_alloc(n);
     gflop = 0;
     RUN_BOTH(be, {
-        float *o_ = be == cpu ? ref : dout;
-        const float *a_ = be == cpu ? a : da, *b_ = be == cpu ? b : db;
+        float *o_ = PICK(ref, dout);
+        const float *a_ = PICK(a, da), *b_ = PICK(b, db);
         switch (op) {
         case OP_ADD: be->add(o_, a_, b_, n); break;
         case OP_SCALE: be->scale(o_, a_, -0.18215f, n); break;
@@ -328,7 +337,7 @@ static void test_geglu(int M, int N) {
     float *x = rand_vec(nx, 4.0f, 0.0f), *ref = ldm_xmalloc(no * sizeof(float));
     float *dx = to_dev(x, nx), *dout = dev_alloc(no);
     gflop = 0;
-    RUN_BOTH(be, be->geglu(be == cpu ? ref : dout, be == cpu ? x : dx, M, N));
+    RUN_BOTH(be, be->geglu(PICK(ref, dout), PICK(x, dx), M, N));
     float *got = from_dev(dout, no);
     char what[96];
     snprintf(what, sizeof what, "geglu [%d,%d]", M, 2 * N);
@@ -359,26 +368,26 @@ static void test_layout(int N, int C, int H, int W) {
     compare(what, got, xc, n, 0.0);
     free(got);
 
-    RUN_BOTH(be, be->upsample_nearest2x(be == cpu ? ref : dout, be == cpu ? x : dx, N, C, H, W));
+    RUN_BOTH(be, be->upsample_nearest2x(PICK(ref, dout), PICK(x, dx), N, C, H, W));
     got = from_dev(dout, 4 * n);
     snprintf(what, sizeof what, "upsample_nearest2x [%d,%d,%d,%d]", N, C, H, W);
     compare(what, got, ref, 4 * n, 0.0);
     free(got);
 
-    RUN_BOTH(be, be->concat_channels(be == cpu ? ref : dout, be == cpu ? x : dx, C,
-                                     be == cpu ? y : dy, Cb, N, HW));
+    RUN_BOTH(be, be->concat_channels(PICK(ref, dout), PICK(x, dx), C,
+                                     PICK(y, dy), Cb, N, HW));
     got = from_dev(dout, n + nb);
     snprintf(what, sizeof what, "concat_channels %d+%d [%d,%d]", C, Cb, N, HW);
     compare(what, got, ref, n + nb, 0.0);
     free(got);
 
-    RUN_BOTH(be, be->nchw_to_nhwc(be == cpu ? ref : dout, be == cpu ? x : dx, N, C, HW));
+    RUN_BOTH(be, be->nchw_to_nhwc(PICK(ref, dout), PICK(x, dx), N, C, HW));
     got = from_dev(dout, n);
     snprintf(what, sizeof what, "nchw_to_nhwc [%d,%d,%d]", N, C, HW);
     compare(what, got, ref, n, 0.0);
     free(got);
 
-    RUN_BOTH(be, be->nhwc_to_nchw(be == cpu ? ref : dout, be == cpu ? x : dx, N, C, HW));
+    RUN_BOTH(be, be->nhwc_to_nchw(PICK(ref, dout), PICK(x, dx), N, C, HW));
     got = from_dev(dout, n);
     snprintf(what, sizeof what, "nhwc_to_nchw [%d,%d,%d]", N, C, HW);
     compare(what, got, ref, n, 0.0);
@@ -388,8 +397,28 @@ static void test_layout(int N, int C, int H, int W) {
     free(x); free(y); free(v); free(ref); free(xc);
 }
 
-/* embedding and add_positional (exact), then an out-of-range id: the failure is
- * recorded, reported once by ldm_cuda_check, and the backend works again after. */
+/* An out-of-range embedding id: the failure is recorded, later ops are skipped, it is
+ * reported once by ldm_cuda_check, and the backend works again after. */
+static void test_bad_id(float *dout, const ldm_tensor *tab, int32_t *ids, int n, int C) {
+    size_t no = (size_t)n * C;
+    int32_t saved = ids[1];
+    ids[1] = (int32_t)tab->shape[0];
+    gpu->embedding(dout, tab, ids, n, C);
+    ids[1] = saved;
+    gpu->fill(dout, 1.0f, no); /* skipped: a failure is pending */
+    int rc = ldm_cuda_check();
+    CHECK(rc == -1 && strstr(ldm_last_error(), "token_embedding") && strstr(ldm_last_error(), "outside"),
+          "bad id reported by ldm_cuda_check: rc %d, %s", rc, ldm_last_error());
+    CHECK(ldm_cuda_check() == 0, "failure cleared after it was reported: %s", ldm_last_error());
+    gpu->fill(dout, 1.0f, no);
+    float *got = from_dev(dout, no);
+    int ok = 1;
+    for (size_t i = 0; i < no; i++) ok &= got[i] == 1.0f;
+    CHECK(ok && ldm_cuda_check() == 0, "backend usable after a reported failure");
+    free(got);
+}
+
+/* embedding and add_positional: exact. */
 static void test_embedding(int V, int C, int B, int T) {
     ldm_tensor tab = rand_weight(V, C, 0, 0, 1.0f), pos = rand_weight(T, C, 0, 0, 1.0f);
     tab.name = "text_encoder.text_model.embeddings.token_embedding.weight";
@@ -415,19 +444,7 @@ static void test_embedding(int V, int C, int B, int T) {
     compare(what, got, ref, no, 0.0);
     free(got);
 
-    ids[1] = V; /* out of range */
-    gpu->embedding(dout, &tab, ids, n, C);
-    gpu->fill(dout, 1.0f, no); /* skipped: a failure is pending */
-    int rc = ldm_cuda_check();
-    CHECK(rc == -1 && strstr(ldm_last_error(), "token_embedding") && strstr(ldm_last_error(), "outside"),
-          "bad id reported by ldm_cuda_check: rc %d, %s", rc, ldm_last_error());
-    CHECK(ldm_cuda_check() == 0, "failure cleared after it was reported: %s", ldm_last_error());
-    gpu->fill(dout, 1.0f, no);
-    got = from_dev(dout, no);
-    int ok = 1;
-    for (size_t i = 0; i < no; i++) ok &= got[i] == 1.0f;
-    CHECK(ok && ldm_cuda_check() == 0, "backend usable after a reported failure");
-    free(got);
+    if (real_cuda) test_bad_id(dout, &tab, ids, n, C); /* the CPU backend aborts instead */
     gpu->free(dout);
     free(ids); free(ref);
     free_weight(&tab); free_weight(&pos);
@@ -497,6 +514,12 @@ int main(int argc, char **argv) {
     if (bench_reps < 0) bench_reps = 1;
     if (bench_reps) ldm_verbosity = 2; /* the backend logs the device and conv algorithms */
     gpu = ldm_backend_cuda();
+    const char *cpu_as_gpu = getenv("LDM_TEST_CPU_AS_GPU");
+    if (cpu_as_gpu && strcmp(cpu_as_gpu, "1") == 0) {
+        printf("test_backend_ops: LDM_TEST_CPU_AS_GPU=1: the CPU backend stands in for CUDA\n");
+        gpu = &ldm_backend_cpu;
+        real_cuda = 0;
+    }
     if (!gpu) {
         const char *msg = ldm_last_error();
         printf("test_backend_ops: skipped, no CUDA backend: %s\n", msg);
@@ -508,8 +531,10 @@ int main(int argc, char **argv) {
         CHECK(!req || strcmp(req, "1") != 0, "LDM_REQUIRE_CUDA=1 but no CUDA backend");
         TEST_END();
     }
-    CHECK(strcmp(gpu->name, "cuda") == 0, "backend name %s", gpu->name);
-    CHECK(ldm_backend_cuda() == gpu, "ldm_backend_cuda returns the same table");
+    if (real_cuda) {
+        CHECK(strcmp(gpu->name, "cuda") == 0, "backend name %s", gpu->name);
+        CHECK(ldm_backend_cuda() == gpu, "ldm_backend_cuda returns the same table");
+    }
     if (bench_reps)
         run_bench();
     else
