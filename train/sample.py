@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from diffusers import StableDiffusionPipeline
 
-PROMPTS = ["red apple", "smiling cat face", "grinning face", "thumbs up", "red heart",
+PROMPTS = ["red apple", "smiling cat face", "grinning face", "thumbs up", "cat face",
            "pile of poo", "birthday cake", "rocket"]
 SCALES = [1.0, 3.0, 7.5]
 

@@ -79,8 +79,8 @@ def train_vae(a):
         opt.step()
         l1s.append(l1.item())
         step += 1
-        if step % 50 == 0:
-            log(f"vae step {step} l1 {np.mean(l1s[-50:]):.4f} mse {mse.item():.5f} kl {kl.item():.4f} "
+        if step % 10 == 0:
+            log(f"vae step {step} l1 {np.mean(l1s[-10:]):.4f} mse {mse.item():.5f} kl {kl.item():.4f} "
                 f"elapsed {time.time()-t0:.0f}s")
     # scaling factor = 1 / std of the latent means over the whole set
     with torch.no_grad():
@@ -258,6 +258,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # denormals make CPU training crawl as weights shrink
     if a.stage == "vae":
         train_vae(a)
     else:
