@@ -487,6 +487,10 @@ static int setup_euler(ldm_sched *s, int n, const float *sig_full, const float *
     return 0;
 }
 
+/* DPM-Solver++ timesteps and sigmas.  diffusers 0.25.1 has no final_sigmas_type: the
+ * last step goes to sigma(t=0) = sqrt((1-a0)/a0) (not 0), and with Karras sigmas to the
+ * last Karras sigma again (a step of h = 0 that leaves x unchanged).  lower_order_final
+ * makes the last step first order only when there are fewer than 15 steps. */
 static int setup_dpm(ldm_sched *s, int n, const float *sig_full, const float *log_sig) {
     const int T = s->cfg.num_train_timesteps, last = T;  /* lambda_min_clipped = -inf */
     long *ts = ldm_xmalloc(sizeof(long) * (size_t)(n + 2));
