@@ -23,7 +23,8 @@ endif
 
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Isrc $(PKG_CFLAGS) $(SANITIZE)
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Isrc $(PKG_CFLAGS) $(SANITIZE) \
+           -DLDM_DATADIR='"$(PREFIX)/share/ldm"'
 LDFLAGS += -fopenmp $(SANITIZE)
 LDLIBS  += $(PKG_LIBS) -lm -lpthread
 
@@ -88,6 +89,7 @@ install: $(PROGS)
 	install -m 644 man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -m 644 man/*.5 $(DESTDIR)$(PREFIX)/share/man/man5/
 	install -m 644 schema/*.sql $(DESTDIR)$(PREFIX)/share/ldm/
+	if [ -f bundle/default.ldmb ]; then install -m 644 bundle/default.ldmb $(DESTDIR)$(PREFIX)/share/ldm/; fi
 
 deps:
 	scripts/install-deps.sh
