@@ -314,6 +314,18 @@ __global__ void k_upsample2x(float *out, const float *x, size_t rows, int H, int
         COL_LOOP(c, 2 * (size_t)W) out[r * 2 * W + c] = src[c / 2];
     }
 }
+/* out[nc, oy, ox] = x[nc, sy, sx] with PyTorch's nearest rule for an explicit size:
+ * sy = min(floor(oy * sh), H-1), sh = (float)H / Ho, in float32 (sx alike).  rows = N*C*Ho. */
+__global__ void k_upsample_nearest(float *out, const float *x, size_t rows, int H, int W, int Ho,
+                                   int Wo, float sh, float sw) {
+    ROW_LOOP(r, rows) {
+        size_t nc = r / (size_t)Ho;
+        int oy = (int)(r % (size_t)Ho);
+        int sy = min((int)floorf((float)oy * sh), H - 1);
+        const float *src = x + (nc * H + sy) * (size_t)W;
+        COL_LOOP(c, (size_t)Wo) out[r * Wo + c] = src[min((int)floorf((float)c * sw), W - 1)];
+    }
+}
 /* out[n, j, i] = x[n, i, j] for x[N, R, Cc]; 32x32 tiles through shared memory.
  * grid = (tiles along Cc, min(tiles along R, 65535), N), block = (32, 8). */
 __global__ void k_transpose(float *out, const float *x, int R, int Cc) {
@@ -946,6 +958,14 @@ static void cuda_upsample_nearest2x(float *out, const float *x, int N, int C, in
     k_upsample2x<<<row_grid(rows, 2 * (size_t)W), EW_THREADS>>>(out, x, rows, H, W);
     launchCheck("k_upsample2x");
 }
+static void cuda_upsample_nearest(float *out, const float *x, int N, int C, int H, int W, int Ho,
+                                  int Wo) {
+    if (g_failed || N <= 0 || C <= 0 || H <= 0 || W <= 0 || Ho <= 0 || Wo <= 0) return;
+    size_t rows = (size_t)N * C * Ho;
+    k_upsample_nearest<<<row_grid(rows, (size_t)Wo), EW_THREADS>>>(
+        out, x, rows, H, W, Ho, Wo, (float)H / (float)Ho, (float)W / (float)Wo);
+    launchCheck("k_upsample_nearest");
+}
 static void cuda_concat_channels(float *out, const float *a, int Ca, const float *b, int Cb, int N,
                                  int HW) {
     if (g_failed || N <= 0 || HW <= 0) return;
@@ -1083,6 +1103,7 @@ extern "C" const ldm_backend *ldm_backend_cuda(void) {
     g_be.geglu = cuda_geglu;
     g_be.add_channel_bias = cuda_add_channel_bias;
     g_be.upsample_nearest2x = cuda_upsample_nearest2x;
+    g_be.upsample_nearest = cuda_upsample_nearest;
     g_be.concat_channels = cuda_concat_channels;
     g_be.nchw_to_nhwc = cuda_nchw_to_nhwc;
     g_be.nhwc_to_nchw = cuda_nhwc_to_nchw;

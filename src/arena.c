@@ -66,6 +66,9 @@ static void dry_add_channel_bias(float *x, const float *v, int N, int C, int HW)
 static void dry_upsample(float *out, const float *x, int N, int C, int H, int W) {
     (void)out; (void)x; (void)N; (void)C; (void)H; (void)W;
 }
+static void dry_resize(float *out, const float *x, int N, int C, int H, int W, int Ho, int Wo) {
+    (void)out; (void)x; (void)N; (void)C; (void)H; (void)W; (void)Ho; (void)Wo;
+}
 static void dry_concat(float *out, const float *a, int Ca, const float *b, int Cb, int N,
                        int HW) {
     (void)out; (void)a; (void)Ca; (void)b; (void)Cb; (void)N; (void)HW;
@@ -104,6 +107,7 @@ const ldm_backend ldm_backend_dry = {
     .geglu = dry_geglu,
     .add_channel_bias = dry_add_channel_bias,
     .upsample_nearest2x = dry_upsample,
+    .upsample_nearest = dry_resize,
     .concat_channels = dry_concat,
     .nchw_to_nhwc = dry_transpose,
     .nhwc_to_nchw = dry_transpose,

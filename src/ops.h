@@ -71,6 +71,11 @@ typedef struct ldm_backend {
     void (*add_channel_bias)(float *x, const float *v, int N, int C, int HW);
     /* out[N,C,2H,2W] = nearest-neighbour upsample of x[N,C,H,W]. */
     void (*upsample_nearest2x)(float *out, const float *x, int N, int C, int H, int W);
+    /* out[N,C,Ho,Wo] = nearest-neighbour resize of x[N,C,H,W] to an explicit size, as
+     * torch.nn.functional.interpolate(x, size=(Ho, Wo), mode="nearest"): output row y reads
+     * input row min(floor(y * s), H-1) with s = (float)H / Ho, in float32 (columns alike). */
+    void (*upsample_nearest)(float *out, const float *x, int N, int C, int H, int W, int Ho,
+                             int Wo);
     /* out[N, Ca+Cb, HW] = cat(a[N,Ca,HW], b[N,Cb,HW]) along channels. */
     void (*concat_channels)(float *out, const float *a, int Ca, const float *b, int Cb,
                             int N, int HW);

@@ -577,6 +577,25 @@ static void cpu_upsample_nearest2x(float *out, const float *x, int N, int C, int
         memcpy(dst + 2 * W, dst, (size_t)2 * W * sizeof(float));
     }
 }
+/* PyTorch's nearest source index for an explicit output size (UpSample.h nearest_idx):
+ * min(floor(dst * (in / out)), in - 1), the scale and the product in float32. */
+static inline int nearest_src(int dst, int in, int out) {
+    if (out == in) return dst;
+    if (out == 2 * in) return dst >> 1;
+    float scale = (float)in / (float)out;
+    int s = (int)floorf((float)dst * scale);
+    return s < in - 1 ? s : in - 1;
+}
+static void cpu_upsample_nearest(float *out, const float *x, int N, int C, int H, int W, int Ho,
+                                 int Wo) {
+#pragma omp parallel for schedule(static) if ((size_t)N * C * Ho * Wo >= PAR_MIN / 4)
+    for (int r = 0; r < N * C * Ho; r++) { /* one output row */
+        int nc = r / Ho, oy = r % Ho;
+        const float *src = x + ((size_t)nc * H + nearest_src(oy, H, Ho)) * W;
+        float *dst = out + (size_t)r * Wo;
+        for (int i = 0; i < Wo; i++) dst[i] = src[nearest_src(i, W, Wo)];
+    }
+}
 static void cpu_concat_channels(float *out, const float *a, int Ca, const float *b, int Cb,
                                 int N, int HW) {
     for (int n = 0; n < N; n++) {
@@ -650,6 +669,7 @@ const ldm_backend ldm_backend_cpu = {
     .geglu = cpu_geglu,
     .add_channel_bias = cpu_add_channel_bias,
     .upsample_nearest2x = cpu_upsample_nearest2x,
+    .upsample_nearest = cpu_upsample_nearest,
     .concat_channels = cpu_concat_channels,
     .nchw_to_nhwc = cpu_nchw_to_nhwc,
     .nhwc_to_nchw = cpu_nhwc_to_nchw,

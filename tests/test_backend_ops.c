@@ -346,7 +346,7 @@ static void test_geglu(int M, int N) {
     free(x); free(ref); free(got);
 }
 
-/* add_channel_bias, upsample, concat and both transposes on one shape: exact. */
+/* add_channel_bias, both upsamples, concat and both transposes on one shape: exact. */
 static void test_layout(int N, int C, int H, int W) {
     int HW = H * W, Cb = C / 2 + 1;
     size_t n = (size_t)N * C * HW, nb = (size_t)N * Cb * HW;
@@ -372,6 +372,15 @@ static void test_layout(int N, int C, int H, int W) {
     got = from_dev(dout, 4 * n);
     snprintf(what, sizeof what, "upsample_nearest2x [%d,%d,%d,%d]", N, C, H, W);
     compare(what, got, ref, 4 * n, 0.0);
+    free(got);
+
+    /* explicit size, odd in both directions (the UNet's up path at odd latent sizes) */
+    int Ho = 2 * H - 1, Wo = 2 * W - 1;
+    size_t nu = (size_t)N * C * Ho * Wo;
+    RUN_BOTH(be, be->upsample_nearest(PICK(ref, dout), PICK(x, dx), N, C, H, W, Ho, Wo));
+    got = from_dev(dout, nu);
+    snprintf(what, sizeof what, "upsample_nearest [%d,%d,%d,%d] -> %dx%d", N, C, H, W, Ho, Wo);
+    compare(what, got, ref, nu, 0.0);
     free(got);
 
     RUN_BOTH(be, be->concat_channels(PICK(ref, dout), PICK(x, dx), C,

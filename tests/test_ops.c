@@ -295,6 +295,43 @@ static void test_geglu(int M, int N) {
     free(x); free(out); free(ref); free(rf);
 }
 
+/* Naive PyTorch nearest index for an explicit size: min(floor(dst * (float)in/out), in-1). */
+static int nearest_ref(int dst, int in, int out) {
+    float scale = (float)in / (float)out;
+    int s = (int)floorf((float)dst * scale);
+    return s < in - 1 ? s : in - 1;
+}
+
+/* upsample_nearest to an explicit size against the naive rule (exact). */
+static void test_upsample_nearest(int N, int C, int H, int W, int Ho, int Wo) {
+    size_t n = (size_t)N * C * H * W, no = (size_t)N * C * Ho * Wo;
+    float *x = rand_vec(n, 1.0f), *out = malloc(no * sizeof(float));
+    be->upsample_nearest(out, x, N, C, H, W, Ho, Wo);
+    int ok = 1;
+    for (size_t nc = 0; nc < (size_t)N * C; nc++)
+        for (int yy = 0; yy < Ho; yy++)
+            for (int xx = 0; xx < Wo; xx++)
+                ok &= out[(nc * Ho + yy) * Wo + xx] ==
+                      x[(nc * H + nearest_ref(yy, H, Ho)) * W + nearest_ref(xx, W, Wo)];
+    CHECK(ok, "upsample_nearest N=%d C=%d %dx%d -> %dx%d", N, C, H, W, Ho, Wo);
+    free(x);
+    free(out);
+}
+
+/* Cases checked against torch 1.13's F.interpolate(size=..., mode="nearest"): the float32
+ * scale makes some indices one less than the exact floor(dst * in / out). */
+static void test_upsample_nearest_torch(void) {
+    float x[3] = {10.0f, 20.0f, 30.0f}, out[82];
+    be->upsample_nearest(out, x, 1, 1, 1, 2, 1, 82);       /* 2 -> 82: dst 41 reads 0 */
+    CHECK(out[40] == 10.0f && out[41] == 10.0f && out[42] == 20.0f && out[81] == 20.0f,
+          "2 -> 82: %g %g %g %g", out[40], out[41], out[42], out[81]);
+    be->upsample_nearest(out, x, 1, 1, 1, 3, 1, 5);        /* 3 -> 5: 0 0 1 1 2 */
+    CHECK(out[0] == 10 && out[1] == 10 && out[2] == 20 && out[3] == 20 && out[4] == 30,
+          "3 -> 5: %g %g %g %g %g", out[0], out[1], out[2], out[3], out[4]);
+    be->upsample_nearest(out, x, 1, 1, 3, 1, 2, 1);        /* 3 -> 2 (down): 0 1 */
+    CHECK(out[0] == 10 && out[1] == 20, "3 -> 2: %g %g", out[0], out[1]);
+}
+
 static void test_layout(int N, int C, int H, int W) {
     int HW = H * W;
     size_t n = (size_t)N * C * HW;
@@ -398,6 +435,7 @@ static void test_dry(void) {
     d->geglu(fake, fake, 2, 5);
     d->add_channel_bias(fake, fake, 1, 4, 9);
     d->upsample_nearest2x(fake, fake, 1, 4, 3, 3);
+    d->upsample_nearest(fake, fake, 1, 4, 3, 3, 5, 5);
     d->concat_channels(fake, fake, 2, fake, 2, 1, 9);
     d->nchw_to_nhwc(fake, fake, 1, 4, 9);
     d->nhwc_to_nchw(fake, fake, 1, 4, 9);
@@ -512,6 +550,13 @@ int main(void) {
     test_geglu(64, 640);
     test_layout(1, 3, 5, 7);
     test_layout(2, 37, 33, 35);
+    test_upsample_nearest(1, 1, 1, 1, 1, 1);
+    test_upsample_nearest(2, 3, 2, 3, 3, 5);   /* the UNet's odd sizes: 2 -> 3, 3 -> 5 */
+    test_upsample_nearest(1, 4, 5, 4, 9, 8);   /* one side odd, the other exactly 2x */
+    test_upsample_nearest(1, 2, 4, 4, 4, 4);   /* same size */
+    test_upsample_nearest(1, 1, 2, 2, 82, 123);
+    test_upsample_nearest(2, 64, 37, 29, 74, 57); /* parallel size */
+    test_upsample_nearest_torch();
     test_embedding();
     /* dry backend, arena, CUDA fallback */
     test_dry();
