@@ -13,6 +13,8 @@
  *   mid  : resnet -> transformer -> resnet
  *   up blocks: (cat(h, skip) -> resnet -> transformer?) x (layers+1), upsample
  *   out  = conv_out(silu(conv_norm_out(h)))                  [B, Cout, H, W]
+ * Any latent size: a downsampler gives ceil(H/2); when the size is not a multiple of
+ * 2^(upsamplers), diffusers resizes each upsampler's output to its next skip's size.
  *
  * Memory: activations live in one stack arena.  Skips are pushed in the order the down path
  * makes them and the up path consumes them in reverse, which nests like the stack.  An up
@@ -698,12 +700,15 @@ typedef struct {
 
 static int unet_run(const ldm_unet *m, const ldm_backend *be, ldm_arena *a, const float *x,
                     float t, const float *ctx, int B, int H, int W, int T, float *out) {
-    int n = m->nblocks, down = 1 << (n - 1);
+    int n = m->nblocks;
     if (B < 1 || T < 1 || H < 1 || W < 1)
         return ldm_error("unet: bad shape B=%d H=%d W=%d T=%d", B, H, W, T);
-    if (H % down || W % down)
-        return ldm_error("unet: latent size %dx%d must be a multiple of %d (%d resolution levels)",
-                         W, H, down, n);
+    /* Any size: each downsampler gives ceil(H/2).  As diffusers decides: when H or W is not
+     * a multiple of 2^(number of upsamplers), every upsampler resizes to the size of the skip
+     * it meets next (F.interpolate(size=...)), otherwise it doubles (scale_factor=2). */
+    int nup = 0;
+    for (int i = 0; i < n; i++) nup += m->up[i].has_sampler;
+    const int up_factor = 1 << nup, explicit_size = H % up_factor || W % up_factor;
     size_t mark0 = ldm_arena_mark(a);
     fwd f = {m, be, a, B, T, NULL, NULL};
     int c0 = m->block_out[0];
@@ -754,8 +759,8 @@ static int unet_run(const ldm_unet *m, const ldm_backend *be, ldm_arena *a, cons
             if (blk->attentions) transformer_forward(&f, &blk->attentions[j], o.p, o.H, o.W);
             skips[nskip++] = h = o;
         }
-        if (blk->has_sampler) {
-            skip_entry o = {NULL, ldm_arena_mark(a), blk->cout, h.H / 2, h.W / 2};
+        if (blk->has_sampler) {  /* 3x3, stride 2, padding 1: ceil(H/2) */
+            skip_entry o = {NULL, ldm_arena_mark(a), blk->cout, (h.H + 1) / 2, (h.W + 1) / 2};
             o.p = ldm_arena_alloc(a, (size_t)B * o.C * o.H * o.W);
             be->conv2d(o.p, h.p, blk->sampler.w, blk->sampler.b, B, h.C, h.H, h.W, o.C, 3, 2, 1);
             skips[nskip++] = h = o;
@@ -789,15 +794,22 @@ static int unet_run(const ldm_unet *m, const ldm_backend *be, ldm_arena *a, cons
             h = o;
         }
         if (blk->has_sampler) {
-            /* out[B, C, 2H, 2W] goes where h was; the upsampled input sits above it */
-            size_t n_out = (size_t)B * h.C * (2 * h.H) * (2 * h.W);
+            /* out[B, C, Ho, Wo] goes where h was; the upsampled input sits above it.
+             * Ho x Wo = 2H x 2W, or the next skip's size when sizes are explicit. */
+            int Ho = 2 * h.H, Wo = 2 * h.W;
+            if (explicit_size && nskip > 0) {
+                Ho = skips[nskip - 1].H;
+                Wo = skips[nskip - 1].W;
+            }
+            size_t n_out = (size_t)B * h.C * Ho * Wo;
             reserve_from(a, h.mark, n_out);
-            float *u = ldm_arena_alloc(a, n_out);                       /* [B, C, 2H, 2W] */
-            be->upsample_nearest2x(u, h.p, B, h.C, h.H, h.W);
-            be->conv2d(h.p, u, blk->sampler.w, blk->sampler.b, B, h.C, 2 * h.H, 2 * h.W, h.C, 3, 1, 1);
+            float *u = ldm_arena_alloc(a, n_out);                       /* [B, C, Ho, Wo] */
+            if (explicit_size) be->upsample_nearest(u, h.p, B, h.C, h.H, h.W, Ho, Wo);
+            else be->upsample_nearest2x(u, h.p, B, h.C, h.H, h.W);
+            be->conv2d(h.p, u, blk->sampler.w, blk->sampler.b, B, h.C, Ho, Wo, h.C, 3, 1, 1);
             h.p = reclaim(a, h.mark, n_out, h.p);
-            h.H *= 2;
-            h.W *= 2;
+            h.H = Ho;
+            h.W = Wo;
         }
     }
 

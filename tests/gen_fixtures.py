@@ -7,7 +7,9 @@ Regenerate everything under tests/fixtures/ with ONE command, from the repositor
 
 (/opt/refenv: torch 1.13 CPU, diffusers 0.25.1, transformers 4.36.2, safetensors; no ftfy,
 no accelerate.)  Options: --models-only (just clip/ and models/), --expected-only (just
-expected/, from the committed model folders).  The output is deterministic: random weights
+expected/, from the committed model folders), --odd-sizes-only (just the odd-size files of
+gen_odd_sizes, added to the committed expected/ and its index.json; a full run writes the
+same bytes).  The output is deterministic: random weights
 come from fixed torch seeds, every reference run uses fixed generator seeds.
 
 What it writes (see tests/fixtures/README.md and tests/fixtures/expected/index.json):
@@ -332,6 +334,28 @@ def gen_unet(name, comp, seed):
                   % (name, seed))
 
 
+def gen_unet_odd(name, comp, seed, shapes):
+    """UNet calls at latent sizes that are not multiples of 2^(number of upsamplers)."""
+    unet = comp["unet"]
+    C = unet.config.cross_attention_dim
+    g = gen(seed)
+    ctx = torch.randn((2, 77, C), generator=g)
+    t1 = torch.tensor([981.0])
+    t = {"ctx": ctx, "t": t1}
+    for k, (h, w) in enumerate(shapes):
+        x = torch.randn((2, 4, h, w), generator=g)
+        with torch.no_grad():
+            t["out_%d" % k] = unet(x, t1, encoder_hidden_states=ctx).sample
+        t["x_%d" % k] = x
+    save_expected("%s_unet_odd.safetensors" % name, t,
+                  "UNet calls of models/%s (fp16-rounded weights, float32) at latent sizes that are "
+                  "not multiples of 2^(upsamplers): out_k = unet(x_k, t, encoder_hidden_states=ctx)"
+                  ".sample, x_k [2,4,H,W] with (H,W) = %s for k = 0, 1, ...; diffusers downsamples "
+                  "to ceil(H/2) and resizes each upsampler's output to the next skip's size. ctx "
+                  "first, then x_0, x_1, ... are randn from one generator seeded %d."
+                  % (name, ", ".join("(%d,%d)" % hw for hw in shapes), seed))
+
+
 def gen_vae(name, comp, seed):
     vae = comp["vae"]
     z = torch.randn((1, 4, 8, 8), generator=gen(seed))
@@ -372,7 +396,8 @@ def jsonable(v):
 
 
 def gen_run(name, comp, run, sched_name, guidance=7.5, negative=None, clip_skip=None, eta=0.0,
-            seeds=(42,), steps=20, size=64):
+            seeds=(42,), steps=20, size=64, width=None, height=None):
+    width, height = width or size, height or size
     cls_name, overrides = SCHEDULERS[sched_name]
     base_cfg = comp["scheduler"].config
     sched = getattr(diffusers, cls_name).from_config(base_cfg, **overrides)
@@ -399,7 +424,7 @@ def gen_run(name, comp, run, sched_name, guidance=7.5, negative=None, clip_skip=
         steps_lat.append(kw["latents"].clone())
         return kw
 
-    kwargs = dict(guidance_scale=guidance, num_inference_steps=steps, height=size, width=size,
+    kwargs = dict(guidance_scale=guidance, num_inference_steps=steps, height=height, width=width,
                   generator=generator, output_type="np", eta=eta,
                   callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"])
     if negative is not None:
@@ -410,7 +435,7 @@ def gen_run(name, comp, run, sched_name, guidance=7.5, negative=None, clip_skip=
         image = pipe(prompt, **kwargs).images  # np float32 [B,64,64,3] in [0,1]
 
     # our own draw of the initial latents must equal what the pipeline drew
-    init = torch.cat([torch.randn((1, 4, size // 8, size // 8), generator=gen(s)) for s in seeds])
+    init = torch.cat([torch.randn((1, 4, height // 8, width // 8), generator=gen(s)) for s in seeds])
     sigma0 = float(pipe.scheduler.init_noise_sigma)
     assert torch.equal(init * sigma0, captured["init_scaled"]), "latents_init mismatch"
     final = steps_lat[-1]
@@ -445,7 +470,7 @@ def gen_run(name, comp, run, sched_name, guidance=7.5, negative=None, clip_skip=
         "guidance_scale": guidance, "num_inference_steps": steps, "unet_evaluations": n_iter,
         "eta": eta, "seeds": list(seeds), "clip_skip_diffusers": clip_skip,
         "clip_skip_a1111": (clip_skip + 1) if clip_skip else 1,
-        "width": size, "height": size, "batch": batch,
+        "width": width, "height": height, "batch": batch,
         "image_stats": {"mean": float(u8.mean()), "min": int(u8.min()), "max": int(u8.max()),
                         "frac_0_or_255": float(((u8 == 0) | (u8 == 255)).mean())},
     }
@@ -468,7 +493,54 @@ RUN_TENSOR_NOTES = {
 }
 
 
-def gen_expected():
+def gen_odd_sizes():
+    """Sizes that are multiples of 8 but not of 8 * 2^(UNet upsamplers) (added later than the
+    rest: written last, so the index keeps the earlier entries' order)."""
+    comp = load_components("sd1")  # 2 levels: up factor 2
+    gen_unet_odd("sd1", comp, 11, [(9, 9), (5, 7), (8, 3)])
+    gen_run("sd1", comp, "pndm_72x56", "pndm", width=72, height=56)
+    comp = load_components("sd2")  # 3 levels: up factor 4
+    gen_unet_odd("sd2", comp, 12, [(9, 9), (10, 6), (8, 6)])
+
+
+def run_notes(fname):
+    """RUN_TENSOR_NOTES with the shapes of this run's size."""
+    run = next(r for r in INDEX["runs"].values() if r["file"] == fname)
+    w, h = run["width"], run["height"]
+    notes = {}
+    for k, v in RUN_TENSOR_NOTES.items():
+        if (w, h) != (64, 64):
+            v = v.replace("64,64", "%d,%d" % (h, w)).replace("4,8,8", "4,%d,%d" % (h // 8, w // 8))
+        notes[k] = v
+    return notes
+
+
+def merge_index(odd_only):
+    for f, e in INDEX["files"].items():
+        if "_run_" in f:
+            notes = run_notes(f)
+            for k, v in e["tensors"].items():
+                v["note"] = notes[k]
+    if odd_only:  # add to the committed index
+        with open(os.path.join(EXP, "index.json")) as f:
+            index = json.load(f)
+        for k in ("files", "runs"):
+            index[k].update(INDEX[k])
+        return index
+    return None
+
+
+def write_index(index):
+    with open(os.path.join(EXP, "index.json"), "w") as f:
+        json.dump(index, f, indent=1, ensure_ascii=False, allow_nan=False)
+        f.write("\n")
+
+
+def gen_expected(odd_only=False):
+    if odd_only:
+        gen_odd_sizes()
+        write_index(merge_index(True))
+        return
     if os.path.exists(EXP):
         shutil.rmtree(EXP)
     os.makedirs(EXP)
@@ -489,10 +561,8 @@ def gen_expected():
             gen_run(name, comp, "pndm_neg", "pndm", negative="blurry, low quality")
             gen_run(name, comp, "pndm_clipskip2", "pndm", clip_skip=1)
             gen_run(name, comp, "pndm_batch2", "pndm", seeds=(42, 43))
-    for f, e in INDEX["files"].items():
-        if "_run_" in f:
-            for k, v in e["tensors"].items():
-                v["note"] = RUN_TENSOR_NOTES[k]
+    gen_odd_sizes()
+    merge_index(False)
     index = {
         "generator": "tests/gen_fixtures.py (run: /opt/refenv/bin/python tests/gen_fixtures.py)",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
@@ -504,16 +574,21 @@ def gen_expected():
         "run_prompt": RUN_PROMPT,
     }
     index.update(INDEX)
-    with open(os.path.join(EXP, "index.json"), "w") as f:
-        json.dump(index, f, indent=1, ensure_ascii=False, allow_nan=False)
-        f.write("\n")
+    write_index(index)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models-only", action="store_true")
     ap.add_argument("--expected-only", action="store_true")
+    ap.add_argument("--odd-sizes-only", action="store_true",
+                    help="only the odd-size files (gen_odd_sizes), added to the committed expected/")
     args = ap.parse_args()
+    if args.odd_sizes_only:
+        torch.set_num_threads(1)
+        gen_expected(odd_only=True)
+        print("odd sizes written")
+        return
     torch.set_num_threads(1)
     if not args.expected_only:
         copy_clip()
