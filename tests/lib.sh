@@ -6,6 +6,8 @@ GEN="$BUILD/ldmgen"
 FIX=tests/fixtures
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ldmtest.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
+# ldmgen records history: into the test's own database, never the user's
+export LDM_DB="$TMP/ldm.db"
 passed=0; failed=0
 ok()   { passed=$((passed + 1)); }
 bad()  { failed=$((failed + 1)); echo "FAIL: $*"; }
