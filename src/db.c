@@ -258,9 +258,10 @@ int ldm_db_begin(ldm_db *db, ldm_record *r) {
     sqlite3_stmt *st = prepare(db,
         "INSERT INTO generations(grid_id, status, bundle_hash, bundle_path, prompt, "
         "negative_prompt, seed, steps, guidance, scheduler, karras, eta, timestep_spacing, "
-        "width, height, clip_skip, backend, ldm_version, output_path, pid, host) "
+        "width, height, clip_skip, backend, ldm_version, output_path, pid, host, batch_size, "
+        "batch_index, replay_of) "
         "VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-        "?15, ?16, ?17, ?18, ?19, ?20)");
+        "?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)");
     if (!st) return -1;
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->seed);
@@ -285,6 +286,10 @@ int ldm_db_begin(ldm_db *db, ldm_record *r) {
     bind_text(st, 18, r->output_path);
     sqlite3_bind_int64(st, 19, (sqlite3_int64)getpid());
     bind_text(st, 20, db->host);
+    sqlite3_bind_int(st, 21, r->batch_size > 0 ? r->batch_size : 1);
+    sqlite3_bind_int(st, 22, r->batch_index);
+    if (r->replay_of > 0) sqlite3_bind_int64(st, 23, r->replay_of);
+    else sqlite3_bind_null(st, 23);
     if (step_done(db, st, "recording the run") != 0) return -1;
     r->id = sqlite3_last_insert_rowid(db->h);
     return 0;
@@ -348,6 +353,28 @@ int ldm_db_reap_interrupted(ldm_db *db) {
     return n;
 }
 
+int ldm_db_check(ldm_db *db) {
+    static const char *const checks[] = {"PRAGMA integrity_check", "PRAGMA foreign_key_check"};
+    for (int k = 0; k < 2; k++) {
+        sqlite3_stmt *st = prepare(db, checks[k]);
+        if (!st) return -1;
+        int rc = sqlite3_step(st), bad = 0;
+        if (rc == SQLITE_ROW) {
+            const char *v = (const char *)sqlite3_column_text(st, 0);
+            /* integrity_check answers one row "ok"; foreign_key_check answers no rows */
+            bad = k == 0 ? !(v && !strcmp(v, "ok")) : 1;
+            if (bad) ldm_error("%s: %s: %s%s", db->path, checks[k] + 7, k ? "row in table " : "",
+                               v ? v : "?");
+        } else if (rc != SQLITE_DONE || k == 0) {
+            bad = 1;
+            db_fail(db, checks[k] + 7);
+        }
+        sqlite3_finalize(st);
+        if (bad) return -1;
+    }
+    return 0;
+}
+
 /* Turn free text into a safe FTS5 query: every whitespace-separated word becomes a
  * quoted prefix term ("word"*), all of which must match.  Returns malloc'd text. */
 static char *fts_query(const char *text) {
@@ -376,7 +403,7 @@ static char *fts_query(const char *text) {
     "scheduler, karras, eta, timestep_spacing, width, height, clip_skip, backend, "      \
     "ldm_version, output_path, png_sha256, COALESCE(t_text_ms, 0), "                     \
     "COALESCE(t_sampling_ms, 0), COALESCE(t_decode_ms, 0), COALESCE(t_total_ms, 0), "    \
-    "COALESCE(pid, 0), host"
+    "COALESCE(pid, 0), host, batch_size, batch_index, COALESCE(replay_of, 0)"
 
 static const char *col_text(sqlite3_stmt *st, int i) {
     return (const char *)sqlite3_column_text(st, i);
@@ -415,6 +442,9 @@ static void read_record(sqlite3_stmt *st, ldm_record *r) {
     r->t_total_ms = sqlite3_column_double(st, 27);
     r->pid = sqlite3_column_int64(st, 28);
     r->host = col_text(st, 29);
+    r->batch_size = sqlite3_column_int(st, 30);
+    r->batch_index = sqlite3_column_int(st, 31);
+    r->replay_of = sqlite3_column_int64(st, 32);
 }
 
 int ldm_db_query(ldm_db *db, const ldm_history_filter *f,

@@ -59,6 +59,8 @@ typedef struct ldm_record {
     double eta;
     const char *timestep_spacing; /* NULL: bundle default */
     int width, height, clip_skip;
+    int batch_size, batch_index;  /* image batch_index of a batch (0 is read as 1) */
+    int64_t replay_of;     /* the generation this one replayed, 0 = none */
     const char *backend, *ldm_version;
     const char *output_path, *png_sha256;
     double t_text_ms, t_sampling_ms, t_decode_ms, t_total_ms;
@@ -76,6 +78,10 @@ int ldm_db_set_grid_output(ldm_db *db, int64_t grid_id, const char *output_path)
 
 /* Mark 'running' rows of this host whose process no longer exists as interrupted. */
 int ldm_db_reap_interrupted(ldm_db *db);
+
+/* PRAGMA integrity_check and foreign_key_check: 0 when both pass, else -1 with ldm_error
+ * quoting the first problem. */
+int ldm_db_check(ldm_db *db);
 
 typedef struct ldm_history_filter {
     const char *grep;         /* FTS5 query over prompt and negative prompt */

@@ -60,6 +60,9 @@ static json_t *record_json(const ldm_record *r) {
     json_object_set_new(o, "width", json_integer(r->width));
     json_object_set_new(o, "height", json_integer(r->height));
     json_object_set_new(o, "clip_skip", json_integer(r->clip_skip));
+    json_object_set_new(o, "batch_size", json_integer(r->batch_size > 0 ? r->batch_size : 1));
+    json_object_set_new(o, "batch_index", json_integer(r->batch_index));
+    json_object_set_new(o, "replay_of", r->replay_of ? json_integer(r->replay_of) : json_null());
     json_object_set_new(o, "backend", str_or_null(r->backend));
     json_object_set_new(o, "ldm_version", str_or_null(r->ldm_version));
     json_object_set_new(o, "output_path", str_or_null(r->output_path));

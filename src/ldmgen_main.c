@@ -25,6 +25,8 @@
 
 #include "bundle.h"
 #include "common.h"
+#include "generate.h"
+#include "grid.h"
 #include "history.h"
 #include "ops.h"
 #include "pipeline.h"
@@ -124,17 +126,6 @@ static int parse_seed(const char *s, uint64_t *out) {
     return 0;
 }
 
-static uint64_t random_seed(void) {
-    uint32_t r = 0;
-    int fd = open("/dev/urandom", O_RDONLY);
-    if (fd >= 0) {
-        if (read(fd, &r, sizeof r) != (ssize_t)sizeof r) r = 0;
-        close(fd);
-    }
-    if (!r) r = (uint32_t)time(NULL) ^ (uint32_t)getpid() * 2654435761u;
-    return r;   /* 32 bits: short enough to type back */
-}
-
 static int file_exists(const char *p) {
     struct stat st;
     return stat(p, &st) == 0;
@@ -149,81 +140,17 @@ static const char *resolve_bundle(const char *opt) {
     return "bundle/" DEFAULT_BUNDLE_NAME;
 }
 
-/* The file name stem of a path: "/a/b/sd15.ldmb" -> "sd15" (malloc'd). */
-static char *path_stem(const char *path) {
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    char *s = ldm_xstrdup(base);
-    char *dot = strrchr(s, '.');
-    if (dot && dot != s) *dot = 0;
-    return s;
-}
-
-/* Output name of image i of n: n == 1 -> out; else "<out without .png>-%04d.png". */
-static char *output_name(const char *out, int i, int n) {
-    if (n == 1) return ldm_xstrdup(out);
-    size_t L = strlen(out);
-    const char *slash = strrchr(out, '/');
-    const char *dot = strrchr(out, '.');
-    if (dot && (!slash || dot > slash + 1) && !strcmp(dot, ".png")) L = (size_t)(dot - out);
-    char *s = ldm_xmalloc(L + 16);
-    snprintf(s, L + 16, "%.*s-%04d.png", (int)L, out, i + 1);
-    return s;
-}
-
-/* The folder of `path` must exist and be writable, and path must not be a folder. */
-static int check_output(const char *path) {
-    struct stat st;
-    if (!*path) return ldm_error("output file name is empty");
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-        return ldm_error("%s: is a folder; give a file name with -o", path);
-    char *dir = ldm_xstrdup(path);
-    char *slash = strrchr(dir, '/');
-    if (!slash) strcpy(dir, ".");
-    else if (slash == dir) dir[1] = 0;
-    else *slash = 0;
-    int rc = 0;
-    if (stat(dir, &st) != 0)
-        rc = ldm_error("%s: folder %s does not exist", path, dir);
-    else if (!S_ISDIR(st.st_mode))
-        rc = ldm_error("%s: %s is not a folder", path, dir);
-    else if (access(dir, W_OK | X_OK) != 0)
-        rc = ldm_error("%s: folder %s is not writable", path, dir);
-    free(dir);
-    return rc;
-}
-
-/* ---- progress and interrupt ---- */
+/* ---- interrupt: SIGINT/SIGTERM set a flag the pipeline checks between steps ---- */
 
 static volatile int interrupted;
-static void on_sigint(int sig) { (void)sig; interrupted = 1; }
+static void on_signal(int sig) { (void)sig; interrupted = 1; }
 
-typedef struct { double start; int shown; } progress_state;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void progress(void *user, int step, int total) {
-    progress_state *ps = user;
-    const int width = 30;
-    int fill = (int)((long)step * width / total);
-    double el = now_s() - ps->start;
-    fprintf(stderr, "\r%4d/%-4d [", step, total);
-    for (int i = 0; i < width; i++) fputc(i < fill ? '=' : ' ', stderr);
-    fprintf(stderr, "] %.2f s/step", el / step);
-    if (step == total) fputc('\n', stderr);
-    fflush(stderr);
-    ps->shown = step != total;
-}
-
-static const ldm_backend *pick_backend(void) {
-    const char *env = getenv("LDM_BACKEND");
-    if (env && !strcmp(env, "cpu")) return &ldm_backend_cpu;
-    const ldm_backend *cuda = ldm_backend_cuda();
-    return cuda ? cuda : &ldm_backend_cpu;
+static void catch_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 /* ---- ldmgen tokenize ---- */
@@ -275,9 +202,13 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "history")) return ldm_cmd_history(argc - 1, argv + 1, NULL);
     if (argc > 1 && !strcmp(argv[1], "show")) return ldm_cmd_show(argc - 1, argv + 1, NULL);
+    if (argc > 1 && !strcmp(argv[1], "replay")) {
+        catch_signals();
+        return ldm_cmd_replay(argc - 1, argv + 1, &interrupted);
+    }
 
     enum { O_BUNDLE = 256, O_SEED, O_NEG, O_SCHED, O_KARRAS, O_ETA, O_SPACING, O_CLIPSKIP,
-           O_NOHIST, O_VERSION };
+           O_NOHIST, O_VERSION, O_DB, O_NOCACHE, O_CACHEMAX, O_REQHIST, O_GRID, O_LATENT };
     static const struct option opts[] = {
         {"bundle", required_argument, 0, O_BUNDLE},   {"output", required_argument, 0, 'o'},
         {"guidance", required_argument, 0, 'g'},      {"steps", required_argument, 0, 'n'},
@@ -289,64 +220,100 @@ int main(int argc, char **argv) {
         {"clip-skip", required_argument, 0, O_CLIPSKIP},
         {"no-history", no_argument, 0, O_NOHIST},     {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},             {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, O_VERSION},       {0, 0, 0, 0},
+        {"version", no_argument, 0, O_VERSION},       {"db", required_argument, 0, O_DB},
+        {"no-cache", no_argument, 0, O_NOCACHE},      {"cache-max-mb", required_argument, 0, O_CACHEMAX},
+        {"require-history", no_argument, 0, O_REQHIST}, {"grid", required_argument, 0, O_GRID},
+        {"save-latent", required_argument, 0, O_LATENT}, {0, 0, 0, 0},
     };
-    ldm_gen_params prm = ldm_gen_params_default();
-    const char *bundle_opt = NULL, *out = "out.png";
-    int have_seed = 0, c;
+    ldm_job job;
+    ldm_job_init(&job);
+    ldm_gen_params *prm = &job.prm;
+    const char *bundle_opt = NULL;
+    int have_g = 0, have_n = 0, c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":o:g:n:W:H:b:qvh", opts, NULL)) != -1) {
         const char *name = argv[optind - 1];
         switch (c) {
         case O_BUNDLE: bundle_opt = optarg; break;
-        case 'o': out = optarg; break;
+        case 'o': job.output = optarg; break;
         case 'g':
-            if (parse_double(optarg, 0, 100, &prm.guidance))
+            if (parse_double(optarg, 0, 100, &prm->guidance))
                 return usage_error("guidance scale \"%s\": expected a number from 0 to 100", optarg);
             break;
         case 'n':
-            if (parse_int(optarg, 1, 1000, &prm.steps))
+            if (parse_int(optarg, 1, 1000, &prm->steps))
                 return usage_error("steps \"%s\": expected an integer from 1 to 1000", optarg);
             break;
         case O_SEED:
-            if (parse_seed(optarg, &prm.seed))
+            if (parse_seed(optarg, &prm->seed))
                 return usage_error("seed \"%s\": expected an integer from 0 to "
                                    "18446744073709551615", optarg);
-            have_seed = 1;
+            job.have_seed = 1;
             break;
         case 'W': case 'H': {
             int v;
             if (parse_int(optarg, 8, 8192, &v) || v % 8)
                 return usage_error("%s \"%s\": expected a multiple of 8 from 8 to 8192",
                                    c == 'W' ? "width" : "height", optarg);
-            if (c == 'W') prm.width = v; else prm.height = v;
+            if (c == 'W') prm->width = v; else prm->height = v;
             break;
         }
         case 'b':
-            if (parse_int(optarg, 1, 64, &prm.batch))
+            if (parse_int(optarg, 1, 64, &prm->batch))
                 return usage_error("batch \"%s\": expected an integer from 1 to 64", optarg);
             break;
-        case O_NEG: prm.negative = optarg; break;
+        case O_NEG: prm->negative = optarg; break;
         case O_SCHED:
-            if ((prm.scheduler = ldm_sched_kind_from_name(optarg)) < 0)
+            if ((prm->scheduler = ldm_sched_kind_from_name(optarg)) < 0)
                 return usage_error("unknown scheduler \"%s\": expected ddim, ddpm, pndm, euler, "
                                    "euler_a or dpmpp_2m", optarg);
             break;
-        case O_KARRAS: prm.karras = 1; break;
+        case O_KARRAS: prm->karras = 1; break;
         case O_ETA:
-            if (parse_double(optarg, 0, 1, &prm.eta))
+            if (parse_double(optarg, 0, 1, &prm->eta))
                 return usage_error("eta \"%s\": expected a number from 0 to 1", optarg);
             break;
         case O_SPACING:
-            if ((prm.spacing = ldm_spacing_from_name(optarg)) < 0)
+            if ((prm->spacing = ldm_spacing_from_name(optarg)) < 0)
                 return usage_error("timestep spacing \"%s\": expected leading, trailing or "
                                    "linspace", optarg);
             break;
         case O_CLIPSKIP:
-            if (parse_int(optarg, 1, 12, &prm.clip_skip))
+            if (parse_int(optarg, 1, 12, &prm->clip_skip))
                 return usage_error("clip skip \"%s\": expected an integer from 1 to 12", optarg);
             break;
-        case O_NOHIST: break;   /* nothing is recorded yet */
+        case O_NOHIST: job.no_history = 1; break;
+        case O_REQHIST: job.require_history = 1; break;
+        case O_DB:
+            if (!*optarg) return usage_error("--db: empty path");
+            job.db_path = optarg;
+            break;
+        case O_NOCACHE: job.no_cache = 1; break;
+        case O_CACHEMAX:
+            if (parse_double(optarg, 0, 1048576, &job.cache_max_mb))
+                return usage_error("cache size \"%s\": expected a number of MiB from 0 to 1048576",
+                                   optarg);
+            break;
+        case O_GRID: {
+            char axis;
+            double v[LDM_GRID_MAX];
+            int k = ldm_grid_parse_axis(optarg, &axis, v, LDM_GRID_MAX);
+            if (k < 0) return usage_error("%s", ldm_last_error());
+            if (axis == 'g') {
+                if (have_g++) return usage_error("--grid g=... given twice");
+                job.grid_rows = k;
+                memcpy(job.grid_guidance, v, sizeof(double) * (size_t)k);
+            } else {
+                if (have_n++) return usage_error("--grid n=... given twice");
+                job.grid_cols = k;
+                for (int i = 0; i < k; i++) job.grid_steps[i] = (int)v[i];
+            }
+            break;
+        }
+        case O_LATENT:
+            if (!*optarg) return usage_error("--save-latent: empty file name");
+            job.latent_output = optarg;
+            break;
         case 'q': ldm_verbosity = 0; break;
         case 'v': ldm_verbosity = 2; break;
         case 'h': fputs(USAGE, stdout); return 0;
@@ -361,101 +328,18 @@ int main(int argc, char **argv) {
     if (argc - optind > 1)
         return usage_error("expected one prompt argument, got %d (quote the prompt)",
                            argc - optind);
-    prm.prompt = argv[optind];
-
-    /* ---- the bundle and the choices that depend on it ---- */
-    const char *path = resolve_bundle(bundle_opt);
-    ldm_log(2, "bundle: %s\n", path);
-    ldm_bundle *b = ldm_bundle_open(path);
-    if (!b) return runtime_error(ldm_last_error());
-    ldm_sched_config sc;
-    if (ldm_gen_check_bundle(b, &prm, &sc, NULL, NULL)) {
-        /* a config the library cannot read is the bundle's fault, the rest is ours */
-        int data = strstr(ldm_last_error(), ".json") != NULL;
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", ldm_last_error());
-        ldm_bundle_close(b);
-        return data ? runtime_error(msg) : usage_error("%s", msg);
+    prm->prompt = argv[optind];
+    if (job.no_history && job.require_history)
+        return usage_error("--no-history and --require-history contradict each other");
+    /* one grid axis alone: the other takes the -g / -n value */
+    if (have_g || have_n) {
+        if (prm->batch > 1) return usage_error("--grid makes one image per cell; -b does not apply");
+        if (!have_g) { job.grid_rows = 1; job.grid_guidance[0] = prm->guidance; }
+        if (!have_n) { job.grid_cols = 1; job.grid_steps[0] = prm->steps; }
     }
-    int n_out = prm.batch;
-    char **names = ldm_xcalloc((size_t)n_out, sizeof *names);
-    for (int i = 0; i < n_out; i++) names[i] = output_name(out, i, n_out);
-    int rc = 1;
-    ldm_pipeline *p = NULL;
-    ldm_gen_result res;
-    memset(&res, 0, sizeof res);
-    for (int i = 0; i < n_out; i++)
-        if (check_output(names[i])) { runtime_error(ldm_last_error()); goto done_bundle; }
-    char *model_hash = ldm_xstrdup(ldm_bundle_hash(b));
-    char *model_name = path_stem(path);
-
-    /* ---- models ---- */
-    const ldm_backend *be = pick_backend();
-    ldm_log(2, "backend: %s\n", be->name);
-    double t_load = now_s();
-    p = ldm_pipeline_new(b, be);
-    b = NULL;   /* owned by the pipeline now */
-    if (!p) { runtime_error(ldm_last_error()); goto done; }
-    ldm_log(2, "models loaded in %.2f s\n", now_s() - t_load);
-    if (!have_seed) {
-        prm.seed = random_seed();
-        ldm_log(1, "seed: %llu\n", (unsigned long long)prm.seed);
-    }
-
-    /* ---- generate ---- */
-    progress_state ps = {now_s(), 0};
-    if (ldm_verbosity > 0 && isatty(2)) {
-        prm.progress = progress;
-        prm.progress_user = &ps;
-    }
-    prm.interrupt = &interrupted;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    int g = ldm_generate(p, &prm, &res);
-    if (ps.shown) fputc('\n', stderr);
-    if (g) {
-        if (res.interrupted) {
-            fprintf(stderr, "ldmgen: interrupted; nothing written\n");
-            rc = 130;
-        } else {
-            runtime_error(ldm_last_error());
-        }
-        goto done;
-    }
-    if (res.prompt_truncated)
-        ldm_warn("the prompt is longer than %d tokens; the rest was truncated",
-                 ldm_pipeline_text_length(p) - 2);
-    if (res.negative_truncated)
-        ldm_warn("the negative prompt is longer than %d tokens; the rest was truncated",
-                 ldm_pipeline_text_length(p) - 2);
-
-    /* ---- write ---- */
-    size_t img_bytes = (size_t)res.width * res.height * 3;
-    for (int i = 0; i < n_out; i++) {
-        char *params = ldm_a1111_parameters(&prm, &res, i, model_hash, model_name);
-        ldm_png_text text = {"parameters", params};
-        int w = ldm_png_write(names[i], res.rgb + i * img_bytes, res.width, res.height, &text, 1);
-        free(params);
-        if (w) { runtime_error(ldm_last_error()); goto done; }
-        if (ldm_verbosity > 0) printf("%s\n", names[i]);
-    }
-    ldm_log(2, "%s, %d steps (%d UNet evaluations), %dx%d, seed %llu\n",
-            ldm_sched_a1111_name(&res.sched), prm.steps, res.unet_evaluations, res.width,
-            res.height, (unsigned long long)prm.seed);
-    ldm_log(2, "time: text %.2f s, sampling %.2f s, decode %.2f s, total %.2f s\n", res.t_text,
-            res.t_sampling, res.t_decode, res.t_total);
-    rc = 0;
-done:
-    free(model_hash);
-    free(model_name);
-done_bundle:
-    ldm_gen_result_free(&res);
-    ldm_pipeline_close(p);
-    ldm_bundle_close(b);
-    for (int i = 0; i < n_out; i++) free(names[i]);
-    free(names);
-    return rc;
+    job.bundle_path = resolve_bundle(bundle_opt);
+    job.progress_bar = ldm_verbosity > 0 && isatty(2);
+    job.interrupt = &interrupted;
+    catch_signals();
+    return ldm_job_run(&job);
 }
