@@ -174,7 +174,8 @@ int ldm_gen_sched_config(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sch
 }
 
 /* Image geometry from the configs: default side (unet sample_size * VAE factor) and the
- * multiple sizes must have (VAE factor * 2^(UNet levels - 1): each UNet level halves). */
+ * multiple sizes must have (the VAE factor: the UNet takes any latent size, as diffusers'
+ * does, rounding up going down and resizing to the skips' sizes going up). */
 static int bundle_geometry(const ldm_bundle *b, int *def, int *mult) {
     json_t *u = cfg_load(b, "unet/config.json"), *v = u ? cfg_load(b, "vae/config.json") : NULL;
     int ub[8], vb[8], nu = 0, nv = 0, ss = 0, rc = -1;
@@ -187,7 +188,7 @@ static int bundle_geometry(const ldm_bundle *b, int *def, int *mult) {
         else {
             int f = 1 << (nv - 1);
             *def = ss * f;
-            *mult = f << (nu - 1);
+            *mult = f;
             rc = 0;
         }
     }

@@ -42,8 +42,7 @@ const ldm_bundle *ldm_pipeline_bundle(const ldm_pipeline *p);
 const ldm_tokenizer *ldm_pipeline_tokenizer(const ldm_pipeline *p);
 /* Default image side in pixels: unet sample_size * VAE downscale (512 for SD 1.x). */
 int ldm_pipeline_default_size(const ldm_pipeline *p);
-/* The VAE downscale factor (8); sizes must be multiples of it times 2^(UNet levels-1),
- * see ldm_gen_check_bundle. */
+/* The VAE downscale factor (8); sizes must be multiples of it, see ldm_gen_check_bundle. */
 int ldm_pipeline_size_multiple(const ldm_pipeline *p);
 /* Token sequence length (77) and text embedding width (768 for SD 1.x). */
 int ldm_pipeline_text_length(const ldm_pipeline *p);
@@ -99,7 +98,7 @@ typedef struct ldm_gen_result {
 
 /* Check the parameters against the bundle's configs and build the effective scheduler
  * configuration, without loading any weights: lets a front end reject bad input (size
- * not a multiple the UNet can take, --karras with DDIM, too many steps for the
+ * not a multiple of the VAE factor, --karras with DDIM, too many steps for the
  * schedule, ...) before the heavy work.  *width and *height (may be NULL) get the size that
  * will be used.  Errors name the parameter. */
 int ldm_gen_check_bundle(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sched_config *sc,

@@ -240,8 +240,10 @@ static void check_api(void) {
     g = ldm_gen_params_default();
     g.prompt = "x";
     g.width = 60;
-    CHECK(ldm_gen_check(p, &g, &sc) && strstr(ldm_last_error(), "multiples of 16"), "width 60: %s",
+    CHECK(ldm_gen_check(p, &g, &sc) && strstr(ldm_last_error(), "multiples of 8"), "width 60: %s",
           ldm_last_error());
+    g.width = 24; /* a multiple of 8, not of the UNet's 2x: the UNet resizes its up path */
+    CHECK(ldm_gen_check(p, &g, &sc) == 0, "width 24: %s", ldm_last_error());
     g.width = 0;
     g.steps = 0;
     CHECK(ldm_gen_check(p, &g, &sc) && strstr(ldm_last_error(), "steps"), "steps 0");
