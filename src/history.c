@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,16 +68,16 @@ static json_t *record_json(const ldm_record *r) {
     json_object_set_new(o, "ldm_version", str_or_null(r->ldm_version));
     json_object_set_new(o, "output_path", str_or_null(r->output_path));
     json_object_set_new(o, "png_sha256", str_or_null(r->png_sha256));
-    json_object_set_new(o, "t_text_ms", json_real(r->t_text_ms));
-    json_object_set_new(o, "t_sampling_ms", json_real(r->t_sampling_ms));
-    json_object_set_new(o, "t_decode_ms", json_real(r->t_decode_ms));
-    json_object_set_new(o, "t_total_ms", json_real(r->t_total_ms));
+    json_object_set_new(o, "t_text_ms", json_real(round(r->t_text_ms * 10) / 10));
+    json_object_set_new(o, "t_sampling_ms", json_real(round(r->t_sampling_ms * 10) / 10));
+    json_object_set_new(o, "t_decode_ms", json_real(round(r->t_decode_ms * 10) / 10));
+    json_object_set_new(o, "t_total_ms", json_real(round(r->t_total_ms * 10) / 10));
     return o;
 }
 
 void ldm_history_print_json(FILE *f, const ldm_record *r) {
     json_t *o = record_json(r);
-    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(15));
     if (s) fprintf(f, "%s\n", s);
     free(s);
     json_decref(o);
@@ -90,7 +91,7 @@ void ldm_history_print_full(FILE *f, const ldm_record *r) {
         if (json_is_string(v)) fprintf(f, "%-16s %s\n", key, json_string_value(v));
         else if (json_is_null(v)) fprintf(f, "%-16s -\n", key);
         else {
-            char *s = json_dumps(v, JSON_ENCODE_ANY);
+            char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
             fprintf(f, "%-16s %s\n", key, s ? s : "?");
             free(s);
         }
@@ -136,7 +137,9 @@ static void history_usage(FILE *f) {
     fputs("usage: ldmgen history [--grep TEXT] [--since DATE] [--until DATE] [--seed S]\n"
           "                      [--bundle HASH|PATH] [--status ok|failed|interrupted|running]\n"
           "                      [--grid ID] [--limit N] [--json] [--db PATH]\n"
+          "       ldmgen history --check [--db PATH]\n"
           "Lists recorded generations, newest first (default limit 20; --limit 0 for all).\n"
+          "--check verifies the database (SQLite integrity and foreign key checks).\n"
           "DATE is compared with the UTC creation time, e.g. 2026-11-26 or 2026-11-26T10:00.\n",
           f);
 }
@@ -148,11 +151,12 @@ int ldm_cmd_history(int argc, char **argv, const char *db_path) {
         {"bundle", required_argument, 0, 'B'}, {"status", required_argument, 0, 'T'},
         {"limit", required_argument, 0, 'l'},  {"json", no_argument, 0, 'j'},
         {"grid", required_argument, 0, 'R'},   {"db", required_argument, 0, 'D'},
-        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+        {"check", no_argument, 0, 'C'},        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
     ldm_history_filter f = {0};
     f.limit = 20;
-    int json = 0, c;
+    int json = 0, check = 0, c;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
@@ -163,6 +167,7 @@ int ldm_cmd_history(int argc, char **argv, const char *db_path) {
         case 'B': f.bundle = optarg; break;
         case 'D': db_path = optarg; break;
         case 'j': json = 1; break;
+        case 'C': check = 1; break;
         case 'T':
             if (strcmp(optarg, "ok") && strcmp(optarg, "failed") && strcmp(optarg, "interrupted") &&
                 strcmp(optarg, "running")) {
@@ -211,6 +216,13 @@ int ldm_cmd_history(int argc, char **argv, const char *db_path) {
     }
     ldm_db *db = open_db(db_path);
     if (!db) { fprintf(stderr, "ldmgen history: %s\n", ldm_last_error()); return 1; }
+    if (check) {
+        int bad = ldm_db_check(db);
+        if (bad) fprintf(stderr, "ldmgen history: %s\n", ldm_last_error());
+        else printf("ok: %s\n", ldm_db_path(db));
+        ldm_db_close(db);
+        return bad ? 1 : 0;
+    }
     print_ctx p = {stdout, json, 0};
     int rc = ldm_db_query(db, &f, print_one, &p);
     if (rc != 0) fprintf(stderr, "ldmgen history: %s\n", ldm_last_error());

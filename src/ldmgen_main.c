@@ -1,9 +1,13 @@
-/* ldmgen_main.c - the ldmgen command: parse and check the arguments, call the library
- * (pipeline.c), write the PNG files.  No model logic lives here.
+/* ldmgen_main.c - the ldmgen command: parse and check the arguments, then call the
+ * library (generate.c runs the job: history, cache, PNG files, grid, replay).  No model
+ * logic lives here.
  *
- *   ldmgen [options] [--] "prompt"              generate image(s)
+ *   ldmgen [options] [--] "prompt"              generate image(s) or a grid
  *   ldmgen tokenize [--bundle FILE] [--] "prompt" print the 77 input ids
  *   ldmgen history ... / ldmgen show ID          the generation history (history.c)
+ *   ldmgen replay ID|IMAGE.png                   regenerate and compare (generate.c)
+ *
+ * A prompt equal to a subcommand's name is given after "--": ldmgen -- history.
  *
  * Exit status: 0 success, 1 runtime or data error (bundle, files, memory), 2 usage error,
  * 130 interrupted.  Every failure prints one line "ldmgen: ..." on stderr and leaves no
@@ -42,6 +46,9 @@
 static const char USAGE[] =
     "usage: ldmgen [options] [--] \"prompt\"\n"
     "       ldmgen tokenize [--bundle FILE] [--] \"prompt\"\n"
+    "       ldmgen history [--grep TEXT] [--since DATE] [--seed S] ... (ldmgen history --help)\n"
+    "       ldmgen show ID\n"
+    "       ldmgen replay [-o FILE] [--bundle FILE] ID|IMAGE.png\n"
     "\n"
     "Generate an image from a text prompt with a Stable Diffusion bundle (.ldmb).\n"
     "\n"
@@ -64,13 +71,23 @@ static const char USAGE[] =
     "      --eta E              DDIM eta, 0..1 (default 0)\n"
     "      --timestep-spacing S leading, trailing or linspace (default: the bundle's)\n"
     "      --clip-skip N        use the text encoder's N-th last layer, 1..12 (default 1)\n"
+    "      --grid g=LIST        guidance values along the rows of a grid image, e.g. g=1,3,7.5\n"
+    "      --grid n=LIST        step counts along its columns, e.g. n=10,25 (one seed for all)\n"
+    "      --save-latent FILE   also write the final latent (mean of its channels) as a\n"
+    "                           grayscale PNG; numbered like the images with -b N\n"
+    "      --db PATH            history database (default: $LDM_DB, else\n"
+    "                           $XDG_DATA_HOME/ldm/ldm.db, else ~/.local/share/ldm/ldm.db)\n"
     "      --no-history         record nothing in the history\n"
+    "      --require-history    exit 1 when the history cannot be recorded\n"
+    "      --no-cache           do not read or write the prompt-embedding cache\n"
+    "      --cache-max-mb N     embedding cache size cap in MiB (default 256)\n"
     "  -q, --quiet              print errors only\n"
     "  -v, --verbose            print timings and details\n"
     "  -h, --help               print this help\n"
     "      --version            print the version\n"
     "\n"
-    "Environment: LDM_BUNDLE (default bundle), LDM_BACKEND=cpu (do not use the GPU).\n"
+    "Environment: LDM_BUNDLE (default bundle), LDM_DB (history database),\n"
+    "LDM_BACKEND=cpu (do not use the GPU).\n"
     "Exit status: 0 success, 1 runtime error, 2 usage error, 130 interrupted.\n"
     "See ldmgen(1).\n";
 
