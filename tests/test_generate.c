@@ -216,7 +216,7 @@ static void test_meta(void) {
 /* ---- awkward prompts through the real ldmgen ---- */
 static void test_prompts(void) {
     char big[2100];
-    for (int i = 0; i < 2000; i++) big[i] = "abc %'\"; -"[i % 12];
+    for (int i = 0; i < 2000; i++) big[i] = "abc %'\"; -"[i % 10];
     big[2000] = 0;
     const struct { const char *prompt, *negative, *grep; } cases[] = {
         {"it's \"quoted\" and 'single' and `back` and \\backslash\\n", "no \"quotes\" 'here'", "quoted"},
