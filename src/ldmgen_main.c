@@ -14,9 +14,7 @@
  * file behind under the final name (PNGs are written to a temporary name and renamed).
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -24,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bundle.h"
@@ -32,9 +29,7 @@
 #include "generate.h"
 #include "grid.h"
 #include "history.h"
-#include "ops.h"
 #include "pipeline.h"
-#include "png_io.h"
 #include "scheduler.h"
 #include "tokenizer.h"
 
