@@ -8,6 +8,7 @@
 #   sdcpp      stable-diffusion.cpp's CLI ($SDCPP, e.g. /work/sdcpp/build/bin/sd-cli) on the same
 #              diffusers folder $MODEL (it reads diffusers folders itself), -t $THREADS;
 #              skipped with a message when $SDCPP is unset or not executable
+#   sdcpp-mmap the same with --mmap (weights used from the mapped safetensors files, as ldm does)
 #
 # Same prompt, size, steps, guidance 7.5 and seed for all. Schedulers: ldm and diffusers use the
 # folder's PNDM; sd.cpp has no PNDM and runs euler. All three evaluate the UNet once per step on
@@ -24,7 +25,7 @@
 # reclaimable, not private memory).
 #
 # Environment (defaults): MODEL=/work/bench-sd15 BUNDLE=/work/bench-sd15.ldmb STEPS=4
-#   SIZES="512 256" THREADS=$(nproc) PY=/opt/refenv/bin/python SDCPP= TOOLS="ldm diffusers sdcpp"
+#   SIZES="512 256" THREADS=$(nproc) PY=/opt/refenv/bin/python SDCPP= TOOLS="ldm diffusers sdcpp sdcpp-mmap"
 #   OUTDIR=/tmp/ldm-bench (logs, images, samples, table.md)
 # Run from the repository root:  SDCPP=/work/sdcpp/build/bin/sd-cli bench/bench_pipeline.sh
 set -u
@@ -38,7 +39,7 @@ SEED=${SEED:-1}
 THREADS=${THREADS:-$(nproc)}
 PY=${PY:-/opt/refenv/bin/python}
 SDCPP=${SDCPP:-}
-TOOLS=${TOOLS:-"ldm diffusers sdcpp"}
+TOOLS=${TOOLS:-"ldm diffusers sdcpp sdcpp-mmap"}
 OUTDIR=${OUTDIR:-/tmp/ldm-bench}
 PROMPT=${PROMPT:-"a photograph of an astronaut riding a horse on the moon"}
 TIME=/usr/bin/time
@@ -106,10 +107,16 @@ report() {
             next
         }
         {   line = $0; sub(/^[0-9.]+ /, "", line)
-            if (loaded_t == "" && line ~ loaded_re) loaded_t = $1
-            if (line ~ text_re)  text  = (tool == "sdcpp") ? num_after(line, "taking") : num_after(line, "text")
-            if (line ~ samp_re)  samp  = (tool == "sdcpp") ? num_after(line, "taking") : num_after(line, "sampling")
-            if (line ~ dec_re)   dec   = (tool == "sdcpp") ? num_after(line, "taking") : num_after(line, "decode")
+            if (tool ~ /^sdcpp/) {
+                # sd.cpp loads each model when first used: the UNet inside the sampling timer,
+                # right after "generating image". "loaded" = that UNet load (text encoder and
+                # UNet in memory, VAE still to come); its load time is taken out of sampling.
+                if (line ~ /generating image:/) gen = 1
+                if (gen == 1 && line ~ loaded_re) { loaded_t = $1; unet_load = num_after(line, "taking"); gen = 2 }
+            } else if (loaded_t == "" && line ~ loaded_re) loaded_t = $1
+            if (line ~ text_re)  text  = (tool ~ /^sdcpp/) ? num_after(line, "taking") : num_after(line, "text")
+            if (line ~ samp_re)  samp  = (tool ~ /^sdcpp/) ? num_after(line, "taking") : num_after(line, "sampling")
+            if (line ~ dec_re)   dec   = (tool ~ /^sdcpp/) ? num_after(line, "taking") : num_after(line, "decode")
             if (line ~ /UNet evaluations/) {   # ldm "(N UNet evaluations)", diffusers "UNet evaluations: N"
                 n = split(line, a, /[ (),:]+/)
                 for (i = 2; i < n; i++) if (a[i] == "UNet" && a[i+1] == "evaluations")
@@ -119,6 +126,7 @@ report() {
         END {
             la = lf = -1
             if (evals == "") evals = steps     # sd.cpp euler: one UNet evaluation per step
+            if (unet_load != "") samp -= unet_load
             for (i = 1; i <= ns; i++) if (ts[i] <= loaded_t) { la = an[i]; lf = fi[i] }
             mib = 1024
             if (status != 0) { printf "| %s | %s | FAILED (exit %s, see %s.log) ||||||||||\n", tool, size, status, tag; exit }
@@ -160,22 +168,23 @@ for size in $SIZES; do
                 "$GUIDANCE" "$SEED" "$THREADS" "$OUTDIR/$tag.png" "$PROMPT"
             report diffusers "$size" "$tag" "models loaded in" "^time: " "^time: " "^time: "
             ;;
-        sdcpp)
+        sdcpp|sdcpp-mmap)
+            local_mmap=; [ $tool = sdcpp-mmap ] && local_mmap=--mmap
             if [ -z "$SDCPP" ] || [ ! -x "$SDCPP" ]; then
                 echo "== $tag: skipped (set SDCPP to stable-diffusion.cpp's sd-cli binary)" >&2
-                echo "| sdcpp | ${size}x$size | skipped: SDCPP not set or not executable ||||||||||" >> "$TABLE"
+                echo "| $tool | ${size}x$size | skipped: SDCPP not set or not executable ||||||||||" >> "$TABLE"
                 continue
             fi
             warm "$MODEL"
             echo "== $tag: $SDCPP" >&2
             measure "$tag" stdbuf -oL -eL "$SDCPP" -m "$MODEL" -p "$PROMPT" --steps "$STEPS" \
                 -W "$size" -H "$size" --cfg-scale "$GUIDANCE" --seed "$SEED" -t "$THREADS" \
-                --sampling-method euler -o "$OUTDIR/$tag.png" -v
-            report sdcpp "$size" "$tag" "loading tensors completed" \
+                --sampling-method euler -o "$OUTDIR/$tag.png" -v $local_mmap
+            report $tool "$size" "$tag" "loading tensors completed" \
                 "get_learned_condition completed" "sampling completed, taking" \
                 "decode_first_stage completed"
             ;;
-        *) die "unknown tool $tool (ldm, diffusers, sdcpp)" ;;
+        *) die "unknown tool $tool (ldm, diffusers, sdcpp, sdcpp-mmap)" ;;
         esac
     done
 done
