@@ -15,7 +15,8 @@ SCALES = [1.0, 3.0, 7.5]
 def main():
     folder, out = sys.argv[1], sys.argv[2]
     seeds = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     rows = []
@@ -28,6 +29,7 @@ def main():
                           generator=g).images[0]
                 cells.append(np.asarray(im.resize((96, 96), Image.NEAREST)))
         rows.append(np.concatenate(cells, 1))
+        print(p, flush=True)
     sheet = Image.fromarray(np.concatenate(rows, 0))
     canvas = Image.new("RGB", (sheet.width + 130, sheet.height + 16), "white")
     canvas.paste(sheet, (130, 16))
