@@ -56,16 +56,16 @@ def train_vae(a):
     N, V = x.shape[:2]
     x = x.reshape(N * V, *x.shape[2:])
     torch.manual_seed(a.seed)
-    vae = AutoencoderKL(**VAE_CFG)
+    vae = AutoencoderKL(**VAE_CFG).to(a.device)
     log(f"vae params {nparams(vae)/1e6:.3f} M, {x.shape[0]} images")
     opt = torch.optim.AdamW(vae.parameters(), lr=a.lr or 1e-3, weight_decay=0.0)
     t0, step, g = time.time(), 0, torch.Generator().manual_seed(a.seed)
     l1s = []
     while time.time() - t0 < a.minutes * 60:
         idx = torch.randint(0, x.shape[0], (a.batch,), generator=g)
-        b = x[idx]
+        b = x[idx].to(a.device)
         post = vae.encode(b).latent_dist
-        rec = vae.decode(post.sample(generator=g)).sample
+        rec = vae.decode(post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(a.device)).sample
         l1 = (rec - b).abs().mean()
         mse = F.mse_loss(rec, b)
         kl = post.kl().mean() / (b[0].numel())
@@ -84,11 +84,12 @@ def train_vae(a):
                 f"elapsed {time.time()-t0:.0f}s")
     # scaling factor = 1 / std of the latent means over the whole set
     with torch.no_grad():
-        mus = torch.cat([vae.encode(x[i:i + 512]).latent_dist.mean for i in range(0, x.shape[0], 512)])
+        mus = torch.cat([vae.encode(x[i:i + 512].to(a.device)).latent_dist.mean.cpu()
+                         for i in range(0, x.shape[0], 512)])
     sf = float(1.0 / mus.std())
     vae.register_to_config(scaling_factor=sf)
     os.makedirs(a.work, exist_ok=True)
-    vae.save_pretrained(os.path.join(a.work, "vae"), safe_serialization=True)
+    vae.to("cpu").save_pretrained(os.path.join(a.work, "vae"), safe_serialization=True)
     info = dict(steps=step, seconds=round(time.time() - t0), final_l1=float(np.mean(l1s[-100:])),
                 scaling_factor=sf, params=nparams(vae))
     json.dump(info, open(os.path.join(a.work, "vae_info.json"), "w"), indent=1)
@@ -130,7 +131,7 @@ def tokenize(tok, texts):
 def build_pipeline(vae, text, unet, tok):
     sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True,
-                          steps_offset=1, clip_sample=False, prediction_type="epsilon")
+                          steps_offset=1, prediction_type="epsilon")
     return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
                                    scheduler=sched, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -154,11 +155,11 @@ def train_unet(a):
     x, names = load_images(a.data)
     N, V = x.shape[:2]
     vae = AutoencoderKL.from_pretrained(os.path.join(a.work, "vae"))
-    vae.eval().requires_grad_(False)
+    vae.eval().requires_grad_(False).to(a.device)
     sf = vae.config.scaling_factor
     with torch.no_grad():
         flat = x.reshape(N * V, *x.shape[2:])
-        dists = [vae.encode(flat[i:i + 512]).latent_dist for i in range(0, flat.shape[0], 512)]
+        dists = [vae.encode(flat[i:i + 512].to(a.device)).latent_dist for i in range(0, flat.shape[0], 512)]
         mu = torch.cat([d.mean for d in dists]).reshape(N, V, 4, 8, 8)
         sd = torch.cat([d.std for d in dists]).reshape(N, V, 4, 8, 8)
     log(f"latents {tuple(mu.shape)} scaling_factor {sf:.4f} scaled std {float((mu*sf).std()):.3f}")
@@ -168,8 +169,8 @@ def train_unet(a):
     cap_ids = [tokenize(tok, c) for c in caps]
     empty_ids = tokenize(tok, [""])[0]
 
-    text = CLIPTextModel(CLIPTextConfig(**TEXT_CFG))
-    unet = UNet2DConditionModel(**UNET_CFG)
+    text = CLIPTextModel(CLIPTextConfig(**TEXT_CFG)).to(a.device)
+    unet = UNet2DConditionModel(**UNET_CFG).to(a.device)
     log(f"text params {nparams(text)/1e6:.3f} M, unet params {nparams(unet)/1e6:.3f} M, "
         f"vae params {nparams(vae)/1e6:.3f} M")
     params = list(text.parameters()) + list(unet.parameters())
@@ -178,6 +179,7 @@ def train_unet(a):
     ema = [p.detach().clone() for p in params]
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           num_train_timesteps=1000, prediction_type="epsilon")
+    sched.alphas_cumprod = sched.alphas_cumprod.to(a.device)
     acp = sched.alphas_cumprod
     snr = acp / (1 - acp)
     step, t0, losses = 0, time.time(), []
@@ -192,7 +194,8 @@ def train_unet(a):
             for p, e in zip(params, ema):
                 p.copy_(e)
         text.eval(); unet.eval()
-        save_pipeline(build_pipeline(vae, text, unet, tok), a.out)
+        save_pipeline(build_pipeline(vae.to("cpu"), text.to("cpu"), unet.to("cpu"), tok), a.out)
+        vae.to(a.device); text.to(a.device); unet.to(a.device)
         with torch.no_grad():
             for p, l in zip(params, live):
                 p.copy_(l)
@@ -207,12 +210,13 @@ def train_unet(a):
     while time.time() - t0 < total_s:
         i = torch.randint(0, N, (a.batch,), generator=g)
         v = torch.randint(0, V, (a.batch,), generator=g)
-        z = (mu[i, v] + sd[i, v] * torch.randn(a.batch, 4, 8, 8, generator=g)) * sf
+        z = (mu[i.to(a.device), v.to(a.device)]
+             + sd[i.to(a.device), v.to(a.device)] * torch.randn(a.batch, 4, 8, 8, generator=g).to(a.device)) * sf
         ids = torch.stack([
             empty_ids if random.random() < 0.1 else cap_ids[k][random.randrange(len(cap_ids[k]))]
-            for k in i.tolist()])
-        t = torch.randint(0, 1000, (a.batch,), generator=g)
-        noise = torch.randn(z.shape, generator=g)
+            for k in i.tolist()]).to(a.device)
+        t = torch.randint(0, 1000, (a.batch,), generator=g).to(a.device)
+        noise = torch.randn(z.shape, generator=g).to(a.device)
         zt = sched.add_noise(z, noise, t)
         cond = text(ids)[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
@@ -256,6 +260,7 @@ def main():
     ap.add_argument("--save-every", type=float, default=300)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)  # denormals make CPU training crawl as weights shrink
