@@ -169,8 +169,14 @@ def train_unet(a):
     cap_ids = [tokenize(tok, c) for c in caps]
     empty_ids = tokenize(tok, [""])[0]
 
-    text = CLIPTextModel(CLIPTextConfig(**TEXT_CFG)).to(a.device)
-    unet = UNet2DConditionModel(**UNET_CFG).to(a.device)
+    if a.resume:
+        # continue from a saved pipeline folder (its weights are the EMA weights)
+        text = CLIPTextModel.from_pretrained(os.path.join(a.resume, "text_encoder")).to(a.device)
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(a.resume, "unet")).to(a.device)
+        log(f"resumed text encoder and unet from {a.resume}")
+    else:
+        text = CLIPTextModel(CLIPTextConfig(**TEXT_CFG)).to(a.device)
+        unet = UNet2DConditionModel(**UNET_CFG).to(a.device)
     log(f"text params {nparams(text)/1e6:.3f} M, unet params {nparams(unet)/1e6:.3f} M, "
         f"vae params {nparams(vae)/1e6:.3f} M")
     params = list(text.parameters()) + list(unet.parameters())
@@ -259,6 +265,8 @@ def main():
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--save-every", type=float, default=300)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--resume", default=None,
+                    help="unet stage: start from this pipeline folder's text encoder and unet")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
