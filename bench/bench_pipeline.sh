@@ -27,6 +27,7 @@
 # Environment (defaults): MODEL=/work/bench-sd15 BUNDLE=/work/bench-sd15.ldmb STEPS=4
 #   SIZES="512 256" THREADS=$(nproc) PY=/opt/refenv/bin/python SDCPP= TOOLS="ldm diffusers sdcpp sdcpp-mmap"
 #   OUTDIR=/tmp/ldm-bench (logs, images, samples, table.md)
+#   REPORT_ONLY=1: run nothing, rebuild OUTDIR/table.md from the files of an earlier run
 # Run from the repository root:  SDCPP=/work/sdcpp/build/bin/sd-cli bench/bench_pipeline.sh
 set -u
 
@@ -42,6 +43,7 @@ SDCPP=${SDCPP:-}
 TOOLS=${TOOLS:-"ldm diffusers sdcpp sdcpp-mmap"}
 OUTDIR=${OUTDIR:-/tmp/ldm-bench}
 PROMPT=${PROMPT:-"a photograph of an astronaut riding a horse on the moon"}
+REPORT_ONLY=${REPORT_ONLY:-0}
 TIME=/usr/bin/time
 
 die() { echo "bench_pipeline.sh: $*" >&2; exit 1; }
@@ -70,6 +72,7 @@ sample() {
 # memory samples into TAG.rss, time -v report into TAG.time.
 measure() {
     local tag=$1; shift
+    [ "$REPORT_ONLY" = 1 ] && return
     local pidf=$OUTDIR/$tag.pid
     rm -f "$pidf" "$OUTDIR/$tag".{log,rss,time}
     "$TIME" -v -o "$OUTDIR/$tag.time" sh -c 'echo $$ > "$0"; exec "$@"' "$pidf" "$@" 2>&1 \
@@ -80,7 +83,7 @@ measure() {
     wait $job
 }
 
-warm() { find "$@" -type f -exec cat {} + > /dev/null 2>&1; }
+warm() { [ "$REPORT_ONLY" = 1 ] || find "$@" -type f -exec cat {} + > /dev/null 2>&1; }
 
 # report TOOL SIZE TAG LOADED_RE TEXT_RE SAMPLING_RE DECODE_RE: one table row from the files.
 # Each *_RE is an awk regex for the log line carrying that figure; the figure is the number
@@ -119,8 +122,8 @@ report() {
             if (line ~ dec_re)   dec   = (tool ~ /^sdcpp/) ? num_after(line, "taking") : num_after(line, "decode")
             if (line ~ /UNet evaluations/) {   # ldm "(N UNet evaluations)", diffusers "UNet evaluations: N"
                 n = split(line, a, /[ (),:]+/)
-                for (i = 2; i < n; i++) if (a[i] == "UNet" && a[i+1] == "evaluations")
-                    evals = (a[i-1] ~ /^[0-9]+$/) ? a[i-1] : a[i+2]
+                for (i = 1; i < n; i++) if (a[i] == "UNet" && a[i+1] == "evaluations")
+                    evals = (i > 1 && a[i-1] ~ /^[0-9]+$/) ? a[i-1] : a[i+2]
             }
         }
         END {
@@ -136,7 +139,10 @@ report() {
         }' "$OUTDIR/$tag.time" "$OUTDIR/$tag.rss" "$OUTDIR/$tag.log" >> "$TABLE"
 }
 
-{
+if [ "$REPORT_ONLY" = 1 ]; then
+    [ -f "$TABLE" ] || die "REPORT_ONLY=1: no $TABLE"
+    sed -i '/^| [a-z-]* | [0-9]*x[0-9]* |/d' "$TABLE"
+else {
     echo "# bench_pipeline.sh $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
     echo
     echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs online; RAM $(free -g | awk '/^Mem:/{print $2}') GiB;" \
@@ -147,6 +153,7 @@ report() {
     echo "| tool | size | wall s | start→loaded s | RSS after load MiB (anon + file) | text s | UNet evals | s/step | decode s | peak RSS MiB | peak anon MiB | peak file MiB |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 } > "$TABLE"
+fi
 
 for size in $SIZES; do
     for tool in $TOOLS; do
