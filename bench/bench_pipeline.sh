@@ -2,7 +2,7 @@
 # bench/bench_pipeline.sh: end-to-end text-to-image benchmark, ldm next to its baselines,
 # all measured in the same run on the same machine.
 #
-#   ldm        build/ldmgen --bundle $BUNDLE (CPU backend, OMP threads = $THREADS)
+#   ldm        $LDMGEN (build/ldmgen) --bundle $BUNDLE (CPU backend, OMP threads = $THREADS)
 #   diffusers  StableDiffusionPipeline on $MODEL, PyTorch CPU float32, torch threads = $THREADS
 #              (bench/diffusers_pipeline.py, run with $PY)
 #   sdcpp      stable-diffusion.cpp's CLI ($SDCPP, e.g. /work/sdcpp/build/bin/sd-cli) on the same
@@ -24,7 +24,7 @@
 # file-backed parts (ldm maps the bundle: its file-backed pages are page cache, shared and
 # reclaimable, not private memory).
 #
-# Environment (defaults): MODEL=/work/bench-sd15 BUNDLE=/work/bench-sd15.ldmb STEPS=4
+# Environment (defaults): LDMGEN=build/ldmgen MODEL=/work/bench-sd15 BUNDLE=/work/bench-sd15.ldmb STEPS=4
 #   SIZES="512 256" THREADS=$(nproc) PY=/opt/refenv/bin/python SDCPP= TOOLS="ldm diffusers sdcpp sdcpp-mmap"
 #   OUTDIR=/tmp/ldm-bench (logs, images, samples, table.md)
 #   REPORT_ONLY=1: run nothing, rebuild OUTDIR/table.md from the files of an earlier run
@@ -44,11 +44,12 @@ TOOLS=${TOOLS:-"ldm diffusers sdcpp sdcpp-mmap"}
 OUTDIR=${OUTDIR:-/tmp/ldm-bench}
 PROMPT=${PROMPT:-"a photograph of an astronaut riding a horse on the moon"}
 REPORT_ONLY=${REPORT_ONLY:-0}
+LDMGEN=${LDMGEN:-build/ldmgen}
 TIME=/usr/bin/time
 
 die() { echo "bench_pipeline.sh: $*" >&2; exit 1; }
 [ -x "$TIME" ] || die "$TIME missing (apt-get install time)"
-[ -x build/ldmgen ] || die "build/ldmgen missing: run make first (from the repository root)"
+[ -x "$LDMGEN" ] || die "$LDMGEN missing: run make first (from the repository root)"
 mkdir -p "$OUTDIR" || die "cannot create $OUTDIR"
 TABLE=$OUTDIR/table.md
 
@@ -147,7 +148,7 @@ else {
     echo
     echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs online; RAM $(free -g | awk '/^Mem:/{print $2}') GiB;" \
          "load average $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "ldm $(git rev-parse --short HEAD 2>/dev/null), bundle $BUNDLE; model $MODEL; steps $STEPS," \
+    echo "ldm: $LDMGEN built $(date -u -r "$LDMGEN" '+%Y-%m-%d %H:%M UTC') (HEAD now $(git rev-parse --short HEAD 2>/dev/null)), bundle $BUNDLE; model $MODEL; steps $STEPS," \
          "guidance $GUIDANCE, seed $SEED, threads $THREADS; prompt \"$PROMPT\""
     echo
     echo "| tool | size | wall s | start→loaded s | RSS after load MiB (anon + file) | text s | UNet evals | s/step | decode s | peak RSS MiB | peak anon MiB | peak file MiB |"
@@ -161,8 +162,8 @@ for size in $SIZES; do
         case $tool in
         ldm)
             warm "$BUNDLE"
-            echo "== $tag: build/ldmgen" >&2
-            OMP_NUM_THREADS=$THREADS LDM_BACKEND=cpu measure "$tag" build/ldmgen --bundle "$BUNDLE" \
+            echo "== $tag: $LDMGEN" >&2
+            OMP_NUM_THREADS=$THREADS LDM_BACKEND=cpu measure "$tag" "$LDMGEN" --bundle "$BUNDLE" \
                 --seed "$SEED" -n "$STEPS" -W "$size" -H "$size" -g "$GUIDANCE" \
                 -o "$OUTDIR/$tag.png" -v --no-history --no-cache "$PROMPT"
             report ldm "$size" "$tag" "models loaded in" "^time: " "^time: " "^time: "
