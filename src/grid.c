@@ -59,25 +59,35 @@ static void draw_text(uint8_t *img, int W, int H, int x, int y, int s, const cha
 int ldm_grid_compose(const uint8_t *const *cells, int rows, int cols, int cw, int ch,
                      const char *const *labels, uint8_t **out, int *width, int *height) {
     if (rows <= 0 || cols <= 0 || cw <= 0 || ch <= 0) return ldm_error("grid: empty grid");
-    int s = cw >= 192 ? 2 : 1;          /* font scale */
+    /* Small pictures (a 32x32 demo model) are enlarged by a whole factor, nearest
+     * neighbour, so that they can be seen and their titles fit. */
+    int zoom = cw < LDM_GRID_MIN_CELL ? (LDM_GRID_MIN_CELL + cw - 1) / cw : 1;
+    int zw = cw * zoom, zh = ch * zoom;
+    int s = zw >= 192 ? 2 : 1;          /* font scale */
     int strip = 7 * s + 4 * s;          /* title strip height */
     int gap = 2;
-    int W = cols * cw + (cols + 1) * gap, H = rows * (ch + strip) + (rows + 1) * gap;
+    int slot = zw;                      /* a column is as wide as its widest title */
+    for (int i = 0; labels && i < rows * cols; i++) {
+        int tw = labels[i] ? (int)strlen(labels[i]) * 6 * s + 2 * s : 0;
+        if (tw > slot) slot = tw;
+    }
+    int W = cols * slot + (cols + 1) * gap, H = rows * (zh + strip) + (rows + 1) * gap;
     uint8_t *img = ldm_xmalloc((size_t)W * H * 3);
     memset(img, 255, (size_t)W * H * 3);
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) {
-            int x0 = gap + c * (cw + gap), y0 = gap + r * (ch + strip + gap);
+            int sx = gap + c * (slot + gap), y0 = gap + r * (zh + strip + gap);
             const char *label = labels ? labels[r * cols + c] : NULL;
             if (label) {
                 int tw = (int)strlen(label) * 6 * s;
-                int tx = x0 + (cw - tw) / 2;
-                draw_text(img, W, H, tx < x0 ? x0 : tx, y0 + 2 * s, s, label);
+                draw_text(img, W, H, sx + (slot - tw) / 2, y0 + 2 * s, s, label);
             }
+            int x0 = sx + (slot - zw) / 2;
             const uint8_t *cell = cells[r * cols + c];
-            for (int y = 0; y < ch; y++)
-                memcpy(img + ((size_t)(y0 + strip + y) * W + x0) * 3, cell + (size_t)y * cw * 3,
-                       (size_t)cw * 3);
+            for (int y = 0; y < zh; y++)
+                for (int x = 0; x < zw; x++)
+                    memcpy(img + ((size_t)(y0 + strip + y) * W + x0 + x) * 3,
+                           cell + ((size_t)(y / zoom) * cw + x / zoom) * 3, 3);
         }
     *out = img;
     *width = W;

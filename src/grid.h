@@ -8,9 +8,13 @@
 
 #include <stdint.h>
 
+#define LDM_GRID_MIN_CELL 128
+
 /* Compose rows*cols cells of cw x ch pixels into one image with a title strip above
  * each cell (labels[r*cols + c], drawn with a small built-in bitmap font; characters
- * it lacks are drawn as '?').  Returns 0 and sets *out, *width, *height. */
+ * it lacks are drawn as '?').  Cells narrower than LDM_GRID_MIN_CELL pixels are
+ * enlarged by a whole factor (nearest neighbour); a column is widened to its widest
+ * title, the picture centred in it.  Returns 0 and sets *out, *width, *height. */
 int ldm_grid_compose(const uint8_t *const *cells, int rows, int cols, int cw, int ch,
                      const char *const *labels, uint8_t **out, int *width, int *height);
 

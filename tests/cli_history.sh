@@ -161,7 +161,7 @@ expect_fail "replay: no argument" 2 'expected one' "$GEN" replay --db "$DB"
 $G --grid g=1,7.5 --grid n=1,2,3 --seed 3 -o "$O/grid.png" -v "a red apple" > "$TMP/gout" 2> "$TMP/gerr"
 check "grid exits 0 ($(head -c 300 "$TMP/gerr"))" test $? -eq 0
 check "grid: one file" test "$(cat "$TMP/gout")" = "$O/grid.png"
-check "grid: 3 x 2 cells of 64x64 with titles" test "$(png_size "$O/grid.png")" = "200 156"
+check "grid: 3 x 2 cells of 64x64 (shown at 128x128) with titles" test "$(png_size "$O/grid.png")" = "392 284"
 check "grid: text encoded once, reused" test "$(grep -c 'text embedding (prompt): reused' "$TMP/gerr")" -eq 5
 "$GEN" history --db "$DB" --json --limit 1 > "$TMP/j"
 gid=$(field grid_id)
@@ -178,7 +178,7 @@ check "grid: a cell equals the single image" cmp -s "$O/cell.png" "$O/cell-direc
 "$GEN" replay --db "$DB" -o "$O/grid2.png" "$O/grid.png" > "$TMP/rout"
 check "grid: replay of the grid PNG" grep -q 'identical to .*grid.png (PNG bytes and pixels' "$TMP/rout"
 $G --grid n=1,2 -g 5 --seed 3 -o "$O/grid1.png" -q "a red apple"
-check "grid: one axis" test "$(png_size "$O/grid1.png")" = "134 79"
+check "grid: one axis" test "$(png_size "$O/grid1.png")" = "262 143"
 expect_fail "grid: bad axis" 2 "expected g=LIST" $G --grid x=1 -o "$O/x.png" "$P"
 expect_fail "grid: bad value" 2 "steps must be whole" $G --grid n=2.5 -o "$O/x.png" "$P"
 expect_fail "grid: axis twice" 2 "given twice" $G --grid g=1 --grid g=2 -o "$O/x.png" "$P"

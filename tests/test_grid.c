@@ -7,31 +7,44 @@
 #include "test.h"
 
 static void test_compose(void) {
-    enum { R = 2, C = 3, CW = 16, CH = 12 };
+    enum { R = 2, C = 3, CW = 16, CH = 12, Z = 8 /* 16 px cells are enlarged to 128 */ };
     uint8_t *cells[R * C];
     const char *labels[R * C] = {"g=1 n=10", "g=1 n=25", "g=1 n=50", "g=7.5 n=10", "g=7.5 n=25", "g=7.5 n=50"};
     for (int i = 0; i < R * C; i++) {
         cells[i] = malloc(CW * CH * 3);
-        memset(cells[i], 10 + i * 20, CW * CH * 3);
+        for (int p = 0; p < CW * CH; p++) memset(cells[i] + p * 3, (p % CW) < CW / 2 ? 10 + i * 20 : 200 + i, 3);
     }
     uint8_t *img;
     int W, H;
     CHECK(ldm_grid_compose((const uint8_t *const *)cells, R, C, CW, CH, labels, &img, &W, &H) == 0, "compose");
-    int strip = 11, gap = 2;
-    CHECK(W == C * CW + (C + 1) * gap && H == R * (CH + strip) + (R + 1) * gap, "size %dx%d", W, H);
+    int strip = 11, gap = 2, slot = CW * Z;
+    CHECK(W == C * slot + (C + 1) * gap && H == R * (CH * Z + strip) + (R + 1) * gap, "size %dx%d", W, H);
     int ok = 1;
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
-            int x0 = gap + c * (CW + gap), y0 = gap + r * (CH + strip + gap) + strip;
-            for (int y = 0; y < CH; y++)
-                for (int x = 0; x < CW; x++)
-                    if (img[((size_t)(y0 + y) * W + x0 + x) * 3] != 10 + (r * C + c) * 20) ok = 0;
+            int x0 = gap + c * (slot + gap), y0 = gap + r * (CH * Z + strip + gap) + strip;
+            for (int y = 0; y < CH * Z; y++)
+                for (int x = 0; x < CW * Z; x++) {
+                    int i = r * C + c, want = (x / Z) < CW / 2 ? 10 + i * 20 : 200 + i;
+                    if (img[((size_t)(y0 + y) * W + x0 + x) * 3] != want) ok = 0;
+                }
         }
-    CHECK(ok, "each cell lands in its place");
+    CHECK(ok, "each cell lands in its place, enlarged nearest-neighbour");
     int dark = 0;
     for (int y = gap; y < gap + strip; y++)
         for (int x = 0; x < W; x++) dark += img[((size_t)y * W + x) * 3] == 0;
     CHECK(dark > 20, "the first row's titles are drawn (%d dark pixels)", dark);
+    free(img);
+
+    /* Large cells are not enlarged; a title wider than its cell widens the column. */
+    uint8_t big[200 * 4 * 3];
+    memset(big, 7, sizeof big);
+    const uint8_t *one[1] = {big};
+    const char *wide[1] = {"g=7.5 n=25 g=7.5 n=25 g=7.5 n=25"};
+    CHECK(ldm_grid_compose(one, 1, 1, 200, 4, wide, &img, &W, &H) == 0, "compose wide title");
+    int tw = (int)strlen(wide[0]) * 12 + 4;
+    CHECK(W == tw + 2 * gap && H == 4 + 22 + 2 * gap, "column widened to its title: %dx%d", W, H);
+    CHECK(img[((size_t)(gap + 22) * W + gap + (tw - 200) / 2) * 3] == 7, "picture centred under its title");
     free(img);
     for (int i = 0; i < R * C; i++) free(cells[i]);
 }
