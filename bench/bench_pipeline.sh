@@ -5,7 +5,7 @@
 #   ldm        $LDMGEN (build/ldmgen) --bundle $BUNDLE (CPU backend, OMP threads = $THREADS)
 #   diffusers  StableDiffusionPipeline on $MODEL, PyTorch CPU float32, torch threads = $THREADS
 #              (bench/diffusers_pipeline.py, run with $PY)
-#   sdcpp      stable-diffusion.cpp's CLI ($SDCPP, e.g. /work/sdcpp/build/bin/sd-cli) on the same
+#   sdcpp      stable-diffusion.cpp's CLI ($SDCPP, e.g. ../sdcpp/build/bin/sd-cli) on the same
 #              diffusers folder $MODEL (it reads diffusers folders itself), -t $THREADS;
 #              skipped with a message when $SDCPP is unset or not executable
 #   sdcpp-mmap the same with --mmap (weights used from the mapped safetensors files, as ldm does)
@@ -24,15 +24,15 @@
 # file-backed parts (ldm maps the bundle: its file-backed pages are page cache, shared and
 # reclaimable, not private memory).
 #
-# Environment (defaults): LDMGEN=build/ldmgen MODEL=/work/bench-sd15 BUNDLE=/work/bench-sd15.ldmb STEPS=4
+# Environment (defaults): LDMGEN=build/ldmgen MODEL=build/bench-sd15 BUNDLE=build/bench-sd15.ldmb STEPS=4
 #   SIZES="512 256" THREADS=$(nproc) PY=/opt/refenv/bin/python SDCPP= TOOLS="ldm diffusers sdcpp sdcpp-mmap"
 #   OUTDIR=/tmp/ldm-bench (logs, images, samples, table.md)
 #   REPORT_ONLY=1: run nothing, rebuild OUTDIR/table.md from the files of an earlier run
-# Run from the repository root:  SDCPP=/work/sdcpp/build/bin/sd-cli bench/bench_pipeline.sh
+# Run from the repository root:  SDCPP=../sdcpp/build/bin/sd-cli bench/bench_pipeline.sh
 set -u
 
-MODEL=${MODEL:-/work/bench-sd15}
-BUNDLE=${BUNDLE:-/work/bench-sd15.ldmb}
+MODEL=${MODEL:-build/bench-sd15}
+BUNDLE=${BUNDLE:-build/bench-sd15.ldmb}
 STEPS=${STEPS:-4}
 SIZES=${SIZES:-"512 256"}
 GUIDANCE=${GUIDANCE:-7.5}

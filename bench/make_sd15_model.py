@@ -9,8 +9,8 @@ their defaults (weight 1, bias 0), which keeps activations finite in float16. Th
 the real CLIP BPE from tests/fixtures/clip. Weights are written as float16 safetensors by
 StableDiffusionPipeline.save_pretrained (about 2 GB: keep the folder outside the repository).
 
-    /opt/refenv/bin/python bench/make_sd15_model.py /work/bench-sd15
-    build/ldmpack /work/bench-sd15 -o /work/bench-sd15.ldmb
+    /opt/refenv/bin/python bench/make_sd15_model.py build/bench-sd15
+    build/ldmpack build/bench-sd15 -o build/bench-sd15.ldmb
 """
 import json
 import os

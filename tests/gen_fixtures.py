@@ -13,7 +13,7 @@ same bytes).  The output is deterministic: random weights
 come from fixed torch seeds, every reference run uses fixed generator seeds.
 
 What it writes (see tests/fixtures/README.md and tests/fixtures/expected/index.json):
-  clip/      copies of the real CLIP BPE files + tokenizer cases + prompts (from /work/shared/clip)
+  clip/      copies of the real CLIP BPE files + tokenizer cases + prompts (from ../shared/clip)
   models/sd1 tiny SD 1.x-style diffusers folder, fp16 safetensors, PNDM scheduler
   models/sd2 tiny SD 2.x-style diffusers folder: fp32 UNet in 2 shards + index json,
              bf16 text encoder, v-prediction DDIM scheduler
@@ -41,7 +41,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(ROOT, "fixtures")
-CLIP_SRC = "/work/shared/clip"
+CLIP_SRC = os.environ.get("LDM_SHARED_CLIP", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "clip"))
 CLIP_DIR = os.path.join(FIX, "clip")
 MODELS = os.path.join(FIX, "models")
 EXP = os.path.join(FIX, "expected")

@@ -6,7 +6,7 @@
 # Output: one .npz with images uint8 [N, V, 32, 32, 3] (V variants, variant 0 centred),
 # names (str [N]) and a JSON list of the captions next to it.
 #
-#   /opt/refenv/bin/python train/make_dataset.py --out /work/emoji-data/emoji32.npz
+#   /opt/refenv/bin/python train/make_dataset.py --out build/emoji-data/emoji32.npz
 import argparse, io, json, os, sys, unicodedata
 import numpy as np
 from PIL import Image
@@ -80,7 +80,7 @@ def variant(sq, rng, res, centred):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--font", default="/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
-    ap.add_argument("--out", default="/work/emoji-data/emoji32.npz")
+    ap.add_argument("--out", default="build/emoji-data/emoji32.npz")
     ap.add_argument("--res", type=int, default=32)
     ap.add_argument("--variants", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)

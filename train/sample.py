@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # Contact sheet for a trained model folder: rows = prompts, columns = guidance scales,
 # generated with diffusers' StableDiffusionPipeline (the reference ldmgen must match).
-#   /opt/refenv/bin/python train/sample.py /work/emoji-model /tmp/emoji_sheet.png
+#   /opt/refenv/bin/python train/sample.py build/emoji-model /tmp/emoji_sheet.png
 import sys, torch
 import numpy as np
 from PIL import Image, ImageDraw

@@ -7,10 +7,10 @@
 #   (the unet stage writes the full StableDiffusionPipeline folder every --save-every seconds)
 #
 #   P=/opt/refenv/bin/python
-#   $P train/make_dataset.py --out /work/emoji-data/emoji32.npz
-#   $P train/train.py vae  --data /work/emoji-data/emoji32.npz --work /work/emoji-work --minutes 12
-#   $P train/train.py unet --data /work/emoji-data/emoji32.npz --work /work/emoji-work --minutes 55 \
-#       --out /work/emoji-model
+#   $P train/make_dataset.py --out build/emoji-data/emoji32.npz
+#   $P train/train.py vae  --data build/emoji-data/emoji32.npz --work build/emoji-work --minutes 12
+#   $P train/train.py unet --data build/emoji-data/emoji32.npz --work build/emoji-work --minutes 55 \
+#       --out build/emoji-model
 import argparse, json, math, os, random, shutil, sys, time
 import numpy as np
 import torch
@@ -137,10 +137,22 @@ def build_pipeline(vae, text, unet, tok):
                                    requires_safety_checker=False)
 
 
+def strip_source_paths(folder):
+    """from_pretrained records where a model came from ("_name_or_path"); that is a path of
+    the training machine, not part of the model: drop it from the saved configs."""
+    for sub in ("unet", "vae", "text_encoder"):
+        p = os.path.join(folder, sub, "config.json")
+        if os.path.exists(p):
+            cfg = json.load(open(p))
+            if cfg.pop("_name_or_path", None) is not None:
+                json.dump(cfg, open(p, "w"), indent=2, sort_keys=True)
+
+
 def save_pipeline(pipe, out):
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    strip_source_paths(tmp)
     old = out + ".old"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(out):
@@ -256,9 +268,9 @@ def train_unet(a):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("stage", choices=["vae", "unet"])
-    ap.add_argument("--data", default="/work/emoji-data/emoji32.npz")
-    ap.add_argument("--work", default="/work/emoji-work")
-    ap.add_argument("--out", default="/work/emoji-model")
+    ap.add_argument("--data", default="build/emoji-data/emoji32.npz")
+    ap.add_argument("--work", default="build/emoji-work")
+    ap.add_argument("--out", default="build/emoji-model")
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=None)
