@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "bundle.h"
 #include "common.h"
 #include "safetensors.h"
 
@@ -80,6 +81,39 @@ static int mt_edit_json(const char *path, const char *field, const char *value) 
     int rc = json_dump_file(j, path, JSON_INDENT(2));
     json_decref(j);
     return rc;
+}
+
+/* Loads one model from a bundle on the CPU backend and frees it again: 1 if it loaded,
+ * 0 with ldm_last_error() set if it was refused. */
+typedef int (*mt_load_fn)(const ldm_bundle *b);
+
+/* Copy models/sd1, set (or delete, value NULL) one field of `member` (e.g.
+ * "vae/config.json"), pack and load with `load`: the error, from ldmpack's validation
+ * or from the loader, must contain `needle`.  Needs test.h's CHECK (included first). */
+static inline void mt_expect_config_error(const char *tmp, const char *member, mt_load_fn load,
+                                          const char *field, const char *value,
+                                          const char *needle) {
+    char dir[512], cfg[700], bundle[600], log[4096];
+    snprintf(dir, sizeof dir, "%s/bad", tmp);
+    snprintf(cfg, sizeof cfg, "%s/%s", dir, member);
+    snprintf(bundle, sizeof bundle, "%s/bad.ldmb", tmp);
+    if (mt_copy("tests/fixtures/models/sd1", dir) || mt_edit_json(cfg, field, value)) {
+        CHECK(0, "could not prepare the modified copy for %s", field);
+        return;
+    }
+    remove(bundle);
+    if (mt_pack(dir, bundle, log, sizeof log) != 0) {
+        CHECK(strstr(log, needle) != NULL, "%s=%s: ldmpack output lacks \"%s\": %s", field,
+              value ? value : "(deleted)", needle, log);
+        return;
+    }
+    ldm_bundle *b = ldm_bundle_open(bundle);
+    CHECK(b != NULL, "%s", ldm_last_error());
+    if (!b) return;
+    int loaded = load(b);
+    CHECK(!loaded && strstr(ldm_last_error(), needle), "%s=%s: error lacks \"%s\": %s", field,
+          value ? value : "(deleted)", needle, loaded ? "(loaded)" : ldm_last_error());
+    ldm_bundle_close(b);
 }
 
 /* A float32 copy of tensor `name` of st, which must have n elements (NULL otherwise). */
