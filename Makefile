@@ -45,9 +45,13 @@ CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
 LDLIBS     += $(CUDA_LIBS)
 endif
 
-MAINS   := src/ldmpack_main.c src/ldmgen_main.c
-LIB_SRC := $(filter-out $(MAINS), $(wildcard src/*.c))
+# Layers, lowest first (src/README.md): each may include only the layers before it.
+LAYERS  := core backend format model pipeline app
+LIB_SRC := $(foreach l,$(LAYERS),$(wildcard src/$(l)/*.c))
 LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/schema_sql.o $(CUDA_OBJ)
+CLI_SRC := $(filter-out %_main.c,$(wildcard src/cli/*.c))
+CLI_OBJ := $(CLI_SRC:src/%.c=$(BUILD)/obj/%.o)
+HDRS    := $(wildcard src/*/*.h)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 PROGS   := $(BUILD)/ldmpack $(BUILD)/ldmgen
@@ -55,24 +59,23 @@ PROGS   := $(BUILD)/ldmpack $(BUILD)/ldmgen
 .PHONY: all test asan install clean deps
 all: $(PROGS)
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
+$(BUILD)/obj/%.o: src/%.c $(HDRS) | $(BUILD)/obj
+	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 # The SQL migrations in schema/ are compiled into the library.
 $(BUILD)/obj/schema_sql.c: $(sort $(wildcard schema/*.sql)) scripts/embed-sql.sh | $(BUILD)/obj
 	scripts/embed-sql.sh $(sort $(wildcard schema/*.sql)) > $@
 $(BUILD)/obj/schema_sql.o: $(BUILD)/obj/schema_sql.c
 	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/cuda/%.o: cuda/%.cu $(wildcard src/*.h cuda/*.h) | $(BUILD)/cuda
+$(BUILD)/cuda/%.o: cuda/%.cu $(HDRS) $(wildcard cuda/*.h) | $(BUILD)/cuda
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 $(BUILD)/libldm.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
-$(BUILD)/ldmpack: $(BUILD)/obj/ldmpack_main.o $(BUILD)/libldm.a
+$(BUILD)/ldmpack: $(BUILD)/obj/cli/ldmpack_main.o $(CLI_OBJ) $(BUILD)/libldm.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
-$(BUILD)/ldmgen: $(BUILD)/obj/ldmgen_main.o $(BUILD)/libldm.a
+$(BUILD)/ldmgen: $(BUILD)/obj/cli/ldmgen_main.o $(CLI_OBJ) $(BUILD)/libldm.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
-$(BUILD)/obj/%_main.o: src/%_main.c $(wildcard src/*.h) | $(BUILD)/obj
-	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libldm.a | $(BUILD)/tests
+$(BUILD)/tests/%: tests/%.c tests/test.h tests/model_test_util.h $(BUILD)/libldm.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libldm.a $(LDFLAGS) $(LDLIBS) -o $@
 $(BUILD)/obj $(BUILD)/cuda $(BUILD)/tests:
 	mkdir -p $@

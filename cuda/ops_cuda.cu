@@ -45,10 +45,10 @@
 #include <string.h>
 
 extern "C" {
-#include "common.h"
-#include "ops.h"
+#include "core/common.h"
+#include "backend/ops.h"
 }
-#include "cuda_backend.h"
+#include "backend/cuda_backend.h"
 
 /* ------------------------------------------------------------------------------
  * Sticky error record and the check macros. */

@@ -13,9 +13,9 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "bundle.h"
-#include "common.h"
-#include "safetensors.h"
+#include "format/bundle.h"
+#include "core/common.h"
+#include "format/safetensors.h"
 
 static char mt_tmp[256];
 

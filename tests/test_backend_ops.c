@@ -22,9 +22,9 @@
  * Sizes are odd on purpose (K not a multiple of 8, sequence lengths not multiples of the
  * attention tiles, head dims 3..512, strided q/k/v as in a fused projection).
  */
-#include "common.h"
-#include "cuda_backend.h"
-#include "ops.h"
+#include "core/common.h"
+#include "backend/cuda_backend.h"
+#include "backend/ops.h"
 #include "test.h"
 
 #include <math.h>

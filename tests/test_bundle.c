@@ -2,12 +2,12 @@
  * look tensors up, check shapes, alignment, fp16 bits and verbatim members, packing
  * determinism, --verify on damaged bundles, every malformed bundle the reader must
  * reject, and ldmpack's input errors (values, pickles, configs that do not match). */
-#include "bundle.h"
-#include "common.h"
-#include "fp16.h"
-#include "ops.h"
-#include "pack.h"
-#include "safetensors.h"
+#include "format/bundle.h"
+#include "core/common.h"
+#include "core/fp16.h"
+#include "backend/ops.h"
+#include "app/pack.h"
+#include "format/safetensors.h"
 #include "test.h"
 
 #include <archive.h>

@@ -7,8 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "db.h"
+#include "core/common.h"
+#include "app/db.h"
 #include "test.h"
 
 static char dir[256];

@@ -11,10 +11,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "db.h"
-#include "generate.h"
-#include "png_io.h"
+#include "core/common.h"
+#include "app/db.h"
+#include "app/generate.h"
+#include "format/png_io.h"
 #include "test.h"
 
 extern const char *const ldm_schema_migrations[];

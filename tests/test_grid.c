@@ -2,8 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "grid.h"
+#include "core/common.h"
+#include "app/grid.h"
 #include "test.h"
 
 static void test_compose(void) {

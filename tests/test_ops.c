@@ -12,8 +12,8 @@
  * attention blocks, C with few channels per group, stride 2 with padding, and chunk
  * limits shrunk so the chunked conv/linear paths run too.
  */
-#include "common.h"
-#include "ops.h"
+#include "core/common.h"
+#include "backend/ops.h"
 #include "test.h"
 
 #include <math.h>

@@ -17,12 +17,12 @@
 #include "test.h"
 #include "model_test_util.h"
 
-#include "common.h"
-#include "ops.h"
-#include "pipeline.h"
-#include "rng.h"
-#include "safetensors.h"
-#include "scheduler.h"
+#include "core/common.h"
+#include "backend/ops.h"
+#include "pipeline/pipeline.h"
+#include "core/rng.h"
+#include "format/safetensors.h"
+#include "pipeline/scheduler.h"
 
 #define EXP "tests/fixtures/expected/"
 

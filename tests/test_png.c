@@ -6,8 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "png_io.h"
+#include "core/common.h"
+#include "format/png_io.h"
 #include "test.h"
 
 static char dir[256];

@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "rng.h"
-#include "safetensors.h"
+#include "core/common.h"
+#include "core/rng.h"
+#include "format/safetensors.h"
 #include "test.h"
 
 #define RNG_FIXTURE "tests/fixtures/expected/rng.safetensors"

@@ -1,11 +1,11 @@
 /* test_safetensors.c - fp16 conversion (round to nearest even, subnormals, overflow),
  * SHA-256 against the NIST vectors, and the safetensors reader: valid files, every
  * kind of malformed header, sharded indexes, and the committed fixtures. */
-#include "common.h"
-#include "fp16.h"
-#include "ops.h"
-#include "safetensors.h"
-#include "sha256.h"
+#include "core/common.h"
+#include "core/fp16.h"
+#include "backend/ops.h"
+#include "format/safetensors.h"
+#include "core/sha256.h"
 #include "test.h"
 
 #include <math.h>

@@ -22,10 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "rng.h"
-#include "safetensors.h"
-#include "scheduler.h"
+#include "core/common.h"
+#include "core/rng.h"
+#include "format/safetensors.h"
+#include "pipeline/scheduler.h"
 #include "test.h"
 
 #define EXP "tests/fixtures/expected/"

@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "test.h"
-#include "tokenizer.h"
+#include "model/tokenizer.h"
 
 #define CLIP_DIR "tests/fixtures/clip/"
 #define MODELS_DIR "tests/fixtures/models/"

@@ -8,9 +8,9 @@
 #include "test.h"
 #include "model_test_util.h"
 
-#include "bundle.h"
-#include "model.h"
-#include "ops.h"
+#include "format/bundle.h"
+#include "model/model.h"
+#include "backend/ops.h"
 
 #define TOL 1e-4
 

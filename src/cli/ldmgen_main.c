@@ -1,0 +1,357 @@
+/* ldmgen_main.c - the ldmgen command: parse and check the arguments, then call the
+ * library (generate.c runs the job: history, cache, PNG files, grid, replay).  No model
+ * logic lives here.
+ *
+ *   ldmgen [options] [--] "prompt"              generate image(s) or a grid
+ *   ldmgen tokenize [--bundle FILE] [--] "prompt" print the 77 input ids
+ *   ldmgen history ... / ldmgen show ID          the generation history (history.c)
+ *   ldmgen replay ID|IMAGE.png                   regenerate and compare (generate.c)
+ *
+ * A prompt equal to a subcommand's name is given after "--": ldmgen -- history.
+ *
+ * Exit status: 0 success, 1 runtime or data error (bundle, files, memory), 2 usage error,
+ * 130 interrupted.  Every failure prints one line "ldmgen: ..." on stderr and leaves no
+ * file behind under the final name (PNGs are written to a temporary name and renamed).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "format/bundle.h"
+#include "core/common.h"
+#include "app/generate.h"
+#include "app/grid.h"
+#include "cli/history.h"
+#include "pipeline/pipeline.h"
+#include "pipeline/scheduler.h"
+#include "model/tokenizer.h"
+
+#ifndef LDM_DATADIR
+#define LDM_DATADIR "/usr/local/share/ldm"
+#endif
+#define DEFAULT_BUNDLE_NAME "default.ldmb"
+
+static const char USAGE[] =
+    "usage: ldmgen [options] [--] \"prompt\"\n"
+    "       ldmgen tokenize [--bundle FILE] [--] \"prompt\"\n"
+    "       ldmgen history [--grep TEXT] [--since DATE] [--seed S] ... (ldmgen history --help)\n"
+    "       ldmgen show ID\n"
+    "       ldmgen replay [-o FILE] [--bundle FILE] ID|IMAGE.png\n"
+    "\n"
+    "Generate an image from a text prompt with a Stable Diffusion bundle (.ldmb).\n"
+    "\n"
+    "      --bundle FILE        model bundle; default: $LDM_BUNDLE, else\n"
+    "                           " LDM_DATADIR "/" DEFAULT_BUNDLE_NAME " if it exists,\n"
+    "                           else ./bundle/" DEFAULT_BUNDLE_NAME "\n"
+    "  -o, --output FILE        PNG to write (default out.png); with -b N > 1 the files are\n"
+    "                           FILE-0001.png ... FILE-000N.png (stem of FILE + number)\n"
+    "  -g, --guidance G         classifier-free guidance scale, 0..100 (default 7.5;\n"
+    "                           <= 1 turns guidance off)\n"
+    "  -n, --steps N            denoising steps, 1..1000 (default 50)\n"
+    "      --seed S             seed, 0..18446744073709551615 (default: random, printed)\n"
+    "  -W, --width W            width in pixels, a multiple of 8 (default: the model's)\n"
+    "  -H, --height H           height in pixels, a multiple of 8 (default: the model's)\n"
+    "  -b, --batch N            images, 1..64, with seeds S, S+1, ... (default 1)\n"
+    "      --negative TEXT      negative prompt (default empty)\n"
+    "      --scheduler NAME     ddim, ddpm, pndm, euler, euler_a or dpmpp_2m\n"
+    "                           (default: the bundle's scheduler)\n"
+    "      --karras             Karras sigmas (euler and dpmpp_2m)\n"
+    "      --eta E              DDIM eta, 0..1 (default 0)\n"
+    "      --timestep-spacing S leading, trailing or linspace (default: the bundle's)\n"
+    "      --clip-skip N        use the text encoder's N-th last layer, 1..12 (default 1)\n"
+    "      --grid g=LIST        guidance values along the rows of a grid image, e.g. g=1,3,7.5\n"
+    "      --grid n=LIST        step counts along its columns, e.g. n=10,25 (one seed for all)\n"
+    "      --save-latent FILE   also write the final latent (mean of its channels) as a\n"
+    "                           grayscale PNG; numbered like the images with -b N\n"
+    "      --db PATH            history database (default: $LDM_DB, else\n"
+    "                           $XDG_DATA_HOME/ldm/ldm.db, else ~/.local/share/ldm/ldm.db)\n"
+    "      --no-history         record nothing in the history\n"
+    "      --require-history    exit 1 when the history cannot be recorded\n"
+    "      --no-cache           do not read or write the prompt-embedding cache\n"
+    "      --cache-max-mb N     embedding cache size cap in MiB (default 256)\n"
+    "  -q, --quiet              print errors only\n"
+    "  -v, --verbose            print timings and details\n"
+    "  -h, --help               print this help\n"
+    "      --version            print the version\n"
+    "\n"
+    "Environment: LDM_BUNDLE (default bundle), LDM_DB (history database),\n"
+    "LDM_BACKEND=cpu (do not use the GPU).\n"
+    "Exit status: 0 success, 1 runtime error, 2 usage error, 130 interrupted.\n"
+    "See ldmgen(1).\n";
+
+static int usage_error(const char *fmt, ...) LDM_PRINTF(1, 2);
+static int usage_error(const char *fmt, ...) {
+    va_list ap;
+    fputs("ldmgen: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs(" (try ldmgen --help)\n", stderr);
+    return 2;
+}
+
+static int runtime_error(const char *msg) {
+    fprintf(stderr, "ldmgen: %s\n", msg);
+    return 1;
+}
+
+/* ---- argument values ---- */
+
+/* A whole-string integer in [lo, hi]. */
+static int parse_int(const char *s, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* A whole-string finite number in [lo, hi]. */
+static int parse_double(const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(v) || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Decimal digits only, at most 2^64 - 1. */
+static int parse_seed(const char *s, uint64_t *out) {
+    uint64_t v = 0;
+    if (!*s) return -1;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9') return -1;
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10) return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+static int file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* --bundle, else $LDM_BUNDLE, else the installed default, else ./bundle/default.ldmb. */
+static const char *resolve_bundle(const char *opt) {
+    if (opt) return opt;
+    const char *env = getenv("LDM_BUNDLE");
+    if (env && *env) return env;
+    if (file_exists(LDM_DATADIR "/" DEFAULT_BUNDLE_NAME)) return LDM_DATADIR "/" DEFAULT_BUNDLE_NAME;
+    return "bundle/" DEFAULT_BUNDLE_NAME;
+}
+
+/* ---- interrupt: SIGINT/SIGTERM set a flag the pipeline checks between steps ---- */
+
+static volatile int interrupted;
+static void on_signal(int sig) { (void)sig; interrupted = 1; }
+
+static void catch_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* ---- ldmgen tokenize ---- */
+
+static int cmd_tokenize(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"bundle", required_argument, 0, 'B'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *bundle_opt = NULL;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'B': bundle_opt = optarg; break;
+        case 'h': fputs("usage: ldmgen tokenize [--bundle FILE] [--] \"prompt\"\n"
+                        "Print the prompt's input ids (BOS, tokens, EOS, padding), space-separated.\n",
+                        stdout);
+                  return 0;
+        case ':': return usage_error("option %s needs a value", argv[optind - 1]);
+        default: return usage_error("unknown option %s", argv[optind - 1]);
+        }
+    }
+    if (argc - optind != 1)
+        return usage_error("tokenize: expected one prompt argument, got %d", argc - optind);
+    const char *path = resolve_bundle(bundle_opt);
+    ldm_bundle *b = ldm_bundle_open(path);
+    if (!b) return runtime_error(ldm_last_error());
+    ldm_tokenizer *tok = ldm_bundle_tokenizer(b);
+    if (!tok) { ldm_bundle_close(b); return runtime_error(ldm_last_error()); }
+    int T = ldm_tokenizer_get_info(tok).max_length;
+    int32_t *ids = ldm_xmalloc(sizeof(int32_t) * (size_t)T);
+    int trunc = 0, rc = 0;
+    if (ldm_tokenize(tok, argv[optind], ids, T, &trunc) < 0) {
+        rc = runtime_error(ldm_last_error());
+    } else {
+        if (trunc) ldm_warn("the prompt is longer than %d tokens; it was truncated", T - 2);
+        for (int i = 0; i < T; i++) printf(i ? " %d" : "%d", (int)ids[i]);
+        printf("\n");
+    }
+    free(ids);
+    ldm_tokenizer_free(tok);
+    ldm_bundle_close(b);
+    return rc;
+}
+
+/* ---- ldmgen ---- */
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "history")) return ldm_cmd_history(argc - 1, argv + 1, NULL);
+    if (argc > 1 && !strcmp(argv[1], "show")) return ldm_cmd_show(argc - 1, argv + 1, NULL);
+    if (argc > 1 && !strcmp(argv[1], "replay")) {
+        catch_signals();
+        return ldm_cmd_replay(argc - 1, argv + 1, &interrupted);
+    }
+
+    enum { O_BUNDLE = 256, O_SEED, O_NEG, O_SCHED, O_KARRAS, O_ETA, O_SPACING, O_CLIPSKIP,
+           O_NOHIST, O_VERSION, O_DB, O_NOCACHE, O_CACHEMAX, O_REQHIST, O_GRID, O_LATENT };
+    static const struct option opts[] = {
+        {"bundle", required_argument, 0, O_BUNDLE},   {"output", required_argument, 0, 'o'},
+        {"guidance", required_argument, 0, 'g'},      {"steps", required_argument, 0, 'n'},
+        {"seed", required_argument, 0, O_SEED},       {"width", required_argument, 0, 'W'},
+        {"height", required_argument, 0, 'H'},        {"batch", required_argument, 0, 'b'},
+        {"negative", required_argument, 0, O_NEG},    {"scheduler", required_argument, 0, O_SCHED},
+        {"karras", no_argument, 0, O_KARRAS},         {"eta", required_argument, 0, O_ETA},
+        {"timestep-spacing", required_argument, 0, O_SPACING},
+        {"clip-skip", required_argument, 0, O_CLIPSKIP},
+        {"no-history", no_argument, 0, O_NOHIST},     {"quiet", no_argument, 0, 'q'},
+        {"verbose", no_argument, 0, 'v'},             {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, O_VERSION},       {"db", required_argument, 0, O_DB},
+        {"no-cache", no_argument, 0, O_NOCACHE},      {"cache-max-mb", required_argument, 0, O_CACHEMAX},
+        {"require-history", no_argument, 0, O_REQHIST}, {"grid", required_argument, 0, O_GRID},
+        {"save-latent", required_argument, 0, O_LATENT}, {0, 0, 0, 0},
+    };
+    ldm_job job;
+    ldm_job_init(&job);
+    ldm_gen_params *prm = &job.prm;
+    const char *bundle_opt = NULL;
+    int have_g = 0, have_n = 0, c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":o:g:n:W:H:b:qvh", opts, NULL)) != -1) {
+        const char *name = argv[optind - 1];
+        switch (c) {
+        case O_BUNDLE: bundle_opt = optarg; break;
+        case 'o': job.output = optarg; break;
+        case 'g':
+            if (parse_double(optarg, 0, 100, &prm->guidance))
+                return usage_error("guidance scale \"%s\": expected a number from 0 to 100", optarg);
+            break;
+        case 'n':
+            if (parse_int(optarg, 1, 1000, &prm->steps))
+                return usage_error("steps \"%s\": expected an integer from 1 to 1000", optarg);
+            break;
+        case O_SEED:
+            if (parse_seed(optarg, &prm->seed))
+                return usage_error("seed \"%s\": expected an integer from 0 to "
+                                   "18446744073709551615", optarg);
+            job.have_seed = 1;
+            break;
+        case 'W': case 'H': {
+            int v;
+            if (parse_int(optarg, 8, 8192, &v) || v % 8)
+                return usage_error("%s \"%s\": expected a multiple of 8 from 8 to 8192",
+                                   c == 'W' ? "width" : "height", optarg);
+            if (c == 'W') prm->width = v; else prm->height = v;
+            break;
+        }
+        case 'b':
+            if (parse_int(optarg, 1, 64, &prm->batch))
+                return usage_error("batch \"%s\": expected an integer from 1 to 64", optarg);
+            break;
+        case O_NEG: prm->negative = optarg; break;
+        case O_SCHED:
+            if ((prm->scheduler = ldm_sched_kind_from_name(optarg)) < 0)
+                return usage_error("unknown scheduler \"%s\": expected ddim, ddpm, pndm, euler, "
+                                   "euler_a or dpmpp_2m", optarg);
+            break;
+        case O_KARRAS: prm->karras = 1; break;
+        case O_ETA:
+            if (parse_double(optarg, 0, 1, &prm->eta))
+                return usage_error("eta \"%s\": expected a number from 0 to 1", optarg);
+            break;
+        case O_SPACING:
+            if ((prm->spacing = ldm_spacing_from_name(optarg)) < 0)
+                return usage_error("timestep spacing \"%s\": expected leading, trailing or "
+                                   "linspace", optarg);
+            break;
+        case O_CLIPSKIP:
+            if (parse_int(optarg, 1, 12, &prm->clip_skip))
+                return usage_error("clip skip \"%s\": expected an integer from 1 to 12", optarg);
+            break;
+        case O_NOHIST: job.no_history = 1; break;
+        case O_REQHIST: job.require_history = 1; break;
+        case O_DB:
+            if (!*optarg) return usage_error("--db: empty path");
+            job.db_path = optarg;
+            break;
+        case O_NOCACHE: job.no_cache = 1; break;
+        case O_CACHEMAX:
+            if (parse_double(optarg, 0, 1048576, &job.cache_max_mb))
+                return usage_error("cache size \"%s\": expected a number of MiB from 0 to 1048576",
+                                   optarg);
+            break;
+        case O_GRID: {
+            char axis;
+            double v[LDM_GRID_MAX];
+            int k = ldm_grid_parse_axis(optarg, &axis, v, LDM_GRID_MAX);
+            if (k < 0) return usage_error("%s", ldm_last_error());
+            if (axis == 'g') {
+                if (have_g++) return usage_error("--grid g=... given twice");
+                job.grid_rows = k;
+                memcpy(job.grid_guidance, v, sizeof(double) * (size_t)k);
+            } else {
+                if (have_n++) return usage_error("--grid n=... given twice");
+                job.grid_cols = k;
+                for (int i = 0; i < k; i++) job.grid_steps[i] = (int)v[i];
+            }
+            break;
+        }
+        case O_LATENT:
+            if (!*optarg) return usage_error("--save-latent: empty file name");
+            job.latent_output = optarg;
+            break;
+        case 'q': ldm_verbosity = 0; break;
+        case 'v': ldm_verbosity = 2; break;
+        case 'h': fputs(USAGE, stdout); return 0;
+        case O_VERSION: printf("ldmgen (ldm) %s\n", LDM_VERSION); return 0;
+        case ':': return usage_error("option %s needs a value", name);
+        default:
+            if (optopt && optopt < 256) return usage_error("unknown option -%c", optopt);
+            return usage_error("unknown option %s", name);
+        }
+    }
+    if (argc - optind == 0) return usage_error("no prompt given");
+    if (argc - optind > 1)
+        return usage_error("expected one prompt argument, got %d (quote the prompt)",
+                           argc - optind);
+    prm->prompt = argv[optind];
+    if (job.no_history && job.require_history)
+        return usage_error("--no-history and --require-history contradict each other");
+    /* one grid axis alone: the other takes the -g / -n value */
+    if (have_g || have_n) {
+        if (prm->batch > 1) return usage_error("--grid makes one image per cell; -b does not apply");
+        if (!have_g) { job.grid_rows = 1; job.grid_guidance[0] = prm->guidance; }
+        if (!have_n) { job.grid_cols = 1; job.grid_steps[0] = prm->steps; }
+    }
+    job.bundle_path = resolve_bundle(bundle_opt);
+    job.progress_bar = ldm_verbosity > 0 && isatty(2);
+    job.interrupt = &interrupted;
+    catch_signals();
+    return ldm_job_run(&job);
+}

@@ -1,0 +1,126 @@
+/* common.c - error buffer, logging, checked allocation and whole-file I/O. */
+#include "core/common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static _Thread_local char err_buf[2048];
+int ldm_verbosity = 1;
+
+int ldm_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int ldm_error_prefix(const char *fmt, ...) {
+    char prefix[1024], old[sizeof err_buf];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, err_buf, sizeof old);
+    size_t np = strlen(prefix), no = strlen(old);
+    if (np > sizeof err_buf / 2) np = sizeof err_buf / 2;
+    if (np + 2 + no >= sizeof err_buf) no = sizeof err_buf - np - 3;
+    memcpy(err_buf, prefix, np);
+    memcpy(err_buf + np, ": ", 2);
+    memcpy(err_buf + np + 2, old, no);
+    err_buf[np + 2 + no] = '\0';
+    return -1;
+}
+
+const char *ldm_last_error(void) { return err_buf; }
+
+void ldm_log(int level, const char *fmt, ...) {
+    if (level > ldm_verbosity) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
+void ldm_warn(const char *fmt, ...) {
+    va_list ap;
+    fputs("warning: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static void out_of_memory(size_t n) {
+    fprintf(stderr, "ldm: out of memory (allocating %zu bytes)\n", n);
+    abort();
+}
+
+void *ldm_xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) out_of_memory(n);
+    return p;
+}
+
+void *ldm_xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) out_of_memory(n * size);
+    return p;
+}
+
+char *ldm_xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = ldm_xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+char *ldm_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { ldm_error("%s: %s", path, strerror(errno)); return NULL; }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = ldm_xmalloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) { cap *= 2; char *nb = realloc(buf, cap); if (!nb) { free(buf); fclose(f); out_of_memory(cap); } buf = nb; }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) { free(buf); ldm_error("%s: read error", path); return NULL; }
+    buf[n] = '\0';
+    if (len) *len = n;
+    return buf;
+}
+
+int ldm_write_file_atomic(const char *path, const void *data, size_t len) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return ldm_error("%s: cannot create: %s", path, strerror(errno));
+    const char *p = data;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            int e = errno; close(fd); unlink(tmp);
+            return ldm_error("%s: write failed: %s", path, strerror(e));
+        }
+        p += w; left -= (size_t)w;
+    }
+    int synced = fsync(fd) == 0 ? 0 : errno;
+    int closed = close(fd) == 0 ? 0 : errno;
+    if (synced || closed) {
+        unlink(tmp);
+        return ldm_error("%s: write failed: %s", path, strerror(synced ? synced : closed));
+    }
+    if (rename(tmp, path) != 0) { int e = errno; unlink(tmp); return ldm_error("%s: cannot rename into place: %s", path, strerror(e)); }
+    return 0;
+}

@@ -1,0 +1,58 @@
+/* model.h - the three networks of a latent diffusion model, loaded from a bundle.
+ *
+ * Each loader reads its component's config.json from the bundle, checks every weight
+ * it needs (name and shape), and prepares them for the backend.  Forward functions
+ * take and return HOST float32 arrays; inside they reset and use the arena.
+ * Each model reports the arena bytes it needs for a shape via a dry run
+ * (ldm_*_arena_bytes), so the caller sizes one arena once per resolution.
+ */
+#ifndef LDM_MODEL_H
+#define LDM_MODEL_H
+
+#include "format/bundle.h"
+#include "backend/ops.h"
+
+/* ---- CLIP text encoder (transformers CLIPTextModel) ---- */
+typedef struct ldm_clip ldm_clip;
+ldm_clip *ldm_clip_load(const ldm_bundle *b, const ldm_backend *be);
+void ldm_clip_free(ldm_clip *m);
+int ldm_clip_hidden_size(const ldm_clip *m);
+int ldm_clip_max_length(const ldm_clip *m);  /* max_position_embeddings, 77 */
+size_t ldm_clip_arena_bytes(const ldm_clip *m, int B);
+/* ids[B, T] (T = max length) -> out[B, T, hidden].  clip_skip: 1 = last layer,
+ * 2 = penultimate, ...; the final layer norm is applied in every case. */
+int ldm_clip_encode(ldm_clip *m, ldm_arena *a, const int32_t *ids, int B, int clip_skip,
+                    float *out);
+
+/* ---- UNet (diffusers UNet2DConditionModel, SD 1.x / 2.x family) ---- */
+typedef struct ldm_unet ldm_unet;
+ldm_unet *ldm_unet_load(const ldm_bundle *b, const ldm_backend *be);
+void ldm_unet_free(ldm_unet *m);
+/* A weightless UNet from config.json text, on the dry backend only: for memory planning
+ * (ldm_unet_arena_bytes) of a model without its weights.  NULL + ldm_error if refused. */
+ldm_unet *ldm_unet_from_config(const char *config_json);
+/* Rows per feed-forward chunk (0 = automatic); for tests and tuning. */
+void ldm_unet_set_ff_chunk(ldm_unet *m, int rows);
+int ldm_unet_in_channels(const ldm_unet *m);
+int ldm_unet_out_channels(const ldm_unet *m);
+int ldm_unet_sample_size(const ldm_unet *m);
+int ldm_unet_context_dim(const ldm_unet *m);
+size_t ldm_unet_arena_bytes(const ldm_unet *m, int B, int H, int W, int T);
+/* x[B, Cin, H, W], timestep t (same for the batch), ctx[B, T, context_dim]
+ * -> out[B, Cout, H, W]. */
+int ldm_unet_forward(ldm_unet *m, ldm_arena *a, const float *x, float t, const float *ctx,
+                     int B, int H, int W, int T, float *out);
+
+/* ---- VAE decoder (diffusers AutoencoderKL) ---- */
+typedef struct ldm_vae ldm_vae;
+ldm_vae *ldm_vae_load(const ldm_bundle *b, const ldm_backend *be);
+void ldm_vae_free(ldm_vae *m);
+float ldm_vae_scaling_factor(const ldm_vae *m);
+int ldm_vae_latent_channels(const ldm_vae *m);
+int ldm_vae_downscale(const ldm_vae *m);   /* 2^(len(block_out_channels)-1), 8 for SD */
+size_t ldm_vae_arena_bytes(const ldm_vae *m, int B, int h, int w);
+/* z[B, latent_channels, h, w] (already divided by scaling_factor)
+ * -> img[B, 3, h*f, w*f] in [-1, 1] (not clamped). */
+int ldm_vae_decode(ldm_vae *m, ldm_arena *a, const float *z, int B, int h, int w, float *img);
+
+#endif

@@ -1,0 +1,574 @@
+/* tokenizer.c - CLIP BPE tokenizer equal to transformers' CLIPTokenizerFast (see tokenizer.h).
+ *
+ * Unicode data (NFC, lower case, general categories) comes from utf8proc; vocab.json and
+ * the tokenizer configs are read with jansson.  Text is handled as arrays of code points
+ * between the stages; BPE works on vocabulary ids, with the merges in a hash table keyed
+ * by the pair of ids.
+ */
+#include "model/tokenizer.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <utf8proc.h>
+
+#include "core/common.h"
+
+#define VOCAB_NAME "tokenizer/vocab.json"
+#define MERGES_NAME "tokenizer/merges.txt"
+#define CONFIG_NAME "tokenizer/tokenizer_config.json"
+#define SPECIAL_NAME "tokenizer/special_tokens_map.json"
+
+/* transformers' CLIPTokenizer reads at most 49152 - 256 - 2 merges from merges.txt */
+#define CLIP_MAX_MERGES (49152 - 256 - 2)
+
+typedef struct {
+    int32_t *cps; /* content as code points (normalized when `normalized`) */
+    int len;
+    int32_t id;
+    int normalized; /* matched after normalization (else on the raw text) */
+} added_token;
+
+typedef struct {
+    uint64_t key; /* (left id << 32) | right id, UINT64_MAX = empty */
+    int32_t rank, merged;
+} merge_slot;
+
+struct ldm_tokenizer {
+    json_t *vocab; /* token string -> integer id */
+    int32_t byte_id[256], byte_eow_id[256];
+    merge_slot *merges;
+    size_t merge_mask;
+    added_token *added;
+    int n_added;
+    ldm_tokenizer_info info;
+};
+
+/* ---- growable int32 buffer ----------------------------------------------------- */
+
+typedef struct {
+    int32_t *v;
+    int n, cap;
+} ibuf;
+
+static void *xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n);
+    if (!q) {
+        fprintf(stderr, "ldm: out of memory (allocating %zu bytes)\n", n);
+        abort();
+    }
+    return q;
+}
+
+static void ibuf_push(ibuf *b, int32_t x) {
+    if (b->n == b->cap) {
+        b->cap = b->cap ? 2 * b->cap : 64;
+        b->v = xrealloc(b->v, (size_t)b->cap * sizeof *b->v);
+    }
+    b->v[b->n++] = x;
+}
+
+/* ---- Unicode helpers ----------------------------------------------------------- */
+
+/* Decode UTF-8 into code points.  -1 with ldm_error naming `what` on invalid input. */
+static int decode_utf8(const char *s, size_t len, ibuf *out, const char *what) {
+    size_t i = 0;
+    while (i < len) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(len - i), &cp);
+        if (k <= 0 || cp < 0)
+            return ldm_error("%s: invalid UTF-8 at byte %zu (0x%02x)", what, i, (unsigned char)s[i]);
+        ibuf_push(out, cp);
+        i += (size_t)k;
+    }
+    return 0;
+}
+
+static size_t encode_utf8(const int32_t *cps, int n, char **out) {
+    char *s = ldm_xmalloc((size_t)n * 4 + 1);
+    size_t len = 0;
+    for (int i = 0; i < n; i++) len += (size_t)utf8proc_encode_char(cps[i], (utf8proc_uint8_t *)s + len);
+    s[len] = 0;
+    *out = s;
+    return len;
+}
+
+static int is_letter(int32_t cp) {
+    utf8proc_category_t c = utf8proc_category(cp);
+    return c == UTF8PROC_CATEGORY_LU || c == UTF8PROC_CATEGORY_LL || c == UTF8PROC_CATEGORY_LT ||
+           c == UTF8PROC_CATEGORY_LM || c == UTF8PROC_CATEGORY_LO;
+}
+
+static int is_number(int32_t cp) {
+    utf8proc_category_t c = utf8proc_category(cp);
+    return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
+}
+
+/* \s of the Oniguruma regexes used by tokenizers: Unicode White_Space, which is
+ * U+0009..U+000D, U+0085 and the separators Zs, Zl, Zp. */
+static int is_space(int32_t cp) {
+    if ((cp >= 0x09 && cp <= 0x0d) || cp == 0x85) return 1;
+    utf8proc_category_t c = utf8proc_category(cp);
+    return c == UTF8PROC_CATEGORY_ZS || c == UTF8PROC_CATEGORY_ZL || c == UTF8PROC_CATEGORY_ZP;
+}
+
+/* The fast tokenizer's normalizer: NFC, each \s+ run -> " ", then per-character lower
+ * case with Rust's char::to_lowercase, i.e. the full mapping.  The only unconditional
+ * multi-character lower-case mapping in Unicode is U+0130 -> "i" U+0307; every other
+ * character maps as utf8proc_tolower (the simple mapping) does. */
+static void normalize(const int32_t *cps, int n, ibuf *out) {
+    char *utf8, *nfc = NULL;
+    size_t len = encode_utf8(cps, n, &utf8);
+    utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)utf8, (utf8proc_ssize_t)len,
+                                      (utf8proc_uint8_t **)&nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    ibuf composed = {0};
+    if (m < 0) { /* cannot happen for valid input; keep the text as it was */
+        for (int i = 0; i < n; i++) ibuf_push(&composed, cps[i]);
+    } else {
+        decode_utf8(nfc, (size_t)m, &composed, "NFC");
+    }
+    free(utf8);
+    free(nfc);
+    for (int i = 0; i < composed.n; i++) {
+        int32_t cp = composed.v[i];
+        if (is_space(cp)) {
+            while (i + 1 < composed.n && is_space(composed.v[i + 1])) i++;
+            ibuf_push(out, ' ');
+        } else if (cp == 0x130) {
+            ibuf_push(out, 'i');
+            ibuf_push(out, 0x307);
+        } else {
+            ibuf_push(out, utf8proc_tolower(cp));
+        }
+    }
+    free(composed.v);
+}
+
+/* ---- vocabulary and merges ----------------------------------------------------- */
+
+static int32_t vocab_get(const ldm_tokenizer *t, const char *s) {
+    json_t *v = json_object_get(t->vocab, s);
+    return v ? (int32_t)json_integer_value(v) : -1;
+}
+
+/* GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the other
+ * bytes are numbered from U+0100 in byte order. */
+static int32_t byte_to_cp(int b) {
+    if ((b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff)) return b;
+    int n = 0;
+    for (int x = 0; x < b; x++)
+        if (!((x >= '!' && x <= '~') || (x >= 0xa1 && x <= 0xac) || (x >= 0xae && x <= 0xff))) n++;
+    return 256 + n;
+}
+
+static int load_vocab(ldm_tokenizer *t, const char *text, size_t len) {
+    json_error_t err;
+    t->vocab = json_loadb(text, len, 0, &err);
+    if (!t->vocab) return ldm_error(VOCAB_NAME " line %d: %s", err.line, err.text);
+    if (!json_is_object(t->vocab)) return ldm_error(VOCAB_NAME ": expected a JSON object of token -> id");
+    const char *key;
+    json_t *val;
+    json_object_foreach(t->vocab, key, val) {
+        if (!json_is_integer(val) || json_integer_value(val) < 0 || json_integer_value(val) > INT32_MAX)
+            return ldm_error(VOCAB_NAME ": token \"%s\": expected a non-negative integer id", key);
+    }
+    for (int b = 0; b < 256; b++) {
+        char s[16];
+        int32_t cp = byte_to_cp(b);
+        int n = (int)utf8proc_encode_char(cp, (utf8proc_uint8_t *)s);
+        s[n] = 0;
+        t->byte_id[b] = vocab_get(t, s);
+        strcpy(s + n, "</w>");
+        t->byte_eow_id[b] = vocab_get(t, s);
+        if (t->byte_id[b] < 0 || t->byte_eow_id[b] < 0)
+            return ldm_error(VOCAB_NAME ": no token for byte 0x%02x (\"%s\" with and without </w>)", b, s);
+    }
+    return 0;
+}
+
+static uint64_t hash64(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
+
+static merge_slot *merge_find(const ldm_tokenizer *t, uint64_t key) {
+    size_t i = hash64(key) & t->merge_mask;
+    while (t->merges[i].key != UINT64_MAX && t->merges[i].key != key) i = (i + 1) & t->merge_mask;
+    return &t->merges[i];
+}
+
+static int load_merges(ldm_tokenizer *t, const char *text, size_t len) {
+    size_t lines = 1;
+    for (size_t i = 0; i < len; i++) lines += text[i] == '\n';
+    size_t cap = 1024;
+    while (cap < 2 * lines) cap *= 2;
+    t->merges = ldm_xmalloc(cap * sizeof *t->merges);
+    for (size_t i = 0; i < cap; i++) t->merges[i].key = UINT64_MAX;
+    t->merge_mask = cap - 1;
+
+    int rank = 0, lineno = 0;
+    size_t pos = 0;
+    char *buf = NULL;
+    size_t buf_cap = 0;
+    while (pos < len && rank < CLIP_MAX_MERGES) {
+        size_t end = pos;
+        while (end < len && text[end] != '\n') end++;
+        size_t n = end - pos;
+        lineno++;
+        if (n + 8 > buf_cap) { free(buf); buf_cap = 2 * n + 64; buf = ldm_xmalloc(buf_cap); }
+        memcpy(buf, text + pos, n);
+        buf[n] = 0;
+        pos = end + 1;
+        while (n && (buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t')) buf[--n] = 0;
+        if (lineno == 1 && strncmp(buf, "#version", 8) == 0) continue;
+        if (n == 0) continue;
+        /* "left right": two tokens separated by whitespace */
+        char *a = buf;
+        while (*a == ' ' || *a == '\t') a++;
+        char *sep = a;
+        while (*sep && *sep != ' ' && *sep != '\t') sep++;
+        char *b = sep;
+        while (*b == ' ' || *b == '\t') b++;
+        char *extra = b;
+        while (*extra && *extra != ' ' && *extra != '\t') extra++;
+        if (sep == a || *b == 0 || *extra != 0) {
+            ldm_error(MERGES_NAME " line %d: expected two tokens separated by a space, found \"%.60s\"", lineno, a);
+            free(buf);
+            return -1;
+        }
+        *sep = 0;
+        int32_t ia = vocab_get(t, a), ib = vocab_get(t, b);
+        size_t la = strlen(a), lb = strlen(b);
+        char *joined = ldm_xmalloc(la + lb + 1);
+        memcpy(joined, a, la);
+        memcpy(joined + la, b, lb + 1);
+        int32_t im = vocab_get(t, joined);
+        if (ia < 0 || ib < 0 || im < 0) {
+            int rc = ldm_error(MERGES_NAME " line %d: token \"%s\" is not in vocab.json", lineno,
+                               ia < 0 ? a : ib < 0 ? b : joined);
+            free(joined);
+            free(buf);
+            return rc;
+        }
+        free(joined);
+        merge_slot *s = merge_find(t, ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib);
+        if (s->key == UINT64_MAX) { /* a repeated pair keeps its first rank */
+            s->key = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
+            s->rank = rank;
+            s->merged = im;
+        }
+        rank++;
+    }
+    free(buf);
+    return 0;
+}
+
+/* ---- special and added tokens -------------------------------------------------- */
+
+static json_t *parse_optional(const char *text, const char *name, int *failed) {
+    *failed = 0;
+    if (!text) return NULL;
+    json_error_t err;
+    json_t *j = json_loads(text, 0, &err);
+    if (!j) { *failed = 1; ldm_error("%s line %d: %s", name, err.line, err.text); return NULL; }
+    if (!json_is_object(j)) { *failed = 1; json_decref(j); ldm_error("%s: expected a JSON object", name); return NULL; }
+    return j;
+}
+
+/* A special-token field: a string or {"content": ..., "normalized": ...}; string_norm
+ * and dict_norm are the "normalized" flags transformers gives each form by default.
+ * Returns 1 when present, 0 when absent or null, -1 on a malformed value. */
+static int token_field(json_t *obj, const char *field, const char *file, int string_norm,
+                       int dict_norm, const char **content, int *normalized) {
+    json_t *v = obj ? json_object_get(obj, field) : NULL;
+    if (!v || json_is_null(v)) return 0;
+    if (json_is_string(v)) {
+        *content = json_string_value(v);
+        *normalized = string_norm;
+        return 1;
+    }
+    json_t *c = json_is_object(v) ? json_object_get(v, "content") : NULL;
+    if (!json_is_string(c))
+        return ldm_error("%s: field %s: expected a string or an object with a \"content\" string", file, field);
+    *content = json_string_value(c);
+    json_t *nz = json_object_get(v, "normalized");
+    *normalized = json_is_boolean(nz) ? json_is_true(nz) : dict_norm;
+    return 1;
+}
+
+static int add_token(ldm_tokenizer *t, const char *content, int32_t id, int normalized, const char *where) {
+    ibuf raw = {0};
+    if (decode_utf8(content, strlen(content), &raw, where) < 0) return -1;
+    if (raw.n == 0) { free(raw.v); return 0; }
+    for (int i = 0; i < t->n_added; i++) /* the first registration wins, as in transformers */
+        if (t->added[i].id == id) { free(raw.v); return 0; }
+    ibuf cps = {0};
+    if (normalized) {
+        normalize(raw.v, raw.n, &cps);
+        free(raw.v);
+    } else {
+        cps = raw;
+    }
+    t->added = xrealloc(t->added, (size_t)(t->n_added + 1) * sizeof *t->added);
+    t->added[t->n_added++] = (added_token){cps.v, cps.n, id, normalized};
+    return 0;
+}
+
+static int cmp_int(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x > y) - (x < y);
+}
+
+static int load_special(ldm_tokenizer *t, const char *config_text, const char *special_text) {
+    int failed;
+    json_t *config = parse_optional(config_text, CONFIG_NAME, &failed);
+    if (failed) return -1;
+    json_t *special = parse_optional(special_text, SPECIAL_NAME, &failed);
+    if (failed) { json_decref(config); return -1; }
+    int rc = 0;
+
+    t->info.max_length = 77;
+    json_t *ml = config ? json_object_get(config, "model_max_length") : NULL;
+    if (json_is_integer(ml) && json_integer_value(ml) > 2 && json_integer_value(ml) < 1000000)
+        t->info.max_length = (int)json_integer_value(ml);
+
+    /* transformers 4.36: with "added_tokens_decoder" the config alone describes the
+     * tokens; otherwise (older files) special_tokens_map.json overrides the config. */
+    json_t *decoder = config ? json_object_get(config, "added_tokens_decoder") : NULL;
+    if (decoder && !json_is_object(decoder)) {
+        rc = ldm_error(CONFIG_NAME ": field added_tokens_decoder: expected an object");
+        goto done;
+    }
+    if (decoder) {
+        size_t n = json_object_size(decoder), k = 0;
+        long *ids = ldm_xmalloc((n ? n : 1) * sizeof *ids);
+        const char *key;
+        json_t *val;
+        json_object_foreach(decoder, key, val) {
+            char *endp;
+            long id = strtol(key, &endp, 10);
+            if (*key == 0 || *endp != 0 || id < 0 || id > INT32_MAX) {
+                free(ids);
+                rc = ldm_error(CONFIG_NAME ": added_tokens_decoder key \"%s\": expected a token id", key);
+                goto done;
+            }
+            ids[k++] = id;
+        }
+        qsort(ids, n, sizeof *ids, cmp_int);
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            char key_s[32];
+            snprintf(key_s, sizeof key_s, "%ld", ids[i]);
+            json_t *e = json_object_get(decoder, key_s);
+            json_t *c = json_is_object(e) ? json_object_get(e, "content") : NULL;
+            if (!json_is_string(c)) {
+                rc = ldm_error(CONFIG_NAME ": added_tokens_decoder[\"%s\"]: expected an object with a \"content\" string", key_s);
+                break;
+            }
+            json_t *nz = json_object_get(e, "normalized"), *sp = json_object_get(e, "special");
+            int normalized = json_is_boolean(nz) ? json_is_true(nz) : !json_is_true(sp);
+            rc = add_token(t, json_string_value(c), (int32_t)ids[i], normalized, CONFIG_NAME);
+        }
+        free(ids);
+        if (rc) goto done;
+    }
+
+    /* CLIPTokenizer's defaults.  bos/eos/unk given as plain strings are wrapped as
+     * normalized AddedTokens by CLIPTokenizer, a plain pad string is not; an object
+     * without "normalized" is normalized in tokenizer_config.json (AddedToken default)
+     * and not in special_tokens_map.json (read as special=True). */
+    static const char *fields[4] = {"bos_token", "eos_token", "unk_token", "pad_token"};
+    static const char *defaults[4] = {"<|startoftext|>", "<|endoftext|>", "<|endoftext|>", "<|endoftext|>"};
+    int32_t *dst[4] = {&t->info.bos, &t->info.eos, &t->info.unk, &t->info.pad};
+    for (int f = 0; f < 4; f++) {
+        const char *content = defaults[f];
+        int normalized = f < 3;
+        int got = token_field(config, fields[f], CONFIG_NAME, f < 3, 1, &content, &normalized);
+        if (got < 0) { rc = -1; goto done; }
+        if (!decoder) {
+            int g2 = token_field(special, fields[f], SPECIAL_NAME, f < 3, 0, &content, &normalized);
+            if (g2 < 0) { rc = -1; goto done; }
+        }
+        int32_t id = vocab_get(t, content);
+        for (int i = 0; i < t->n_added && id < 0; i++) {
+            char *s;
+            encode_utf8(t->added[i].cps, t->added[i].len, &s);
+            if (strcmp(s, content) == 0) id = t->added[i].id;
+            free(s);
+        }
+        if (id < 0) {
+            rc = ldm_error("%s: %s \"%s\" is not in vocab.json", special && !decoder ? SPECIAL_NAME : CONFIG_NAME,
+                           fields[f], content);
+            goto done;
+        }
+        *dst[f] = id;
+        if ((rc = add_token(t, content, id, normalized, fields[f])) < 0) goto done;
+    }
+done:
+    json_decref(config);
+    json_decref(special);
+    return rc;
+}
+
+ldm_tokenizer *ldm_tokenizer_new(const char *vocab_json, size_t vocab_len, const char *merges,
+                                 size_t merges_len, const char *tokenizer_config_json,
+                                 const char *special_tokens_json) {
+    ldm_tokenizer *t = ldm_xcalloc(1, sizeof *t);
+    if (load_vocab(t, vocab_json, vocab_len) < 0 || load_merges(t, merges, merges_len) < 0 ||
+        load_special(t, tokenizer_config_json, special_tokens_json) < 0) {
+        ldm_tokenizer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void ldm_tokenizer_free(ldm_tokenizer *t) {
+    if (!t) return;
+    json_decref(t->vocab);
+    free(t->merges);
+    for (int i = 0; i < t->n_added; i++) free(t->added[i].cps);
+    free(t->added);
+    free(t);
+}
+
+ldm_tokenizer_info ldm_tokenizer_get_info(const ldm_tokenizer *t) { return t->info; }
+
+/* ---- encoding ------------------------------------------------------------------ */
+
+/* BPE of one word given as UTF-8 bytes; ids appended to out. */
+static void bpe_word(const ldm_tokenizer *t, const unsigned char *bytes, size_t n, ibuf *out) {
+    int32_t *sym = ldm_xmalloc(n * sizeof *sym);
+    int m = (int)n;
+    for (size_t i = 0; i < n; i++) sym[i] = i + 1 == n ? t->byte_eow_id[bytes[i]] : t->byte_id[bytes[i]];
+    for (;;) {
+        /* the adjacent pair with the lowest merge rank */
+        int best_rank = INT32_MAX;
+        uint64_t best_key = 0;
+        int32_t merged = -1;
+        for (int i = 0; i + 1 < m; i++) {
+            uint64_t key = ((uint64_t)(uint32_t)sym[i] << 32) | (uint32_t)sym[i + 1];
+            const merge_slot *s = merge_find(t, key);
+            if (s->key == key && s->rank < best_rank) { best_rank = s->rank; best_key = key; merged = s->merged; }
+        }
+        if (merged < 0) break;
+        /* merge every occurrence of that pair, left to right */
+        int w = 0;
+        for (int i = 0; i < m; i++) {
+            if (i + 1 < m && (((uint64_t)(uint32_t)sym[i] << 32) | (uint32_t)sym[i + 1]) == best_key) {
+                sym[w++] = merged;
+                i++;
+            } else {
+                sym[w++] = sym[i];
+            }
+        }
+        m = w;
+    }
+    for (int i = 0; i < m; i++) ibuf_push(out, sym[i]);
+    free(sym);
+}
+
+/* The CLIP pre-tokenizer pattern over normalized code points; whitespace is dropped. */
+static void words(const ldm_tokenizer *t, const int32_t *cps, int n, ibuf *out) {
+    int i = 0;
+    while (i < n) {
+        int32_t c = cps[i];
+        int end;
+        if (is_space(c)) { i++; continue; }
+        if (c == '\'' && i + 1 < n &&
+            (cps[i + 1] == 's' || cps[i + 1] == 't' || cps[i + 1] == 'm' || cps[i + 1] == 'd')) {
+            end = i + 2;
+        } else if (c == '\'' && i + 2 < n &&
+                   ((cps[i + 1] == 'r' && cps[i + 2] == 'e') || (cps[i + 1] == 'v' && cps[i + 2] == 'e') ||
+                    (cps[i + 1] == 'l' && cps[i + 2] == 'l'))) {
+            end = i + 3;
+        } else if (is_letter(c)) {
+            end = i + 1;
+            while (end < n && is_letter(cps[end])) end++;
+        } else if (is_number(c)) {
+            end = i + 1;
+        } else {
+            end = i + 1;
+            while (end < n && !is_space(cps[end]) && !is_letter(cps[end]) && !is_number(cps[end])) end++;
+        }
+        char *utf8;
+        size_t len = encode_utf8(cps + i, end - i, &utf8);
+        bpe_word(t, (const unsigned char *)utf8, len, out);
+        free(utf8);
+        i = end;
+    }
+}
+
+/* Leftmost-longest match of the added tokens with the given `normalized` flag at or
+ * after `from`.  Returns the match start (n when none) and sets *tok. */
+static int find_added(const ldm_tokenizer *t, const int32_t *cps, int n, int from, int normalized,
+                      const added_token **tok) {
+    for (int i = from; i < n; i++) {
+        const added_token *best = NULL;
+        for (int k = 0; k < t->n_added; k++) {
+            const added_token *a = &t->added[k];
+            if (a->normalized != normalized || a->len > n - i || (best && a->len <= best->len)) continue;
+            if (memcmp(cps + i, a->cps, (size_t)a->len * sizeof *cps) == 0) best = a;
+        }
+        if (best) { *tok = best; return i; }
+    }
+    return n;
+}
+
+static void normalized_piece(const ldm_tokenizer *t, const int32_t *raw, int n, ibuf *out) {
+    ibuf norm = {0};
+    normalize(raw, n, &norm);
+    int pos = 0;
+    while (pos <= norm.n) {
+        const added_token *tok = NULL;
+        int at = find_added(t, norm.v, norm.n, pos, 1, &tok);
+        words(t, norm.v + pos, at - pos, out);
+        if (at >= norm.n) break;
+        ibuf_push(out, tok->id);
+        pos = at + tok->len;
+    }
+    free(norm.v);
+}
+
+static int encode(const ldm_tokenizer *t, const char *text, ibuf *out) {
+    ibuf cps = {0};
+    if (decode_utf8(text, strlen(text), &cps, "prompt") < 0) { free(cps.v); return -1; }
+    int pos = 0;
+    while (pos <= cps.n) {
+        const added_token *tok = NULL;
+        int at = find_added(t, cps.v, cps.n, pos, 0, &tok);
+        if (at > pos) normalized_piece(t, cps.v + pos, at - pos, out);
+        if (at >= cps.n) break;
+        ibuf_push(out, tok->id);
+        pos = at + tok->len;
+    }
+    free(cps.v);
+    return 0;
+}
+
+int ldm_tokenize_bpe(const ldm_tokenizer *t, const char *text, int32_t *ids, int cap) {
+    ibuf out = {0};
+    if (encode(t, text, &out) < 0) return -1;
+    for (int i = 0; i < out.n && i < cap; i++) ids[i] = out.v[i];
+    int n = out.n;
+    free(out.v);
+    return n;
+}
+
+int ldm_tokenize(const ldm_tokenizer *t, const char *text, int32_t *ids, int max_len, int *truncated) {
+    if (max_len < 2) return ldm_error("tokenizer: max_len %d is too small for BOS and EOS", max_len);
+    ibuf out = {0};
+    if (encode(t, text, &out) < 0) return -1;
+    int keep = out.n < max_len - 2 ? out.n : max_len - 2;
+    if (truncated) *truncated = out.n > keep;
+    int k = 0;
+    ids[k++] = t->info.bos;
+    for (int i = 0; i < keep; i++) ids[k++] = out.v[i];
+    ids[k++] = t->info.eos;
+    int used = k;
+    while (k < max_len) ids[k++] = t->info.pad;
+    free(out.v);
+    return used;
+}

@@ -1,0 +1,123 @@
+/* pipeline.h - text to image, as diffusers' StableDiffusionPipeline does it.
+ *
+ *   prompt, negative --tokenizer--> ids[77] --CLIP--> embeddings [2, 77, C]
+ *   latents = randn[B, 4, H/8, W/8] (one generator per image, seeded S, S+1, ...)
+ *             * init_noise_sigma
+ *   for each timestep t:
+ *       eps[uncond; cond] = UNet(scale_model_input([x; x]), t, [neg; prompt])
+ *       eps = uncond + g * (cond - uncond)      (g <= 1: the conditional branch alone)
+ *       x = scheduler.step(eps, t, x)
+ *   image = VAE.decode(x / scaling_factor); rgb = round(clamp(image/2 + 0.5, 0, 1) * 255)
+ *
+ * An ldm_pipeline holds the bundle, the tokenizer, the three models and one activation
+ * arena sized for the largest of them at the current resolution and batch (resized only
+ * when those change).  ldm_generate takes a parameter struct and fills a result struct
+ * (images and timings); a progress callback and an interrupt flag are checked between
+ * steps.  Text encoding is a separate call (ids + clip skip -> embedding) that a cache
+ * can wrap through ldm_gen_params.encode.
+ */
+#ifndef LDM_PIPELINE_H
+#define LDM_PIPELINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "format/bundle.h"
+#include "backend/ops.h"
+#include "pipeline/scheduler.h"
+#include "model/tokenizer.h"
+
+typedef struct ldm_pipeline ldm_pipeline;
+
+/* The tokenizer of a bundle (its tokenizer/ members).  NULL + ldm_error on failure. */
+ldm_tokenizer *ldm_bundle_tokenizer(const ldm_bundle *b);
+
+/* Open a bundle and load its tokenizer and models on `be`.  NULL + ldm_error. */
+ldm_pipeline *ldm_pipeline_open(const char *bundle_path, const ldm_backend *be);
+/* The same on an already open bundle; the pipeline takes ownership of b (also on failure). */
+ldm_pipeline *ldm_pipeline_new(ldm_bundle *b, const ldm_backend *be);
+void ldm_pipeline_close(ldm_pipeline *p);
+
+const ldm_bundle *ldm_pipeline_bundle(const ldm_pipeline *p);
+const ldm_tokenizer *ldm_pipeline_tokenizer(const ldm_pipeline *p);
+/* Default image side in pixels: unet sample_size * VAE downscale (512 for SD 1.x). */
+int ldm_pipeline_default_size(const ldm_pipeline *p);
+/* The VAE downscale factor (8); sizes must be multiples of it, see ldm_gen_check_bundle. */
+int ldm_pipeline_size_multiple(const ldm_pipeline *p);
+/* Token sequence length (77) and text embedding width (768 for SD 1.x). */
+int ldm_pipeline_text_length(const ldm_pipeline *p);
+int ldm_pipeline_text_dim(const ldm_pipeline *p);
+
+/* The cacheable text-encoder step: ids[B, T] -> out[B, T, C] (T, C as above).
+ * clip_skip as AUTOMATIC1111 counts it: 1 (or 0) = last layer, 2 = penultimate, ... */
+int ldm_pipeline_encode_text(ldm_pipeline *p, const int32_t *ids, int B, int clip_skip,
+                             float *out);
+
+typedef void (*ldm_progress_fn)(void *user, int step, int total);
+/* Replacement for ldm_pipeline_encode_text (e.g. a cache around it); same contract. */
+typedef int (*ldm_encode_fn)(void *user, ldm_pipeline *p, const int32_t *ids, int B,
+                             int clip_skip, float *out);
+
+typedef struct ldm_gen_params {
+    const char *prompt;
+    const char *negative;      /* NULL = "" */
+    int width, height;         /* 0 = ldm_pipeline_default_size */
+    int steps;                 /* inference steps, 1..1000 */
+    double guidance;           /* classifier-free guidance scale; <= 1 disables it */
+    uint64_t seed;             /* image i uses seed + i (mod 2^64) */
+    int batch;                 /* images, >= 1 (0 = 1) */
+    int clip_skip;             /* 0/1 = last layer, 2 = penultimate (prompt only, as diffusers) */
+    int scheduler;             /* ldm_sched_kind, or -1 = the bundle's class */
+    int karras;                /* Karras sigmas (Euler, DPM++ only) */
+    double eta;                /* DDIM eta (DDIM only; 0 = deterministic) */
+    int spacing;               /* ldm_spacing override, or -1 = the bundle's config */
+    ldm_progress_fn progress;  /* called after each step (step 1..total), may be NULL */
+    void *progress_user;
+    const volatile int *interrupt; /* when it becomes non-zero, stop between steps */
+    ldm_encode_fn encode;      /* NULL = ldm_pipeline_encode_text */
+    void *encode_user;
+    int keep_latents;          /* also return latents_init / latents_final */
+} ldm_gen_params;
+
+/* A zeroed parameter struct with the defaults: 50 steps, guidance 7.5, batch 1,
+ * scheduler -1, spacing -1. */
+ldm_gen_params ldm_gen_params_default(void);
+
+typedef struct ldm_gen_result {
+    int batch, width, height;
+    uint8_t *rgb;              /* [batch, height, width, 3] */
+    float *latents_init;       /* [batch, 4, h, w] raw randn (keep_latents) */
+    float *latents_final;      /* [batch, 4, h, w] after the last step (keep_latents) */
+    int latent_channels, latent_h, latent_w;
+    int unet_evaluations;      /* timesteps run (PNDM: steps + 1) */
+    double t_text, t_sampling, t_decode, t_total;   /* seconds */
+    int prompt_truncated, negative_truncated;
+    int interrupted;           /* stopped by the interrupt flag (the call returned -1) */
+    ldm_sched_config sched;    /* the effective scheduler configuration */
+} ldm_gen_result;
+
+/* Check the parameters against the bundle's configs and build the effective scheduler
+ * configuration, without loading any weights: lets a front end reject bad input (size
+ * not a multiple of the VAE factor, --karras with DDIM, too many steps for the
+ * schedule, ...) before the heavy work.  *width and *height (may be NULL) get the size that
+ * will be used.  Errors name the parameter. */
+int ldm_gen_check_bundle(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sched_config *sc,
+                         int *width, int *height);
+int ldm_gen_check(const ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc);
+/* Only the scheduler part: the bundle's scheduler config read as prm->scheduler's class,
+ * with prm's karras, eta and spacing applied. */
+int ldm_gen_sched_config(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sched_config *sc);
+
+/* Generate.  Returns 0, or -1 with ldm_error (and res->interrupted when interrupted).
+ * The result is owned by the caller: ldm_gen_result_free. */
+int ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res);
+void ldm_gen_result_free(ldm_gen_result *r);
+
+/* AUTOMATIC1111's "parameters" text for image i of a result:
+ *   prompt\nNegative prompt: ...\nSteps: 50, Sampler: Euler a, CFG scale: 7.5, Seed: 42,
+ *   Size: 512x512, Model hash: 0123456789, Model: name, Clip skip: 2, Version: ldm 0.1.0
+ * (Negative prompt line only when non-empty; Clip skip only when > 1).  malloc'd. */
+char *ldm_a1111_parameters(const ldm_gen_params *prm, const ldm_gen_result *res, int i,
+                           const char *model_hash, const char *model_name);
+
+#endif
