@@ -1,8 +1,10 @@
 /* ops_cuda.cu - the CUDA backend: every op of ops.h on device memory.
  *
  * Memory: activations are float32 in device memory (alloc = cudaMalloc); weights are
- * the bundle's fp16 tensors, uploaded once by prepare_weight into their own device
- * buffer (w->dev).  A weight an op meets unprepared is uploaded at first use.
+ * the bundle's fp16 tensors, copied by prepare_weights into ONE device allocation per
+ * model (released with the model).  An op finds a weight's device copy by the host
+ * address of its data (a sorted table per model).  A weight an op meets unprepared is
+ * uploaded at first use into a buffer of its own, freed with the handle.
  *
  * Precision.  The two matrix ops run on tensor cores in fp16 with fp32 accumulation:
  *   linear  x is rounded to fp16 into a scratch buffer, then cublasGemmEx(fp16 W,
@@ -20,14 +22,17 @@
  * rows of one (batch, head); it walks the keys BK at a time through shared memory
  * with an online softmax, so memory does not grow with Tq*Tk.
  *
+ * State: everything lives in the handle (cuda_state: cuBLAS and cuDNN handles,
+ * convolution plans, scratch buffers, weight tables), so two handles share nothing.
  * Streams: everything runs on the legacy default stream, so cudaMemcpy and kernels
  * are ordered; download waits for the work before it.  Scratch buffers (fp16 copies,
  * cuDNN workspace, norm statistics) grow to the largest request and are reused.
- * Not thread-safe: one forward pass at a time per process.
+ * A handle runs one op at a time.
  *
  * Errors: every CUDA, cuBLAS and cuDNN call goes through a check macro naming the
- * file, line and call.  Ops return void, so a failure is recorded (the first one wins)
- * and later ops do nothing until ldm_cuda_check() reports it (see cuda_backend.h).
+ * file, line and call; a failure is recorded in the handle (ldm_backend_fail, the
+ * first one wins), the op returns -1, and the front makes every later op a no-op
+ * until ldm_backend_status() reports it (backend/ops.h).
  */
 #ifndef LDM_CUDA
 #define LDM_CUDA 1
@@ -45,79 +50,105 @@
 #include <string.h>
 
 extern "C" {
-#include "core/common.h"
 #include "backend/ops.h"
+#include "core/common.h"
 }
-#include "backend/cuda_backend.h"
 
 /* ------------------------------------------------------------------------------
  * Sticky error record and the check macros. */
 
-static int g_failed;          /* a failure is recorded and not yet reported */
-static char g_fail_msg[1024]; /* the first failure since the last ldm_cuda_check */
-
-static void record_failure(const char *file, int line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void record_failure(const char *file, int line, const char *fmt, ...) {
-    if (!g_failed) {
-        char what[768];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(what, sizeof what, fmt, ap);
-        va_end(ap);
-        snprintf(g_fail_msg, sizeof g_fail_msg, "CUDA backend: %s:%d: %s", file, line, what);
-        g_failed = 1;
-    }
-    ldm_error("%s", g_fail_msg);
+static void record_failure(ldm_backend *be, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void record_failure(ldm_backend *be, const char *file, int line, const char *fmt, ...) {
+    char what[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    ldm_backend_fail(be, "%s:%d: %s", file, line, what);
 }
 
-static bool cuda_ok(cudaError_t e, const char *file, int line, const char *call) {
+static bool cuda_ok(ldm_backend *be, cudaError_t e, const char *file, int line, const char *call) {
     if (e == cudaSuccess) return true;
     (void)cudaGetLastError(); /* clear it, so later launch checks do not see it again */
-    record_failure(file, line, "%s: %s (%s)", call, cudaGetErrorString(e), cudaGetErrorName(e));
+    record_failure(be, file, line, "%s: %s (%s)", call, cudaGetErrorString(e), cudaGetErrorName(e));
     return false;
 }
-static bool cublas_ok(cublasStatus_t s, const char *file, int line, const char *call) {
+static bool cublas_ok(ldm_backend *be, cublasStatus_t s, const char *file, int line, const char *call) {
     if (s == CUBLAS_STATUS_SUCCESS) return true;
-    record_failure(file, line, "%s: %s", call, cublasGetStatusString(s));
+    record_failure(be, file, line, "%s: %s", call, cublasGetStatusString(s));
     return false;
 }
-static bool cudnn_ok(cudnnStatus_t s, const char *file, int line, const char *call) {
+static bool cudnn_ok(ldm_backend *be, cudnnStatus_t s, const char *file, int line, const char *call) {
     if (s == CUDNN_STATUS_SUCCESS) return true;
-    record_failure(file, line, "%s: %s", call, cudnnGetErrorString(s));
+    record_failure(be, file, line, "%s: %s", call, cudnnGetErrorString(s));
     return false;
 }
 /* Each is true on success; on failure it records the error and is false. */
-#define cudaCheck(call) cuda_ok((call), __FILE__, __LINE__, #call)
-#define cublasCheck(call) cublas_ok((call), __FILE__, __LINE__, #call)
-#define cudnnCheck(call) cudnn_ok((call), __FILE__, __LINE__, #call)
+/* (They record into `be`, the handle in scope.) */
+#define cudaCheck(call) cuda_ok(be, (call), __FILE__, __LINE__, #call)
+#define cublasCheck(call) cublas_ok(be, (call), __FILE__, __LINE__, #call)
+#define cudnnCheck(call) cudnn_ok(be, (call), __FILE__, __LINE__, #call)
 /* After a kernel launch: launch-configuration errors show up here. */
-#define launchCheck(kernel) cuda_ok(cudaGetLastError(), __FILE__, __LINE__, "launch of " kernel)
+#define launchCheck(kernel) cuda_ok(be, cudaGetLastError(), __FILE__, __LINE__, "launch of " kernel)
+/* The value an op returns: -1 once the handle failed. */
+#define DONE (be->failed ? -1 : 0)
 
 /* ------------------------------------------------------------------------------
  * Device state: handles and scratch buffers. */
-
-static cublasHandle_t g_cublas;
-static cudnnHandle_t g_cudnn;
-static cudaDeviceProp g_prop;
-static size_t g_smem_optin; /* largest dynamic shared memory a block may opt in to */
 
 typedef struct {
     void *p;
     size_t cap;
 } dev_scratch;
-static dev_scratch g_xh;      /* fp16 copy of a linear/conv input */
-static dev_scratch g_yh;      /* fp16 conv result */
-static dev_scratch g_ws;      /* cuDNN workspace */
-static dev_scratch g_stats;   /* group-norm partial and final statistics */
-static dev_scratch g_ids;     /* embedding ids */
-static dev_scratch g_overlap; /* copy between overlapping ranges */
+
+/* One model's weights in one device allocation: host data address -> device copy. */
+typedef struct {
+    const uint16_t *host;  /* ldm_tensor.f16 */
+    const __half *dev;
+    int64_t numel;
+} weight_entry;
+typedef struct weight_set {
+    void *dev;             /* the one allocation */
+    weight_entry *e;       /* sorted by host */
+    size_t n;
+    struct weight_set *next;
+} weight_set;
+
+#define CONV_PLANS 128
+typedef struct {
+    int used;
+    int N, Cin, H, W, Cout, k, stride, pad;
+    cudnnTensorDescriptor_t xd, yd;
+    cudnnFilterDescriptor_t wd;
+    cudnnConvolutionDescriptor_t cd;
+    cudnnConvolutionFwdAlgo_t algo;
+    size_t ws_bytes;
+} conv_plan;
+
+typedef struct cuda_state {
+    cublasHandle_t cublas;
+    cudnnHandle_t cudnn;
+    cudaDeviceProp prop;
+    size_t smem_optin;   /* largest dynamic shared memory a block may opt in to */
+    dev_scratch xh;      /* fp16 copy of a linear/conv input */
+    dev_scratch yh;      /* fp16 conv result */
+    dev_scratch ws;      /* cuDNN workspace */
+    dev_scratch stats;   /* group-norm partial and final statistics */
+    dev_scratch ids;     /* embedding ids */
+    dev_scratch overlap; /* copy between overlapping ranges */
+    weight_set *models;  /* prepare_weights, newest first */
+    weight_set *loose;   /* weights uploaded at first use, one allocation each */
+    conv_plan plans[CONV_PLANS];
+    int plan_next;       /* slot the next new plan takes */
+} cuda_state;
+#define G(be) ((cuda_state *)(be)->impl)
 
 /* cuDNN workspace cap: algorithms that need more are not considered. */
 #define CONV_WORKSPACE_MAX ((size_t)256 << 20)
 
 /* A device buffer of at least `bytes`, grown (never shrunk) as needed; NULL on failure. */
-static void *scratch(dev_scratch *s, size_t bytes, const char *what) {
+static void *scratch(ldm_backend *be, dev_scratch *s, size_t bytes, const char *what) {
     if (bytes <= s->cap && s->p) return s->p;
     if (s->p) {
         /* queued kernels may still read the old buffer */
@@ -132,7 +163,7 @@ static void *scratch(dev_scratch *s, size_t bytes, const char *what) {
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         s->p = NULL;
-        record_failure(__FILE__, __LINE__, "cudaMalloc of %zu bytes for the %s scratch buffer: %s",
+        record_failure(be, __FILE__, __LINE__, "cudaMalloc of %zu bytes for the %s scratch buffer: %s",
                        want, what, cudaGetErrorString(e));
         return NULL;
     }
@@ -158,53 +189,104 @@ static dim3 row_grid(size_t rows, size_t cols) {
 /* ------------------------------------------------------------------------------
  * Weights. */
 
-static int cuda_prepare_weight(ldm_tensor *w) {
-    if (w->dev) return 0;
-    size_t bytes = (size_t)w->numel * sizeof(uint16_t);
-    void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 2);
+static int cmp_entry(const void *a, const void *b) {
+    const uint16_t *x = ((const weight_entry *)a)->host, *y = ((const weight_entry *)b)->host;
+    return x < y ? -1 : x > y;
+}
+
+/* Copy w[0..n-1] into one device allocation (each tensor 256-byte aligned). */
+static weight_set *upload_set(ldm_backend *be, ldm_tensor *const *w, size_t n) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) total += ((size_t)w[i]->numel * sizeof(uint16_t) + 255) & ~(size_t)255;
+    weight_set *ws = (weight_set *)ldm_xcalloc(1, sizeof *ws);
+    ws->e = (weight_entry *)ldm_xcalloc(n ? n : 1, sizeof *ws->e);
+    cudaError_t e = cudaMalloc(&ws->dev, total ? total : 256);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
-        return ldm_error("CUDA backend: weight %s: cudaMalloc of %zu bytes failed: %s",
-                         w->name ? w->name : "?", bytes, cudaGetErrorString(e));
+        record_failure(be, __FILE__, __LINE__, "cudaMalloc of %zu bytes for %zu weights: %s", total, n,
+                       cudaGetErrorString(e));
+        free(ws->e);
+        free(ws);
+        return NULL;
     }
-    e = cudaMemcpy(p, w->f16, bytes, cudaMemcpyHostToDevice);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        (void)cudaFree(p);
-        return ldm_error("CUDA backend: weight %s: upload of %zu bytes failed: %s",
-                         w->name ? w->name : "?", bytes, cudaGetErrorString(e));
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t bytes = (size_t)w[i]->numel * sizeof(uint16_t);
+        char *dst = (char *)ws->dev + off;
+        if (bytes && !cudaCheck(cudaMemcpy(dst, w[i]->f16, bytes, cudaMemcpyHostToDevice))) {
+            (void)cudaFree(ws->dev); /* cleanup after the recorded failure */
+            free(ws->e);
+            free(ws);
+            return NULL;
+        }
+        ws->e[ws->n++] = weight_entry{w[i]->f16, (const __half *)dst, w[i]->numel};
+        off += (bytes + 255) & ~(size_t)255;
     }
-    w->dev = p;
+    qsort(ws->e, ws->n, sizeof *ws->e, cmp_entry);
+    return ws;
+}
+
+static void free_set(ldm_backend *be, weight_set *ws) {
+    cudaCheck(cudaDeviceSynchronize()); /* a queued kernel may still read it */
+    cudaCheck(cudaFree(ws->dev));
+    free(ws->e);
+    free(ws);
+}
+
+static int cuda_prepare_weights(ldm_backend *be, ldm_tensor *const *w, size_t n, void **buf) {
+    weight_set *ws = upload_set(be, w, n);
+    if (!ws) return -1;
+    ws->next = G(be)->models;
+    G(be)->models = ws;
+    *buf = ws;
     return 0;
 }
 
-extern "C" void ldm_cuda_release_weight(ldm_tensor *w) {
-    if (!w || !w->dev) return;
-    cudaCheck(cudaDeviceSynchronize()); /* a queued kernel may still read it */
-    cudaCheck(cudaFree(w->dev));
-    w->dev = NULL;
+static void cuda_release_weights(ldm_backend *be, void *buf) {
+    for (weight_set **p = &G(be)->models; *p; p = &(*p)->next)
+        if (*p == buf) {
+            weight_set *ws = *p;
+            *p = ws->next;
+            free_set(be, ws);
+            return;
+        }
+}
+
+static const weight_entry *find_in(const weight_set *ws, const uint16_t *host) {
+    size_t lo = 0, hi = ws->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (ws->e[mid].host < host) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < ws->n && ws->e[lo].host == host ? &ws->e[lo] : NULL;
 }
 
 /* The device copy of w, which must hold at least `need` values; NULL (failure
  * recorded) otherwise.  `op` names the op for the message. */
-static const __half *dev_weight(const ldm_tensor *w, int64_t need, const char *op) {
+static const __half *dev_weight(ldm_backend *be, const ldm_tensor *w, int64_t need, const char *op) {
     const char *name = w && w->name ? w->name : "?";
-    if (!w) {
-        record_failure(__FILE__, __LINE__, "%s: missing weight tensor", op);
+    if (!w || !w->f16) {
+        record_failure(be, __FILE__, __LINE__, "%s: missing weight tensor", op);
         return NULL;
     }
     if (w->numel < need) {
-        record_failure(__FILE__, __LINE__, "%s: weight %s has %lld values, expected at least %lld",
+        record_failure(be, __FILE__, __LINE__, "%s: weight %s has %lld values, expected at least %lld",
                        op, name, (long long)w->numel, (long long)need);
         return NULL;
     }
-    /* Unprepared: upload now.  The tensor belongs to the bundle (not const there). */
-    if (!w->dev && cuda_prepare_weight((ldm_tensor *)w) != 0) {
-        record_failure(__FILE__, __LINE__, "%s: %s", op, ldm_last_error());
-        return NULL;
-    }
-    return (const __half *)w->dev;
+    for (int pass = 0; pass < 2; pass++)
+        for (const weight_set *ws = pass ? G(be)->loose : G(be)->models; ws; ws = ws->next) {
+            const weight_entry *e = find_in(ws, w->f16);
+            if (e && e->numel >= need) return e->dev;
+        }
+    /* Unprepared (tests, or a caller that skipped prepare_weights): upload now. */
+    ldm_tensor *one = (ldm_tensor *)w;
+    weight_set *ws = upload_set(be, &one, 1);
+    if (!ws) return NULL;
+    ws->next = G(be)->loose;
+    G(be)->loose = ws;
+    return ws->e[0].dev;
 }
 
 /* ------------------------------------------------------------------------------
@@ -591,53 +673,54 @@ k_attention(float *out, const float *q, const float *k, const float *v, int head
 /* ------------------------------------------------------------------------------
  * Memory ops. */
 
-static void *cuda_alloc(size_t bytes) {
+static void *cuda_alloc(ldm_backend *be, size_t bytes) {
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 64); /* cudaMalloc aligns to 256 bytes */
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
-        ldm_error("CUDA backend: cudaMalloc of %zu bytes failed: %s", bytes, cudaGetErrorString(e));
+        record_failure(be, __FILE__, __LINE__, "cudaMalloc of %zu bytes: %s", bytes, cudaGetErrorString(e));
         return NULL;
     }
     return p;
 }
-static void cuda_free(void *p) {
+static void cuda_free(ldm_backend *be, void *p) {
     if (p) cudaCheck(cudaFree(p));
 }
-static void cuda_upload(float *dst, const float *host_src, size_t n) {
-    if (g_failed || n == 0) return;
-    cudaCheck(cudaMemcpy(dst, host_src, n * sizeof(float), cudaMemcpyHostToDevice));
+static int cuda_upload(ldm_backend *be, float *dst, const float *host_src, size_t n) {
+    if (n) cudaCheck(cudaMemcpy(dst, host_src, n * sizeof(float), cudaMemcpyHostToDevice));
+    return DONE;
 }
-static void cuda_download(float *host_dst, const float *src, size_t n) {
-    if (n == 0) return;
-    if (g_failed || !cudaCheck(cudaMemcpy(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost)))
-        memset(host_dst, 0, n * sizeof(float));
+static int cuda_download(ldm_backend *be, float *host_dst, const float *src, size_t n) {
+    if (n) cudaCheck(cudaMemcpy(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return DONE;
 }
-static void cuda_copy(float *dst, const float *src, size_t n) {
-    if (g_failed || n == 0 || dst == src) return;
+static int cuda_copy(ldm_backend *be, float *dst, const float *src, size_t n) {
+    if (n == 0 || dst == src) return DONE;
     size_t bytes = n * sizeof(float);
     if ((dst < src && dst + n > src) || (src < dst && src + n > dst)) { /* overlap: memmove */
-        void *tmp = scratch(&g_overlap, bytes, "overlapping copy");
-        if (!tmp) return;
-        if (!cudaCheck(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDeviceToDevice, 0))) return;
+        void *tmp = scratch(be, &G(be)->overlap, bytes, "overlapping copy");
+        if (!tmp) return DONE;
+        if (!cudaCheck(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDeviceToDevice, 0))) return DONE;
         cudaCheck(cudaMemcpyAsync(dst, tmp, bytes, cudaMemcpyDeviceToDevice, 0));
-        return;
+        return DONE;
     }
     cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0));
+    return DONE;
 }
-static void cuda_fill(float *dst, float value, size_t n) {
-    if (g_failed || n == 0) return;
+static int cuda_fill(ldm_backend *be, float *dst, float value, size_t n) {
+    if (n == 0) return DONE;
     k_fill<<<ew_blocks(n), EW_THREADS>>>(dst, value, n);
     launchCheck("k_fill");
+    return DONE;
 }
-static void cuda_synchronize(void) {
-    if (g_failed) return;
-    cudaCheck(cudaDeviceSynchronize());
+static int cuda_synchronize(ldm_backend *be) {
+    cudaCheck(cudaDeviceSynchronize()); /* surfaces asynchronous faults */
+    return DONE;
 }
 
-/* fp16 copy of x[n] in the g_xh scratch; NULL on failure. */
-static const __half *to_half_scratch(const float *x, size_t n) {
-    __half *xh = (__half *)scratch(&g_xh, n * sizeof(__half), "fp16 input");
+/* fp16 copy of x[n] in the xh scratch; NULL on failure. */
+static const __half *to_half_scratch(ldm_backend *be, const float *x, size_t n) {
+    __half *xh = (__half *)scratch(be, &G(be)->xh, n * sizeof(__half), "fp16 input");
     if (!xh) return NULL;
     k_to_half<<<ew_blocks(n), EW_THREADS>>>(xh, x, n);
     if (!launchCheck("k_to_half")) return NULL;
@@ -649,27 +732,28 @@ static const __half *to_half_scratch(const float *x, size_t n) {
  * Row-major out[M,N] is column-major outᵀ[N,M] = W·xᵀ: cuBLAS sees W (column-major
  * [K,N], ld K) transposed times x (column-major [K,M], ld K), result ld N. */
 
-static void cuda_linear(float *out, const float *x, const ldm_tensor *w, const ldm_tensor *b,
+static int cuda_linear(ldm_backend *be, float *out, const float *x, const ldm_tensor *w, const ldm_tensor *b,
                         int M, int K, int N) {
-    if (g_failed || M <= 0 || N <= 0) return;
-    const __half *wd = dev_weight(w, (int64_t)N * K, "linear");
-    const __half *bd = b ? dev_weight(b, N, "linear bias") : NULL;
-    if (!wd || (b && !bd)) return;
+    if (M <= 0 || N <= 0) return DONE;
+    const __half *wd = dev_weight(be, w, (int64_t)N * K, "linear");
+    const __half *bd = b ? dev_weight(be, b, N, "linear bias") : NULL;
+    if (!wd || (b && !bd)) return DONE;
     if (K <= 0) { /* empty sum: out = bias (or 0) */
-        cuda_fill(out, 0.0f, (size_t)M * N);
+        cuda_fill(be, out, 0.0f, (size_t)M * N);
     } else {
-        const __half *xh = to_half_scratch(x, (size_t)M * K);
-        if (!xh) return;
+        const __half *xh = to_half_scratch(be, x, (size_t)M * K);
+        if (!xh) return DONE;
         const float alpha = 1.0f, beta = 0.0f;
-        if (!cublasCheck(cublasGemmEx(g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wd,
+        if (!cublasCheck(cublasGemmEx(G(be)->cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, wd,
                                       CUDA_R_16F, K, xh, CUDA_R_16F, K, &beta, out, CUDA_R_32F, N,
                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)))
-            return;
+            return DONE;
     }
     if (bd) {
         k_add_bias_cols<<<row_grid((size_t)M, (size_t)N), EW_THREADS>>>(out, bd, (size_t)M, (size_t)N);
         launchCheck("k_add_bias_cols");
     }
+    return DONE;
 }
 
 /* ------------------------------------------------------------------------------
@@ -677,18 +761,7 @@ static void cuda_linear(float *out, const float *x, const ldm_tensor *w, const l
  * cudnnFindConvolutionForwardAlgorithmEx measured fastest within the workspace cap;
  * plans are kept (up to CONV_PLANS, then the oldest is replaced). */
 
-#define CONV_PLANS 128
-typedef struct {
-    int used;
-    int N, Cin, H, W, Cout, k, stride, pad;
-    cudnnTensorDescriptor_t xd, yd;
-    cudnnFilterDescriptor_t wd;
-    cudnnConvolutionDescriptor_t cd;
-    cudnnConvolutionFwdAlgo_t algo;
-    size_t ws_bytes;
-} conv_plan;
-static conv_plan g_plans[CONV_PLANS];
-static int g_plan_next; /* slot the next new plan takes */
+
 
 static void plan_destroy(conv_plan *p) { /* cleanup: a failure here changes nothing */
     if (p->xd) (void)cudnnDestroyTensorDescriptor(p->xd);
@@ -699,17 +772,17 @@ static void plan_destroy(conv_plan *p) { /* cleanup: a failure here changes noth
 }
 
 /* The plan for this shape; x/w/y are the real buffers, used to time the algorithms. */
-static conv_plan *conv_plan_get(const __half *xh, const __half *wd, __half *yh, int N, int Cin,
+static conv_plan *conv_plan_get(ldm_backend *be, const __half *xh, const __half *wd, __half *yh, int N, int Cin,
                                 int H, int W, int Cout, int k, int stride, int pad, int Ho,
                                 int Wo) {
     for (int i = 0; i < CONV_PLANS; i++) {
-        conv_plan *p = &g_plans[i];
+        conv_plan *p = &G(be)->plans[i];
         if (p->used && p->N == N && p->Cin == Cin && p->H == H && p->W == W && p->Cout == Cout &&
             p->k == k && p->stride == stride && p->pad == pad)
             return p;
     }
-    conv_plan *p = &g_plans[g_plan_next];
-    g_plan_next = (g_plan_next + 1) % CONV_PLANS;
+    conv_plan *p = &G(be)->plans[G(be)->plan_next];
+    G(be)->plan_next = (G(be)->plan_next + 1) % CONV_PLANS;
     plan_destroy(p);
     if (!cudnnCheck(cudnnCreateTensorDescriptor(&p->xd)) ||
         !cudnnCheck(cudnnCreateTensorDescriptor(&p->yd)) ||
@@ -730,7 +803,7 @@ static conv_plan *conv_plan_get(const __half *xh, const __half *wd, __half *yh, 
         return NULL;
     }
     if (on != N || oc != Cout || oh != Ho || ow != Wo) {
-        record_failure(__FILE__, __LINE__, "conv2d: cuDNN output shape [%d,%d,%d,%d], expected [%d,%d,%d,%d]",
+        record_failure(be, __FILE__, __LINE__, "conv2d: cuDNN output shape [%d,%d,%d,%d], expected [%d,%d,%d,%d]",
                        on, oc, oh, ow, N, Cout, Ho, Wo);
         plan_destroy(p);
         return NULL;
@@ -740,20 +813,20 @@ static conv_plan *conv_plan_get(const __half *xh, const __half *wd, __half *yh, 
     size_t ws_max = 0;
     for (int a = 0; a < CUDNN_CONVOLUTION_FWD_ALGO_COUNT; a++) {
         size_t sz = 0;
-        if (cudnnGetConvolutionForwardWorkspaceSize(g_cudnn, p->xd, p->wd, p->cd, p->yd,
+        if (cudnnGetConvolutionForwardWorkspaceSize(G(be)->cudnn, p->xd, p->wd, p->cd, p->yd,
                                                     (cudnnConvolutionFwdAlgo_t)a, &sz) ==
                 CUDNN_STATUS_SUCCESS &&
             sz <= CONV_WORKSPACE_MAX && sz > ws_max)
             ws_max = sz;
     }
-    void *ws = ws_max ? scratch(&g_ws, ws_max, "cuDNN workspace") : NULL;
+    void *ws = ws_max ? scratch(be, &G(be)->ws, ws_max, "cuDNN workspace") : NULL;
     if (ws_max && !ws) {
         plan_destroy(p);
         return NULL;
     }
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int found = 0;
-    if (!cudnnCheck(cudnnFindConvolutionForwardAlgorithmEx(g_cudnn, p->xd, xh, p->wd, wd, p->cd, p->yd,
+    if (!cudnnCheck(cudnnFindConvolutionForwardAlgorithmEx(G(be)->cudnn, p->xd, xh, p->wd, wd, p->cd, p->yd,
                                                            yh, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
                                                            &found, perf, ws, ws_max))) {
         plan_destroy(p);
@@ -763,7 +836,7 @@ static conv_plan *conv_plan_get(const __half *xh, const __half *wd, __half *yh, 
     for (int i = 0; i < found && pick < 0; i++) /* sorted fastest first */
         if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= ws_max) pick = i;
     if (pick < 0) {
-        record_failure(__FILE__, __LINE__,
+        record_failure(be, __FILE__, __LINE__,
                        "conv2d [%d,%d,%d,%d] * [%d,%d,%d,%d] stride %d pad %d: cuDNN found no "
                        "forward algorithm within %zu bytes of workspace",
                        N, Cin, H, W, Cout, Cin, k, k, stride, pad, ws_max);
@@ -784,100 +857,102 @@ static conv_plan *conv_plan_get(const __half *xh, const __half *wd, __half *yh, 
     return p;
 }
 
-static void cuda_conv2d(float *out, const float *x, const ldm_tensor *w, const ldm_tensor *b,
+static int cuda_conv2d(ldm_backend *be, float *out, const float *x, const ldm_tensor *w, const ldm_tensor *b,
                         int N, int Cin, int H, int W, int Cout, int k, int stride, int pad) {
-    if (g_failed) return;
-    int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
-    if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return;
-    const __half *wd = dev_weight(w, (int64_t)Cout * Cin * k * k, "conv2d");
-    const __half *bd = b ? dev_weight(b, Cout, "conv2d bias") : NULL;
-    if (!wd || (b && !bd)) return;
+        int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return DONE;
+    const __half *wd = dev_weight(be, w, (int64_t)Cout * Cin * k * k, "conv2d");
+    const __half *bd = b ? dev_weight(be, b, Cout, "conv2d bias") : NULL;
+    if (!wd || (b && !bd)) return DONE;
     size_t ny = (size_t)N * Cout * Ho * Wo;
-    const __half *xh = to_half_scratch(x, (size_t)N * Cin * H * W);
-    __half *yh = (__half *)scratch(&g_yh, ny * sizeof(__half), "fp16 conv output");
-    if (!xh || !yh) return;
-    conv_plan *p = conv_plan_get(xh, wd, yh, N, Cin, H, W, Cout, k, stride, pad, Ho, Wo);
-    if (!p) return;
-    void *ws = p->ws_bytes ? scratch(&g_ws, p->ws_bytes, "cuDNN workspace") : NULL;
-    if (p->ws_bytes && !ws) return;
+    const __half *xh = to_half_scratch(be, x, (size_t)N * Cin * H * W);
+    __half *yh = (__half *)scratch(be, &G(be)->yh, ny * sizeof(__half), "fp16 conv output");
+    if (!xh || !yh) return DONE;
+    conv_plan *p = conv_plan_get(be, xh, wd, yh, N, Cin, H, W, Cout, k, stride, pad, Ho, Wo);
+    if (!p) return DONE;
+    void *ws = p->ws_bytes ? scratch(be, &G(be)->ws, p->ws_bytes, "cuDNN workspace") : NULL;
+    if (p->ws_bytes && !ws) return DONE;
     const float alpha = 1.0f, beta = 0.0f;
-    if (!cudnnCheck(cudnnConvolutionForward(g_cudnn, &alpha, p->xd, xh, p->wd, wd, p->cd, p->algo,
+    if (!cudnnCheck(cudnnConvolutionForward(G(be)->cudnn, &alpha, p->xd, xh, p->wd, wd, p->cd, p->algo,
                                             ws, p->ws_bytes, &beta, p->yd, yh)))
-        return;
+        return DONE;
     size_t rows = (size_t)N * Cout, cols = (size_t)Ho * Wo;
     k_conv_epilogue<<<row_grid(rows, cols), EW_THREADS>>>(out, yh, bd, rows, cols, Cout);
     launchCheck("k_conv_epilogue");
+    return DONE;
 }
 
 /* ------------------------------------------------------------------------------
  * Norms. */
 
-static void cuda_group_norm(float *out, const float *x, const ldm_tensor *gamma,
+static int cuda_group_norm(ldm_backend *be, float *out, const float *x, const ldm_tensor *gamma,
                             const ldm_tensor *beta, int N, int C, int HW, int groups, float eps,
                             int silu) {
-    if (g_failed || N <= 0 || C <= 0 || HW <= 0) return;
+    if (N <= 0 || C <= 0 || HW <= 0) return DONE;
     if (groups <= 0 || C % groups != 0) {
-        record_failure(__FILE__, __LINE__, "group_norm: %d channels do not split into %d groups", C, groups);
-        return;
+        record_failure(be, __FILE__, __LINE__, "group_norm: %d channels do not split into %d groups", C, groups);
+        return DONE;
     }
-    const __half *gd = dev_weight(gamma, C, "group_norm gamma");
-    const __half *bd = dev_weight(beta, C, "group_norm beta");
-    if (!gd || !bd) return;
+    const __half *gd = dev_weight(be, gamma, C, "group_norm gamma");
+    const __half *bd = dev_weight(be, beta, C, "group_norm beta");
+    if (!gd || !bd) return DONE;
     int cpg = C / groups, ngroups = N * groups;
     size_t gsize = (size_t)cpg * HW;
     size_t nchunks = (gsize + GN_CHUNK - 1) / GN_CHUNK;
     if (ngroups > 65535 || nchunks > 0x7fffffff) {
-        record_failure(__FILE__, __LINE__, "group_norm: %d groups of %zu values is beyond the launch limits",
+        record_failure(be, __FILE__, __LINE__, "group_norm: %d groups of %zu values is beyond the launch limits",
                        ngroups, gsize);
-        return;
+        return DONE;
     }
     size_t part_bytes = (size_t)ngroups * nchunks * sizeof(gn_part);
     size_t stats_off = (part_bytes + 255) & ~(size_t)255;
-    char *buf = (char *)scratch(&g_stats, stats_off + (size_t)ngroups * sizeof(float2), "group-norm statistics");
-    if (!buf) return;
+    char *buf = (char *)scratch(be, &G(be)->stats, stats_off + (size_t)ngroups * sizeof(float2), "group-norm statistics");
+    if (!buf) return DONE;
     gn_part *part = (gn_part *)buf;
     float2 *stats = (float2 *)(buf + stats_off);
     k_gn_partial<<<dim3((unsigned)nchunks, (unsigned)ngroups), NORM_THREADS>>>(part, x, gsize);
-    if (!launchCheck("k_gn_partial")) return;
+    if (!launchCheck("k_gn_partial")) return DONE;
     k_gn_finalize<<<(ngroups + 127) / 128, 128>>>(stats, part, (int)nchunks, ngroups, eps);
-    if (!launchCheck("k_gn_finalize")) return;
+    if (!launchCheck("k_gn_finalize")) return DONE;
     size_t rows = (size_t)N * C;
     k_gn_apply<<<row_grid(rows, (size_t)HW), EW_THREADS>>>(out, x, stats, gd, bd, rows, (size_t)HW, C,
                                                            cpg, silu);
     launchCheck("k_gn_apply");
+    return DONE;
 }
 
-static void cuda_layer_norm(float *out, const float *x, const ldm_tensor *gamma,
+static int cuda_layer_norm(ldm_backend *be, float *out, const float *x, const ldm_tensor *gamma,
                             const ldm_tensor *beta, int M, int C, float eps) {
-    if (g_failed || M <= 0 || C <= 0) return;
-    const __half *gd = dev_weight(gamma, C, "layer_norm gamma");
-    const __half *bd = dev_weight(beta, C, "layer_norm beta");
-    if (!gd || !bd) return;
+    if (M <= 0 || C <= 0) return DONE;
+    const __half *gd = dev_weight(be, gamma, C, "layer_norm gamma");
+    const __half *bd = dev_weight(be, beta, C, "layer_norm beta");
+    if (!gd || !bd) return DONE;
     k_layer_norm<<<(unsigned)M, NORM_THREADS>>>(out, x, gd, bd, C, eps); /* a block per row */
     launchCheck("k_layer_norm");
+    return DONE;
 }
 
 /* ------------------------------------------------------------------------------
  * Attention launch: pick the register tile (DPT dims per lane) and the key tile BK. */
 
 template <int DPT, int QPW>
-static void attention_launch(float *out, const float *q, const float *k, const float *v, int B,
+static void attention_launch(ldm_backend *be, float *out, const float *q, const float *k, const float *v, int B,
                              int heads, int Tq, int Tk, int D, int q_stride, int kv_stride,
                              float scale, int causal) {
     const int rows = ATT_NW * QPW, DQ = (D + 3) & ~3;
     /* Largest BK (a power of two <= 32) whose tiles fit the budget: the default 48 KiB
      * if possible, else up to 96 KiB (and what the device allows). */
     size_t budget = (size_t)96 << 10;
-    if (budget > g_smem_optin) budget = g_smem_optin;
+    if (budget > G(be)->smem_optin) budget = G(be)->smem_optin;
     int BK = 32;
     size_t bytes = 0;
     for (;; BK /= 2) {
         bytes = ((size_t)rows * DQ + (size_t)DQ * (BK + 1) + (size_t)BK * D) * sizeof(float);
         if (bytes <= budget || BK == 1) break;
     }
-    if (bytes > g_smem_optin) {
-        record_failure(__FILE__, __LINE__, "attention: head dim %d needs %zu bytes of shared memory, the device allows %zu",
-                       D, bytes, g_smem_optin);
+    if (bytes > G(be)->smem_optin) {
+        record_failure(be, __FILE__, __LINE__, "attention: head dim %d needs %zu bytes of shared memory, the device allows %zu",
+                       D, bytes, G(be)->smem_optin);
         return;
     }
     static size_t attr_set; /* per instantiation: the dynamic smem size already allowed */
@@ -893,232 +968,237 @@ static void attention_launch(float *out, const float *q, const float *k, const f
     launchCheck("k_attention");
 }
 
-static void cuda_attention(float *out, const float *q, const float *k, const float *v, int B,
+static int cuda_attention(ldm_backend *be, float *out, const float *q, const float *k, const float *v, int B,
                            int heads, int Tq, int Tk, int D, int q_stride, int kv_stride,
                            float scale, int causal) {
-    if (g_failed || B <= 0 || heads <= 0 || Tq <= 0 || D <= 0) return;
+    if (B <= 0 || heads <= 0 || Tq <= 0 || D <= 0) return DONE;
     if ((long long)B * heads > 65535) {
-        record_failure(__FILE__, __LINE__, "attention: %d batches x %d heads exceed the grid limit of 65535", B, heads);
-        return;
+        record_failure(be, __FILE__, __LINE__, "attention: %d batches x %d heads exceed the grid limit of 65535", B, heads);
+        return DONE;
     }
     if (D <= 64)
-        attention_launch<2, 4>(out, q, k, v, B, heads, Tq, Tk, D, q_stride, kv_stride, scale, causal);
+        attention_launch<2, 4>(be, out, q, k, v, B, heads, Tq, Tk, D, q_stride, kv_stride, scale, causal);
     else if (D <= 128)
-        attention_launch<4, 4>(out, q, k, v, B, heads, Tq, Tk, D, q_stride, kv_stride, scale, causal);
+        attention_launch<4, 4>(be, out, q, k, v, B, heads, Tq, Tk, D, q_stride, kv_stride, scale, causal);
     else if (D <= 256)
-        attention_launch<8, 4>(out, q, k, v, B, heads, Tq, Tk, D, q_stride, kv_stride, scale, causal);
+        attention_launch<8, 4>(be, out, q, k, v, B, heads, Tq, Tk, D, q_stride, kv_stride, scale, causal);
     else if (D <= 512)
-        attention_launch<16, 2>(out, q, k, v, B, heads, Tq, Tk, D, q_stride, kv_stride, scale, causal);
+        attention_launch<16, 2>(be, out, q, k, v, B, heads, Tq, Tk, D, q_stride, kv_stride, scale, causal);
     else
-        record_failure(__FILE__, __LINE__, "attention: head dim %d is above the supported 512", D);
+        record_failure(be, __FILE__, __LINE__, "attention: head dim %d is above the supported 512", D);
+    return DONE;
 }
 
 /* ------------------------------------------------------------------------------
  * Elementwise and data movement. */
 
-static void cuda_add(float *out, const float *a, const float *b, size_t n) {
-    if (g_failed || n == 0) return;
+static int cuda_add(ldm_backend *be, float *out, const float *a, const float *b, size_t n) {
+    if (n == 0) return DONE;
     k_add<<<ew_blocks(n), EW_THREADS>>>(out, a, b, n);
     launchCheck("k_add");
+    return DONE;
 }
-static void cuda_scale(float *out, const float *x, float s, size_t n) {
-    if (g_failed || n == 0) return;
+static int cuda_scale(ldm_backend *be, float *out, const float *x, float s, size_t n) {
+    if (n == 0) return DONE;
     k_scale<<<ew_blocks(n), EW_THREADS>>>(out, x, s, n);
     launchCheck("k_scale");
+    return DONE;
 }
-static void cuda_silu(float *out, const float *x, size_t n) {
-    if (g_failed || n == 0) return;
+static int cuda_silu(ldm_backend *be, float *out, const float *x, size_t n) {
+    if (n == 0) return DONE;
     k_silu<<<ew_blocks(n), EW_THREADS>>>(out, x, n);
     launchCheck("k_silu");
+    return DONE;
 }
-static void cuda_gelu(float *out, const float *x, size_t n) {
-    if (g_failed || n == 0) return;
+static int cuda_gelu(ldm_backend *be, float *out, const float *x, size_t n) {
+    if (n == 0) return DONE;
     k_gelu<<<ew_blocks(n), EW_THREADS>>>(out, x, n);
     launchCheck("k_gelu");
+    return DONE;
 }
-static void cuda_quick_gelu(float *out, const float *x, size_t n) {
-    if (g_failed || n == 0) return;
+static int cuda_quick_gelu(ldm_backend *be, float *out, const float *x, size_t n) {
+    if (n == 0) return DONE;
     k_quick_gelu<<<ew_blocks(n), EW_THREADS>>>(out, x, n);
     launchCheck("k_quick_gelu");
+    return DONE;
 }
-static void cuda_geglu(float *out, const float *x, int M, int N) {
-    if (g_failed || M <= 0 || N <= 0) return;
+static int cuda_geglu(ldm_backend *be, float *out, const float *x, int M, int N) {
+    if (M <= 0 || N <= 0) return DONE;
     k_geglu<<<row_grid((size_t)M, (size_t)N), EW_THREADS>>>(out, x, (size_t)M, (size_t)N);
     launchCheck("k_geglu");
+    return DONE;
 }
-static void cuda_add_channel_bias(float *x, const float *v, int N, int C, int HW) {
-    if (g_failed || N <= 0 || C <= 0 || HW <= 0) return;
+static int cuda_add_channel_bias(ldm_backend *be, float *x, const float *v, int N, int C, int HW) {
+    if (N <= 0 || C <= 0 || HW <= 0) return DONE;
     size_t rows = (size_t)N * C;
     k_add_row_value<<<row_grid(rows, (size_t)HW), EW_THREADS>>>(x, v, rows, (size_t)HW);
     launchCheck("k_add_row_value");
+    return DONE;
 }
-static void cuda_upsample_nearest2x(float *out, const float *x, int N, int C, int H, int W) {
-    if (g_failed || N <= 0 || C <= 0 || H <= 0 || W <= 0) return;
+static int cuda_upsample_nearest2x(ldm_backend *be, float *out, const float *x, int N, int C, int H, int W) {
+    if (N <= 0 || C <= 0 || H <= 0 || W <= 0) return DONE;
     size_t rows = (size_t)N * C * 2 * H;
     k_upsample2x<<<row_grid(rows, 2 * (size_t)W), EW_THREADS>>>(out, x, rows, H, W);
     launchCheck("k_upsample2x");
+    return DONE;
 }
-static void cuda_upsample_nearest(float *out, const float *x, int N, int C, int H, int W, int Ho,
+static int cuda_upsample_nearest(ldm_backend *be, float *out, const float *x, int N, int C, int H, int W, int Ho,
                                   int Wo) {
-    if (g_failed || N <= 0 || C <= 0 || H <= 0 || W <= 0 || Ho <= 0 || Wo <= 0) return;
+    if (N <= 0 || C <= 0 || H <= 0 || W <= 0 || Ho <= 0 || Wo <= 0) return DONE;
     size_t rows = (size_t)N * C * Ho;
     k_upsample_nearest<<<row_grid(rows, (size_t)Wo), EW_THREADS>>>(
         out, x, rows, H, W, Ho, Wo, (float)H / (float)Ho, (float)W / (float)Wo);
     launchCheck("k_upsample_nearest");
+    return DONE;
 }
-static void cuda_concat_channels(float *out, const float *a, int Ca, const float *b, int Cb, int N,
+static int cuda_concat_channels(ldm_backend *be, float *out, const float *a, int Ca, const float *b, int Cb, int N,
                                  int HW) {
-    if (g_failed || N <= 0 || HW <= 0) return;
+    if (N <= 0 || HW <= 0) return DONE;
     size_t wa = (size_t)Ca * HW * sizeof(float), wb = (size_t)Cb * HW * sizeof(float);
     for (int n = 0; n < N; n++) { /* N is the batch: one or two */
         char *o = (char *)out + (size_t)n * (wa + wb);
         if (wa && !cudaCheck(cudaMemcpyAsync(o, (const char *)a + (size_t)n * wa, wa,
                                              cudaMemcpyDeviceToDevice, 0)))
-            return;
+            return DONE;
         if (wb && !cudaCheck(cudaMemcpyAsync(o + wa, (const char *)b + (size_t)n * wb, wb,
                                              cudaMemcpyDeviceToDevice, 0)))
-            return;
+            return DONE;
     }
+    return DONE;
 }
 /* out[n][j][i] = x[n][i][j] for x[N, R, Cc]. */
-static void transpose(float *out, const float *x, int N, int R, int Cc) {
-    if (g_failed || N <= 0 || R <= 0 || Cc <= 0) return;
+static int transpose(ldm_backend *be, float *out, const float *x, int N, int R, int Cc) {
+    if (N <= 0 || R <= 0 || Cc <= 0) return DONE;
     if (N > 65535) {
-        record_failure(__FILE__, __LINE__, "transpose: batch %d exceeds the grid limit of 65535", N);
-        return;
+        record_failure(be, __FILE__, __LINE__, "transpose: batch %d exceeds the grid limit of 65535", N);
+        return DONE;
     }
     unsigned ty = (unsigned)((R + 31) / 32);
     dim3 grid((unsigned)((Cc + 31) / 32), ty > 65535u ? 65535u : ty, (unsigned)N);
     k_transpose<<<grid, dim3(32, 8)>>>(out, x, R, Cc);
     launchCheck("k_transpose");
+    return DONE;
 }
-static void cuda_nchw_to_nhwc(float *out, const float *x, int N, int C, int HW) {
-    transpose(out, x, N, C, HW);
+static int cuda_nchw_to_nhwc(ldm_backend *be, float *out, const float *x, int N, int C, int HW) {
+    return transpose(be, out, x, N, C, HW);
 }
-static void cuda_nhwc_to_nchw(float *out, const float *x, int N, int C, int HW) {
-    transpose(out, x, N, HW, C);
+static int cuda_nhwc_to_nchw(ldm_backend *be, float *out, const float *x, int N, int C, int HW) {
+    return transpose(be, out, x, N, HW, C);
 }
-static void cuda_embedding(float *out, const ldm_tensor *table, const int32_t *ids, int n, int C) {
-    if (g_failed || n <= 0 || C <= 0) return;
+static int cuda_embedding(ldm_backend *be, float *out, const ldm_tensor *table, const int32_t *ids, int n, int C) {
+    if (n <= 0 || C <= 0) return DONE;
     int64_t V = table && table->ndim >= 1 ? table->shape[0] : 0;
     for (int i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= V) {
-            record_failure(__FILE__, __LINE__, "embedding %s: id %d (position %d) outside [0, %lld)",
+            record_failure(be, __FILE__, __LINE__, "embedding %s: id %d (position %d) outside [0, %lld)",
                            table && table->name ? table->name : "?", (int)ids[i], i, (long long)V);
-            return;
+            return DONE;
         }
     }
-    const __half *td = dev_weight(table, V * C, "embedding");
-    int32_t *idd = (int32_t *)scratch(&g_ids, (size_t)n * sizeof(int32_t), "embedding ids");
-    if (!td || !idd) return;
-    /* synchronous copy from pageable memory: ids may be reused when we return; ordered
+    const __half *td = dev_weight(be, table, V * C, "embedding");
+    int32_t *idd = (int32_t *)scratch(be, &G(be)->ids, (size_t)n * sizeof(int32_t), "embedding ids");
+    if (!td || !idd) return DONE;
+    /* synchronous copy from pageable memory: ids may be reused when we return DONE; ordered
      * after earlier kernels on the default stream that still read the old ids */
-    if (!cudaCheck(cudaMemcpy(idd, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice))) return;
+    if (!cudaCheck(cudaMemcpy(idd, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice))) return DONE;
     k_embedding<<<row_grid((size_t)n, (size_t)C), EW_THREADS>>>(out, td, idd, (size_t)n, (size_t)C);
     launchCheck("k_embedding");
+    return DONE;
 }
-static void cuda_add_positional(float *out, const ldm_tensor *table, int B, int T, int C) {
-    if (g_failed || B <= 0 || T <= 0 || C <= 0) return;
-    const __half *td = dev_weight(table, (int64_t)T * C, "add_positional");
-    if (!td) return;
+static int cuda_add_positional(ldm_backend *be, float *out, const ldm_tensor *table, int B, int T, int C) {
+    if (B <= 0 || T <= 0 || C <= 0) return DONE;
+    const __half *td = dev_weight(be, table, (int64_t)T * C, "add_positional");
+    if (!td) return DONE;
     k_add_positional<<<row_grid((size_t)B, (size_t)T * C), EW_THREADS>>>(out, td, (size_t)B, (size_t)T * C);
     launchCheck("k_add_positional");
+    return DONE;
 }
 
 /* ------------------------------------------------------------------------------
- * The backend table, set up on first use. */
+ * The handle: device 0, its cuBLAS and cuDNN handles. */
 
-static ldm_backend g_be;
-static int g_init; /* 0 not tried, 1 ready, -1 failed (g_init_msg says why) */
-static char g_init_msg[512];
-
-static const ldm_backend *init_failed(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static const ldm_backend *init_failed(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_init_msg, sizeof g_init_msg, fmt, ap);
-    va_end(ap);
+static void cuda_destroy(ldm_backend *be) {
+    cuda_state *st = G(be);
+    if (!st) return;
+    (void)cudaDeviceSynchronize(); /* teardown: failures here change nothing */
+    for (int i = 0; i < CONV_PLANS; i++) plan_destroy(&st->plans[i]);
+    dev_scratch *sc[] = {&st->xh, &st->yh, &st->ws, &st->stats, &st->ids, &st->overlap};
+    for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++)
+        if (sc[i]->p) (void)cudaFree(sc[i]->p);
+    weight_set **lists[] = {&st->models, &st->loose};
+    for (weight_set **list : lists)
+        while (*list) {
+            weight_set *ws = *list;
+            *list = ws->next;
+            (void)cudaFree(ws->dev);
+            free(ws->e);
+            free(ws);
+        }
+    if (st->cudnn) (void)cudnnDestroy(st->cudnn);
+    if (st->cublas) (void)cublasDestroy(st->cublas);
     (void)cudaGetLastError();
-    if (g_cudnn) (void)cudnnDestroy(g_cudnn); /* cleanup after a failed start */
-    if (g_cublas) (void)cublasDestroy(g_cublas);
-    g_cudnn = NULL;
-    g_cublas = NULL;
-    g_init = -1;
-    ldm_error("%s", g_init_msg);
-    return NULL;
+    free(st);
+    be->impl = NULL;
 }
 
-extern "C" const ldm_backend *ldm_backend_cuda(void) {
-    if (g_init == 1) return &g_be;
-    if (g_init == -1) {
-        ldm_error("%s", g_init_msg);
-        return NULL;
-    }
+static int init_failed(ldm_backend *be, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int init_failed(ldm_backend *be, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    (void)cudaGetLastError();
+    cuda_destroy(be);
+    return ldm_error("%s", msg);
+}
+
+static int cuda_init(ldm_backend *be) {
+    cuda_state *st = (cuda_state *)ldm_xcalloc(1, sizeof *st);
+    be->impl = st;
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess)
-        return init_failed("CUDA backend: no usable GPU: cudaGetDeviceCount failed: %s (%s)",
+        return init_failed(be, "CUDA backend: no usable GPU: cudaGetDeviceCount failed: %s (%s)",
                            cudaGetErrorString(e), cudaGetErrorName(e));
-    if (count == 0) return init_failed("CUDA backend: no usable GPU: cudaGetDeviceCount found 0 devices");
-    if ((e = cudaSetDevice(0)) != cudaSuccess || (e = cudaGetDeviceProperties(&g_prop, 0)) != cudaSuccess)
-        return init_failed("CUDA backend: device 0: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    if (count == 0) return init_failed(be, "CUDA backend: no usable GPU: cudaGetDeviceCount found 0 devices");
+    if ((e = cudaSetDevice(0)) != cudaSuccess || (e = cudaGetDeviceProperties(&st->prop, 0)) != cudaSuccess)
+        return init_failed(be, "CUDA backend: device 0: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
     int optin = 0;
     if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0)) != cudaSuccess)
-        return init_failed("CUDA backend: device 0: shared memory attribute: %s", cudaGetErrorString(e));
-    g_smem_optin = optin > 0 ? (size_t)optin : (size_t)48 << 10;
-    cublasStatus_t bs = cublasCreate(&g_cublas);
+        return init_failed(be, "CUDA backend: device 0: shared memory attribute: %s", cudaGetErrorString(e));
+    st->smem_optin = optin > 0 ? (size_t)optin : (size_t)48 << 10;
+    cublasStatus_t bs = cublasCreate(&st->cublas);
     if (bs != CUBLAS_STATUS_SUCCESS) {
-        g_cublas = NULL;
-        return init_failed("CUDA backend: cublasCreate failed: %s", cublasGetStatusString(bs));
+        st->cublas = NULL;
+        return init_failed(be, "CUDA backend: cublasCreate failed: %s", cublasGetStatusString(bs));
     }
-    cudnnStatus_t ds = cudnnCreate(&g_cudnn);
+    cudnnStatus_t ds = cudnnCreate(&st->cudnn);
     if (ds != CUDNN_STATUS_SUCCESS) {
-        g_cudnn = NULL;
-        return init_failed("CUDA backend: cudnnCreate failed: %s (cuDNN %zu)", cudnnGetErrorString(ds),
+        st->cudnn = NULL;
+        return init_failed(be, "CUDA backend: cudnnCreate failed: %s (cuDNN %zu)", cudnnGetErrorString(ds),
                            cudnnGetVersion());
     }
-    ldm_log(2, "CUDA backend: %s, compute %d.%d, %.1f GiB, %d devices, cuDNN %zu\n", g_prop.name,
-            g_prop.major, g_prop.minor, g_prop.totalGlobalMem / 1073741824.0, count, cudnnGetVersion());
-
-    memset(&g_be, 0, sizeof g_be);
-    g_be.name = "cuda";
-    g_be.alloc = cuda_alloc;
-    g_be.free = cuda_free;
-    g_be.upload = cuda_upload;
-    g_be.download = cuda_download;
-    g_be.copy = cuda_copy;
-    g_be.fill = cuda_fill;
-    g_be.synchronize = cuda_synchronize;
-    g_be.prepare_weight = cuda_prepare_weight;
-    g_be.linear = cuda_linear;
-    g_be.conv2d = cuda_conv2d;
-    g_be.group_norm = cuda_group_norm;
-    g_be.layer_norm = cuda_layer_norm;
-    g_be.attention = cuda_attention;
-    g_be.add = cuda_add;
-    g_be.scale = cuda_scale;
-    g_be.silu = cuda_silu;
-    g_be.gelu = cuda_gelu;
-    g_be.quick_gelu = cuda_quick_gelu;
-    g_be.geglu = cuda_geglu;
-    g_be.add_channel_bias = cuda_add_channel_bias;
-    g_be.upsample_nearest2x = cuda_upsample_nearest2x;
-    g_be.upsample_nearest = cuda_upsample_nearest;
-    g_be.concat_channels = cuda_concat_channels;
-    g_be.nchw_to_nhwc = cuda_nchw_to_nhwc;
-    g_be.nhwc_to_nchw = cuda_nhwc_to_nchw;
-    g_be.embedding = cuda_embedding;
-    g_be.add_positional = cuda_add_positional;
-    g_init = 1;
-    return &g_be;
+    if (be->opts.verbose)
+        ldm_log(2, "CUDA backend: %s, compute %d.%d, %.1f GiB, %d devices, cuDNN %zu\n", st->prop.name,
+                st->prop.major, st->prop.minor, st->prop.totalGlobalMem / 1073741824.0, count,
+                cudnnGetVersion());
+    return 0;
 }
 
-extern "C" int ldm_cuda_check(void) {
-    if (g_init != 1) return 0;
-    cudaCheck(cudaDeviceSynchronize()); /* surfaces asynchronous faults */
-    if (!g_failed) return 0;
-    ldm_error("%s", g_fail_msg);
-    g_failed = 0;
-    g_fail_msg[0] = '\0';
-    return -1;
-}
+extern "C" const ldm_backend_ops ldm_backend_ops_cuda = {
+    "cuda",
+    0,
+    cuda_init,
+    cuda_destroy,
+    cuda_alloc,
+    cuda_free,
+    cuda_upload,
+    cuda_download,
+    cuda_synchronize,
+    cuda_prepare_weights,
+    cuda_release_weights,
+#define LDM_X(name, params, args) cuda_##name,
+    LDM_OPS(LDM_X)
+#undef LDM_X
+};

@@ -110,10 +110,12 @@ check "history as a prompt: in the PNG" grep -aq '"prompt":"history"' "$O/hist.p
 # ---- the PNG chunks ----
 check "ldm chunk (tEXt)" grep -aq 'tEXtldm' "$O/c1.png"
 check "ldm chunk: JSON" grep -aq '{"ldm_version":"' "$O/c1.png"
-for k in prompt negative_prompt seed steps guidance scheduler karras eta timestep_spacing width height clip_skip batch_size batch_index bundle_hash bundle_path; do
+for k in prompt negative_prompt seed steps guidance scheduler karras eta timestep_spacing width height clip_skip batch_size batch_index bundle_hash model_name; do
     grep -aq "\"$k\":" "$O/c1.png" || bad "ldm chunk lacks $k"
 done
 ok
+# the bundle is named by its content hash: no path (home folders, machine layout) in the PNG
+check "no bundle path in the chunks" sh -c "! grep -aq 'bundle_path' '$O/c1.png' && ! grep -aqF '$B' '$O/c1.png'"
 check "output name kept out of the chunks" sh -c "! grep -aq 'c1.png' '$O/c1.png'"
 $G --seed 5 -o "$O/u.png" -q "水墨画 of a crane"
 check "non-Latin-1 prompt: iTXt parameters" grep -aq 'iTXtparameters' "$O/u.png"

@@ -13,9 +13,26 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "format/bundle.h"
+#include "backend/ops.h"
 #include "core/common.h"
+#include "format/bundle.h"
 #include "format/safetensors.h"
+
+/* One CPU and one dry backend handle per test program (freed at exit). */
+static ldm_backend *mt_cpu_be, *mt_dry_be;
+static void mt_free_backends(void) {
+    ldm_backend_free(mt_cpu_be);
+    ldm_backend_free(mt_dry_be);
+}
+static ldm_backend *mt_backend(ldm_backend **slot, const char *name) {
+    if (!*slot) {
+        if (!mt_cpu_be && !mt_dry_be) atexit(mt_free_backends);
+        *slot = ldm_backend_new(name, NULL);
+    }
+    return *slot;
+}
+static inline ldm_backend *mt_cpu(void) { return mt_backend(&mt_cpu_be, "cpu"); }
+static inline ldm_backend *mt_dry(void) { return mt_backend(&mt_dry_be, "dry"); }
 
 static char mt_tmp[256];
 

@@ -23,8 +23,8 @@
  * attention tiles, head dims 3..512, strided q/k/v as in a fused projection).
  */
 #include "core/common.h"
-#include "backend/cuda_backend.h"
 #include "backend/ops.h"
+#include "core/fp16.h"
 #include "test.h"
 
 #include <math.h>
@@ -33,8 +33,8 @@
 #include <string.h>
 #include <time.h>
 
-static const ldm_backend *cpu = &ldm_backend_cpu;
-static const ldm_backend *gpu;
+static ldm_backend *cpu;
+static ldm_backend *gpu;
 static int bench_reps; /* > 0: bench mode */
 /* 0 when LDM_TEST_CPU_AS_GPU=1 stands the CPU backend in for CUDA: that checks this
  * harness itself (e.g. under ASan) on a machine without a GPU. */
@@ -68,19 +68,32 @@ static ldm_tensor rand_weight(int64_t n0, int64_t n1, int64_t n2, int64_t n3, fl
     t.f16 = h;
     return t;
 }
+/* Weights prepared for the GPU one at a time (a model prepares all of its weights in
+ * one call); released when the tensor is freed. */
+#define MAX_PREPARED 64
+static struct { const uint16_t *data; void *buf; } prepared_bufs[MAX_PREPARED];
 static void prepare(ldm_tensor *t) {
-    int rc = gpu->prepare_weight(t);
-    CHECK(rc == 0 && (t->dev != NULL || !real_cuda), "prepare_weight %s: %s", t->name,
-          ldm_last_error());
+    void *buf = NULL;
+    ldm_tensor *one = t;
+    int rc = ldm_be_prepare_weights(gpu, &one, 1, &buf);
+    CHECK(rc == 0 && (buf != NULL || !real_cuda), "prepare_weights %s: %s", t->name, ldm_last_error());
+    for (int i = 0; i < MAX_PREPARED; i++)
+        if (!prepared_bufs[i].data) { prepared_bufs[i].data = t->f16; prepared_bufs[i].buf = buf; return; }
+    CHECK(0, "more than %d prepared weights", MAX_PREPARED);
 }
 static void free_weight(ldm_tensor *t) {
-    ldm_cuda_release_weight(t);
+    for (int i = 0; i < MAX_PREPARED; i++)
+        if (prepared_bufs[i].data == t->f16) {
+            ldm_be_release_weights(gpu, prepared_bufs[i].buf);
+            prepared_bufs[i].data = NULL;
+            prepared_bufs[i].buf = NULL;
+        }
     free((void *)t->f16);
 }
 
 /* ---- device buffers ---- */
 static float *dev_alloc(size_t n) {
-    float *d = gpu->alloc((n ? n : 1) * sizeof(float));
+    float *d = ldm_be_alloc(gpu, (n ? n : 1) * sizeof(float));
     if (!d) {
         printf("FAIL: %s\n", ldm_last_error());
         exit(1);
@@ -89,12 +102,12 @@ static float *dev_alloc(size_t n) {
 }
 static float *to_dev(const float *h, size_t n) {
     float *d = dev_alloc(n);
-    gpu->upload(d, h, n);
+    ldm_be_upload(gpu, d, h, n);
     return d;
 }
 static float *from_dev(const float *d, size_t n) {
     float *h = ldm_xmalloc((n ? n : 1) * sizeof(float));
-    gpu->download(h, d, n);
+    ldm_be_download(gpu, h, d, n);
     return h;
 }
 
@@ -112,7 +125,7 @@ static double gflop;        /* of the op being run, for the table */
  * be = gpu (in bench mode after a warm-up, best of bench_reps, synchronized). */
 #define RUN_BOTH(be, ...)                                                                   \
     do {                                                                                    \
-        const ldm_backend *be = cpu;                                                        \
+        ldm_backend *be = cpu;                                                        \
         int on_cpu_ = 1;                                                                    \
         t_cpu = t_gpu = 1e30;                                                               \
         for (int r_ = 0; r_ < (bench_reps ? 2 : 1); r_++) {                                 \
@@ -123,11 +136,11 @@ static double gflop;        /* of the op being run, for the table */
         }                                                                                   \
         be = gpu;                                                                           \
         on_cpu_ = 0;                                                                        \
-        if (bench_reps) { __VA_ARGS__; gpu->synchronize(); } /* warm-up: cuDNN plans */    \
+        if (bench_reps) { __VA_ARGS__; gpu->ops->synchronize(gpu); } /* warm-up: cuDNN plans */    \
         for (int r_ = 0; r_ < (bench_reps ? bench_reps : 1); r_++) {                        \
             double t0_ = now();                                                             \
             __VA_ARGS__;                                                                    \
-            gpu->synchronize();                                                             \
+            gpu->ops->synchronize(gpu);                                                             \
             double dt_ = now() - t0_;                                                       \
             if (dt_ < t_gpu) t_gpu = dt_;                                                   \
         }                                                                                   \
@@ -140,7 +153,7 @@ static int all_finite(const float *v, size_t n) {
 }
 /* Compare the downloaded CUDA result with the CPU result; print one line. */
 static void compare(const char *what, const float *got, const float *ref, size_t n, double bound) {
-    int rc = ldm_cuda_check();
+    int rc = ldm_backend_status(gpu);
     CHECK(rc == 0, "%s: CUDA error: %s", what, ldm_last_error());
     double e = rel_l2(got, ref, n);
     int fin = all_finite(got, n) && all_finite(ref, n);
@@ -164,31 +177,31 @@ static void test_memory(void) {
     CHECK(memcmp(back, h, n * sizeof(float)) == 0, "upload/download round trip");
     /* copy, disjoint and overlapping both ways (memmove semantics) */
     float *d2 = dev_alloc(n);
-    gpu->copy(d2, d, n);
+    ldm_op_copy(gpu, d2, d, n);
     float *c = from_dev(d2, n);
     CHECK(memcmp(c, h, n * sizeof(float)) == 0, "copy");
-    gpu->copy(d + 100, d, n - 100);
+    ldm_op_copy(gpu, d + 100, d, n - 100);
     float *ref = ldm_xmalloc(n * sizeof(float));
     memcpy(ref, h, n * sizeof(float));
     memmove(ref + 100, ref, (n - 100) * sizeof(float));
     free(c);
     c = from_dev(d, n);
     CHECK(memcmp(c, ref, n * sizeof(float)) == 0, "overlapping copy forward");
-    gpu->copy(d, d + 7, n - 7);
+    ldm_op_copy(gpu, d, d + 7, n - 7);
     memmove(ref, ref + 7, (n - 7) * sizeof(float));
     free(c);
     c = from_dev(d, n);
     CHECK(memcmp(c, ref, n * sizeof(float)) == 0, "overlapping copy backward");
-    gpu->fill(d2, -2.5f, n);
+    ldm_op_fill(gpu, d2, -2.5f, n);
     free(c);
     c = from_dev(d2, n);
     int ok = 1;
     for (size_t i = 0; i < n; i++) ok &= c[i] == -2.5f;
     CHECK(ok, "fill");
-    gpu->synchronize();
-    CHECK(ldm_cuda_check() == 0, "memory ops: %s", ldm_last_error());
-    gpu->free(d);
-    gpu->free(d2);
+    gpu->ops->synchronize(gpu);
+    CHECK(ldm_backend_status(gpu) == 0, "memory ops: %s", ldm_last_error());
+    ldm_be_free(gpu, d);
+    ldm_be_free(gpu, d2);
     free(h); free(back); free(c); free(ref);
 }
 
@@ -200,15 +213,14 @@ static void test_linear(int M, int K, int N, int with_bias, int prepared) {
     float *ref = ldm_xmalloc((size_t)M * N * sizeof(float));
     float *dx = to_dev(x, (size_t)M * K), *dout = dev_alloc((size_t)M * N);
     gflop = 2.0 * M * K * N * 1e-9;
-    RUN_BOTH(be, be->linear(PICK(ref, dout), PICK(x, dx), &w, with_bias ? &b : NULL,
+    RUN_BOTH(be, ldm_op_linear(be, PICK(ref, dout), PICK(x, dx), &w, with_bias ? &b : NULL,
                             M, K, N));
-    if (!prepared && real_cuda) CHECK(w.dev != NULL, "linear: unprepared weight uploaded at first use");
     float *got = from_dev(dout, (size_t)M * N);
     char what[96];
     snprintf(what, sizeof what, "linear %dx%d -> %d%s%s", M, K, N, with_bias ? " +b" : "",
              prepared ? "" : " (lazy)");
     compare(what, got, ref, (size_t)M * N, 2e-3);
-    gpu->free(dx); gpu->free(dout);
+    ldm_be_free(gpu, dx); ldm_be_free(gpu, dout);
     free(x); free(ref); free(got);
     free_weight(&w); free_weight(&b);
 }
@@ -224,14 +236,14 @@ static void test_conv(int N, int Cin, int H, int W, int Cout, int k, int stride,
     float *ref = ldm_xmalloc(ny * sizeof(float));
     float *dx = to_dev(x, nx), *dout = dev_alloc(ny);
     gflop = 2.0 * N * Cout * Ho * Wo * Cin * k * k * 1e-9;
-    RUN_BOTH(be, be->conv2d(PICK(ref, dout), PICK(x, dx), &w, with_bias ? &b : NULL, N,
+    RUN_BOTH(be, ldm_op_conv2d(be, PICK(ref, dout), PICK(x, dx), &w, with_bias ? &b : NULL, N,
                             Cin, H, W, Cout, k, stride, pad));
     float *got = from_dev(dout, ny);
     char what[96];
     snprintf(what, sizeof what, "conv2d [%d,%d,%d,%d] -> %d k%d s%d p%d%s", N, Cin, H, W, Cout, k,
              stride, pad, with_bias ? " +b" : "");
     compare(what, got, ref, ny, 2e-3);
-    gpu->free(dx); gpu->free(dout);
+    ldm_be_free(gpu, dx); ldm_be_free(gpu, dout);
     free(x); free(ref); free(got);
     free_weight(&w); free_weight(&b);
 }
@@ -245,19 +257,19 @@ static void test_group_norm(int N, int C, int HW, int groups, float eps, int sil
     float *ref = ldm_xmalloc(n * sizeof(float));
     float *dx = to_dev(x, n), *dout = dev_alloc(n);
     gflop = 8.0 * n * 1e-9;
-    RUN_BOTH(be, be->group_norm(PICK(ref, dout), PICK(x, dx), &g, &b, N, C, HW, groups,
+    RUN_BOTH(be, ldm_op_group_norm(be, PICK(ref, dout), PICK(x, dx), &g, &b, N, C, HW, groups,
                                 eps, silu));
     float *got = from_dev(dout, n);
     char what[96];
     snprintf(what, sizeof what, "group_norm [%d,%d,%d] g%d%s", N, C, HW, groups, silu ? " silu" : "");
     compare(what, got, ref, n, 2e-5);
     /* in place, as the models may call it */
-    gpu->group_norm(dx, dx, &g, &b, N, C, HW, groups, eps, silu);
+    ldm_op_group_norm(gpu, dx, dx, &g, &b, N, C, HW, groups, eps, silu);
     t_cpu = t_gpu = 0; /* not timed */
     free(got);
     got = from_dev(dx, n);
     compare("group_norm in place", got, ref, n, 2e-5);
-    gpu->free(dx); gpu->free(dout);
+    ldm_be_free(gpu, dx); ldm_be_free(gpu, dout);
     free(x); free(ref); free(got);
     free_weight(&g); free_weight(&b);
 }
@@ -270,12 +282,12 @@ static void test_layer_norm(int M, int C) {
     float *ref = ldm_xmalloc(n * sizeof(float));
     float *dx = to_dev(x, n), *dout = dev_alloc(n);
     gflop = 8.0 * n * 1e-9;
-    RUN_BOTH(be, be->layer_norm(PICK(ref, dout), PICK(x, dx), &g, &b, M, C, 1e-5f));
+    RUN_BOTH(be, ldm_op_layer_norm(be, PICK(ref, dout), PICK(x, dx), &g, &b, M, C, 1e-5f));
     float *got = from_dev(dout, n);
     char what[96];
     snprintf(what, sizeof what, "layer_norm [%d,%d]", M, C);
     compare(what, got, ref, n, 2e-5);
-    gpu->free(dx); gpu->free(dout);
+    ldm_be_free(gpu, dx); ldm_be_free(gpu, dout);
     free(x); free(ref); free(got);
     free_weight(&g); free_weight(&b);
 }
@@ -292,7 +304,7 @@ static void test_attention(int B, int heads, int Tq, int Tk, int D, int q_stride
     float *dq = to_dev(q, nq), *dk = to_dev(k, nk), *dv = to_dev(v, nk), *dout = dev_alloc(no);
     float scale = 1.0f / sqrtf((float)D);
     gflop = 4.0 * B * heads * (double)Tq * Tk * D * (causal ? 0.5 : 1.0) * 1e-9;
-    RUN_BOTH(be, be->attention(PICK(ref, dout), PICK(q, dq), PICK(k, dk),
+    RUN_BOTH(be, ldm_op_attention(be, PICK(ref, dout), PICK(q, dq), PICK(k, dk),
                                PICK(v, dv), B, heads, Tq, Tk, D, q_stride, kv_stride, scale,
                                causal));
     float *got = from_dev(dout, no);
@@ -301,7 +313,7 @@ static void test_attention(int B, int heads, int Tq, int Tk, int D, int q_stride
              q_stride != heads * D || kv_stride != heads * D ? " strided" : "",
              causal ? " causal" : "");
     compare(what, got, ref, no, 2e-5);
-    gpu->free(dq); gpu->free(dk); gpu->free(dv); gpu->free(dout);
+    ldm_be_free(gpu, dq); ldm_be_free(gpu, dk); ldm_be_free(gpu, dv); ldm_be_free(gpu, dout);
     free(q); free(k); free(v); free(ref); free(got);
 }
 
@@ -317,18 +329,18 @@ static void test_unary(int op, size_t n) {
         float *o_ = PICK(ref, dout);
         const float *a_ = PICK(a, da), *b_ = PICK(b, db);
         switch (op) {
-        case OP_ADD: be->add(o_, a_, b_, n); break;
-        case OP_SCALE: be->scale(o_, a_, -0.18215f, n); break;
-        case OP_SILU: be->silu(o_, a_, n); break;
-        case OP_GELU: be->gelu(o_, a_, n); break;
-        default: be->quick_gelu(o_, a_, n); break;
+        case OP_ADD: ldm_op_add(be, o_, a_, b_, n); break;
+        case OP_SCALE: ldm_op_scale(be, o_, a_, -0.18215f, n); break;
+        case OP_SILU: ldm_op_silu(be, o_, a_, n); break;
+        case OP_GELU: ldm_op_gelu(be, o_, a_, n); break;
+        default: ldm_op_quick_gelu(be, o_, a_, n); break;
         }
     });
     float *got = from_dev(dout, n);
     char what[96];
     snprintf(what, sizeof what, "%s n=%zu", names[op], n);
     compare(what, got, ref, n, op <= OP_SCALE ? 0.0 : 1e-6);
-    gpu->free(da); gpu->free(db); gpu->free(dout);
+    ldm_be_free(gpu, da); ldm_be_free(gpu, db); ldm_be_free(gpu, dout);
     free(a); free(b); free(ref); free(got);
 }
 
@@ -337,12 +349,12 @@ static void test_geglu(int M, int N) {
     float *x = rand_vec(nx, 4.0f, 0.0f), *ref = ldm_xmalloc(no * sizeof(float));
     float *dx = to_dev(x, nx), *dout = dev_alloc(no);
     gflop = 0;
-    RUN_BOTH(be, be->geglu(PICK(ref, dout), PICK(x, dx), M, N));
+    RUN_BOTH(be, ldm_op_geglu(be, PICK(ref, dout), PICK(x, dx), M, N));
     float *got = from_dev(dout, no);
     char what[96];
     snprintf(what, sizeof what, "geglu [%d,%d]", M, 2 * N);
     compare(what, got, ref, no, 1e-6);
-    gpu->free(dx); gpu->free(dout);
+    ldm_be_free(gpu, dx); ldm_be_free(gpu, dout);
     free(x); free(ref); free(got);
 }
 
@@ -360,15 +372,15 @@ static void test_layout(int N, int C, int H, int W) {
     float *xc = ldm_xmalloc(n * sizeof(float));
     memcpy(xc, x, n * sizeof(float));
     float *dxc = to_dev(x, n);
-    cpu->add_channel_bias(xc, v, N, C, HW);
-    gpu->add_channel_bias(dxc, dv, N, C, HW);
+    ldm_op_add_channel_bias(cpu, xc, v, N, C, HW);
+    ldm_op_add_channel_bias(gpu, dxc, dv, N, C, HW);
     t_cpu = t_gpu = 0; /* not timed */
     float *got = from_dev(dxc, n);
     snprintf(what, sizeof what, "add_channel_bias [%d,%d,%d]", N, C, HW);
     compare(what, got, xc, n, 0.0);
     free(got);
 
-    RUN_BOTH(be, be->upsample_nearest2x(PICK(ref, dout), PICK(x, dx), N, C, H, W));
+    RUN_BOTH(be, ldm_op_upsample_nearest2x(be, PICK(ref, dout), PICK(x, dx), N, C, H, W));
     got = from_dev(dout, 4 * n);
     snprintf(what, sizeof what, "upsample_nearest2x [%d,%d,%d,%d]", N, C, H, W);
     compare(what, got, ref, 4 * n, 0.0);
@@ -377,32 +389,32 @@ static void test_layout(int N, int C, int H, int W) {
     /* explicit size, odd in both directions (the UNet's up path at odd latent sizes) */
     int Ho = 2 * H - 1, Wo = 2 * W - 1;
     size_t nu = (size_t)N * C * Ho * Wo;
-    RUN_BOTH(be, be->upsample_nearest(PICK(ref, dout), PICK(x, dx), N, C, H, W, Ho, Wo));
+    RUN_BOTH(be, ldm_op_upsample_nearest(be, PICK(ref, dout), PICK(x, dx), N, C, H, W, Ho, Wo));
     got = from_dev(dout, nu);
     snprintf(what, sizeof what, "upsample_nearest [%d,%d,%d,%d] -> %dx%d", N, C, H, W, Ho, Wo);
     compare(what, got, ref, nu, 0.0);
     free(got);
 
-    RUN_BOTH(be, be->concat_channels(PICK(ref, dout), PICK(x, dx), C,
+    RUN_BOTH(be, ldm_op_concat_channels(be, PICK(ref, dout), PICK(x, dx), C,
                                      PICK(y, dy), Cb, N, HW));
     got = from_dev(dout, n + nb);
     snprintf(what, sizeof what, "concat_channels %d+%d [%d,%d]", C, Cb, N, HW);
     compare(what, got, ref, n + nb, 0.0);
     free(got);
 
-    RUN_BOTH(be, be->nchw_to_nhwc(PICK(ref, dout), PICK(x, dx), N, C, HW));
+    RUN_BOTH(be, ldm_op_nchw_to_nhwc(be, PICK(ref, dout), PICK(x, dx), N, C, HW));
     got = from_dev(dout, n);
     snprintf(what, sizeof what, "nchw_to_nhwc [%d,%d,%d]", N, C, HW);
     compare(what, got, ref, n, 0.0);
     free(got);
 
-    RUN_BOTH(be, be->nhwc_to_nchw(PICK(ref, dout), PICK(x, dx), N, C, HW));
+    RUN_BOTH(be, ldm_op_nhwc_to_nchw(be, PICK(ref, dout), PICK(x, dx), N, C, HW));
     got = from_dev(dout, n);
     snprintf(what, sizeof what, "nhwc_to_nchw [%d,%d,%d]", N, C, HW);
     compare(what, got, ref, n, 0.0);
     free(got);
 
-    gpu->free(dx); gpu->free(dy); gpu->free(dv); gpu->free(dout); gpu->free(dxc);
+    ldm_be_free(gpu, dx); ldm_be_free(gpu, dy); ldm_be_free(gpu, dv); ldm_be_free(gpu, dout); ldm_be_free(gpu, dxc);
     free(x); free(y); free(v); free(ref); free(xc);
 }
 
@@ -412,18 +424,18 @@ static void test_bad_id(float *dout, const ldm_tensor *tab, int32_t *ids, int n,
     size_t no = (size_t)n * C;
     int32_t saved = ids[1];
     ids[1] = (int32_t)tab->shape[0];
-    gpu->embedding(dout, tab, ids, n, C);
+    ldm_op_embedding(gpu, dout, tab, ids, n, C);
     ids[1] = saved;
-    gpu->fill(dout, 1.0f, no); /* skipped: a failure is pending */
-    int rc = ldm_cuda_check();
+    ldm_op_fill(gpu, dout, 1.0f, no); /* skipped: a failure is pending */
+    int rc = ldm_backend_status(gpu);
     CHECK(rc == -1 && strstr(ldm_last_error(), "token_embedding") && strstr(ldm_last_error(), "outside"),
           "bad id reported by ldm_cuda_check: rc %d, %s", rc, ldm_last_error());
-    CHECK(ldm_cuda_check() == 0, "failure cleared after it was reported: %s", ldm_last_error());
-    gpu->fill(dout, 1.0f, no);
+    CHECK(ldm_backend_status(gpu) == 0, "failure cleared after it was reported: %s", ldm_last_error());
+    ldm_op_fill(gpu, dout, 1.0f, no);
     float *got = from_dev(dout, no);
     int ok = 1;
     for (size_t i = 0; i < no; i++) ok &= got[i] == 1.0f;
-    CHECK(ok && ldm_cuda_check() == 0, "backend usable after a reported failure");
+    CHECK(ok && ldm_backend_status(gpu) == 0, "backend usable after a reported failure");
     free(got);
 }
 
@@ -439,22 +451,22 @@ static void test_embedding(int V, int C, int B, int T) {
     ids[n - 1] = V - 1;
     size_t no = (size_t)n * C;
     float *ref = ldm_xmalloc(no * sizeof(float)), *dout = dev_alloc(no);
-    cpu->embedding(ref, &tab, ids, n, C);
-    gpu->embedding(dout, &tab, ids, n, C);
+    ldm_op_embedding(cpu, ref, &tab, ids, n, C);
+    ldm_op_embedding(gpu, dout, &tab, ids, n, C);
     float *got = from_dev(dout, no);
     char what[96];
     snprintf(what, sizeof what, "embedding V%d C%d n%d", V, C, n);
     compare(what, got, ref, no, 0.0);
     free(got);
-    cpu->add_positional(ref, &pos, B, T, C);
-    gpu->add_positional(dout, &pos, B, T, C);
+    ldm_op_add_positional(cpu, ref, &pos, B, T, C);
+    ldm_op_add_positional(gpu, dout, &pos, B, T, C);
     got = from_dev(dout, no);
     snprintf(what, sizeof what, "add_positional B%d T%d C%d", B, T, C);
     compare(what, got, ref, no, 0.0);
     free(got);
 
     if (real_cuda) test_bad_id(dout, &tab, ids, n, C); /* the CPU backend aborts instead */
-    gpu->free(dout);
+    ldm_be_free(gpu, dout);
     free(ids); free(ref);
     free_weight(&tab); free_weight(&pos);
 }
@@ -521,32 +533,36 @@ static void run_bench(void) {
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--bench") == 0) bench_reps = argc > 2 ? atoi(argv[2]) : 5;
     if (bench_reps < 0) bench_reps = 1;
-    if (bench_reps) ldm_verbosity = 2; /* the backend logs the device and conv algorithms */
-    gpu = ldm_backend_cuda();
+    cpu = ldm_backend_new("cpu", NULL);
+    ldm_backend_opts gopts = {0};
+    gopts.verbose = bench_reps > 0; /* the backend logs the device and conv algorithms */
+    gpu = ldm_backend_new("cuda", &gopts);
     const char *cpu_as_gpu = getenv("LDM_TEST_CPU_AS_GPU");
     if (cpu_as_gpu && strcmp(cpu_as_gpu, "1") == 0) {
         printf("test_backend_ops: LDM_TEST_CPU_AS_GPU=1: the CPU backend stands in for CUDA\n");
-        gpu = &ldm_backend_cpu;
+        ldm_backend_free(gpu);
+        gpu = ldm_backend_new("cpu", NULL);
         real_cuda = 0;
     }
     if (!gpu) {
         const char *msg = ldm_last_error();
         printf("test_backend_ops: skipped, no CUDA backend: %s\n", msg);
-        CHECK(msg[0] != '\0' && strstr(msg, "CUDA") != NULL, "ldm_backend_cuda NULL without a reason");
-        CHECK(ldm_backend_cuda() == NULL && strstr(ldm_last_error(), "CUDA"), "second call: %s",
+        CHECK(msg[0] != '\0' && strstr(msg, "CUDA") != NULL, "no CUDA backend, and no reason");
+        CHECK(ldm_backend_new("cuda", NULL) == NULL && strstr(ldm_last_error(), "CUDA"), "second call: %s",
               ldm_last_error());
-        CHECK(ldm_cuda_check() == 0, "ldm_cuda_check with no backend");
         const char *req = getenv("LDM_REQUIRE_CUDA"); /* set by scripts/gpu-check.sh run */
         CHECK(!req || strcmp(req, "1") != 0, "LDM_REQUIRE_CUDA=1 but no CUDA backend");
+        ldm_backend_free(cpu);
         TEST_END();
     }
     if (real_cuda) {
-        CHECK(strcmp(gpu->name, "cuda") == 0, "backend name %s", gpu->name);
-        CHECK(ldm_backend_cuda() == gpu, "ldm_backend_cuda returns the same table");
+        CHECK(strcmp(ldm_backend_name(gpu), "cuda") == 0, "backend name %s", ldm_backend_name(gpu));
     }
     if (bench_reps)
         run_bench();
     else
         run_tests();
+    ldm_backend_free(gpu);
+    ldm_backend_free(cpu);
     TEST_END();
 }

@@ -31,7 +31,7 @@ static void test_model(const char *tag, const char *bundle_path) {
     ldm_bundle *b = ldm_bundle_open(bundle_path);
     CHECK(b != NULL, "%s", ldm_last_error());
     if (!st || !b) { ldm_st_close(st); ldm_bundle_close(b); return; }
-    ldm_clip *m = ldm_clip_load(b, &ldm_backend_cpu);
+    ldm_clip *m = ldm_clip_load(b, mt_cpu());
     CHECK(m != NULL, "%s: %s", tag, ldm_last_error());
     if (!m) { ldm_st_close(st); ldm_bundle_close(b); return; }
 
@@ -42,7 +42,7 @@ static void test_model(const char *tag, const char *bundle_path) {
     CHECK(bytes1 >= 5 * n * sizeof(float) && bytes2 > bytes1, "arena bytes %zu %zu", bytes1,
           bytes2);
     ldm_arena a;
-    CHECK(ldm_arena_init(&a, &ldm_backend_cpu, bytes2) == 0, "%s", ldm_last_error());
+    CHECK(ldm_arena_init(&a, mt_cpu(), bytes2) == 0, "%s", ldm_last_error());
 
     int32_t ids[2 * 77];
     float *out = ldm_xmalloc(2 * n * sizeof(float));
@@ -102,14 +102,14 @@ static void test_model(const char *tag, const char *bundle_path) {
 static void test_dry_load(const char *bundle_path) {
     ldm_bundle *b = ldm_bundle_open(bundle_path);
     if (!b) return;
-    ldm_clip *m = ldm_clip_load(b, &ldm_backend_dry);
+    ldm_clip *m = ldm_clip_load(b, mt_dry());
     CHECK(m != NULL, "dry load: %s", ldm_last_error());
     ldm_clip_free(m);
     ldm_bundle_close(b);
 }
 
 static int load_clip(const ldm_bundle *b) {
-    ldm_clip *m = ldm_clip_load(b, &ldm_backend_cpu);
+    ldm_clip *m = ldm_clip_load(b, mt_cpu());
     ldm_clip_free(m);
     return m != NULL;
 }

@@ -13,7 +13,7 @@
 
 #include "core/common.h"
 #include "app/db.h"
-#include "app/generate.h"
+#include "app/record.h"
 #include "format/png_io.h"
 #include "test.h"
 
@@ -71,9 +71,15 @@ static void test_migrate_v1(void) {
     CHECK(sqlite3_column_int(st, 0) == ldm_db_schema_version() && ldm_db_schema_version() >= 2,
           "migrated to version %d (got %d)", ldm_db_schema_version(), sqlite3_column_int(st, 0));
     sqlite3_finalize(st);
+    /* migration 003 re-keys the cache by backend and precision: old entries are dropped
+     * (a cache, not history) */
     sqlite3_prepare_v2(h, "SELECT COUNT(*) FROM embedding_cache", -1, &st, NULL);
     sqlite3_step(st);
-    CHECK(sqlite3_column_int(st, 0) == 1, "cache entry kept");
+    CHECK(sqlite3_column_int(st, 0) == 0, "old cache entries dropped by the re-keying");
+    sqlite3_finalize(st);
+    sqlite3_prepare_v2(h, "SELECT typeof(seed) FROM generations WHERE id = 7", -1, &st, NULL);
+    sqlite3_step(st);
+    CHECK(!strcmp((const char *)sqlite3_column_text(st, 0), "text"), "seed 2^64-1 stays text after 003");
     sqlite3_finalize(st);
     sqlite3_close(h);
     ldm_db_close(db);   /* its rows: test_migrated_rows */
@@ -88,7 +94,7 @@ typedef struct {
     char prompt[4096], negative[4096], status[16], sha[80];
 } one_row;
 
-static int take_row(const ldm_record *r, void *ctx) {
+static int take_row(const ldm_gen_record *r, void *ctx) {
     one_row *o = ctx;
     if (o->n++ == 0) {
         o->id = r->id;
@@ -112,7 +118,10 @@ static void test_migrated_rows(void) {
     if (!db) return;
     one_row o;
     memset(&o, 0, sizeof o);
-    CHECK(ldm_db_get(db, 7, take_row, &o) == 1, "old row 7 still there");
+    ldm_gen_record got;
+    CHECK(ldm_db_get(db, 7, &got) == 1, "old row 7 still there");
+    take_row(&got, &o);
+    ldm_record_free(&got);
     CHECK(!strcmp(o.prompt, "an old lighthouse") && o.seed == UINT64_MAX && !strcmp(o.status, "ok") &&
           o.grid_id == 3 && !strcmp(o.sha, "ff00"), "old row kept its values");
     CHECK(o.batch_size == 1 && o.batch_index == 0 && o.replay_of == 0,
@@ -123,92 +132,125 @@ static void test_migrated_rows(void) {
     memset(&o, 0, sizeof o);
     CHECK(ldm_db_query(db, &f, take_row, &o) == 0 && o.n == 1 && o.id == 7, "full-text index kept");
     /* a new row after the migration */
-    ldm_record r;
-    memset(&r, 0, sizeof r);
-    r.bundle_hash = "abc"; r.bundle_path = "/m.ldmb"; r.prompt = "new"; r.scheduler = "pndm";
-    r.backend = "cpu"; r.steps = 1; r.width = r.height = 64; r.batch_size = 4; r.batch_index = 3;
-    r.replay_of = 7;
+    ldm_gen_record r;
+    ldm_record_init(&r);
+    ldm_record_set(&r.bundle_hash, "abc"); ldm_record_set(&r.bundle_path, "/m.ldmb");
+    ldm_record_set(&r.prompt, "new"); ldm_record_set(&r.scheduler, "pndm");
+    ldm_record_set(&r.backend, "cpu"); r.steps = 1; r.width = r.height = 64; r.batch_size = 4;
+    r.batch_index = 3; r.replay_of = 7;
     CHECK(ldm_db_begin(db, &r) == 0, "insert after migration: %s", ldm_last_error());
     memset(&o, 0, sizeof o);
-    CHECK(ldm_db_get(db, r.id, take_row, &o) == 1 && o.batch_size == 4 && o.batch_index == 3 &&
-          o.replay_of == 7, "batch and replay columns stored");
+    CHECK(ldm_db_get(db, r.id, &got) == 1, "new row");
+    take_row(&got, &o);
+    ldm_record_free(&got);
+    ldm_record_free(&r);
+    CHECK(o.batch_size == 4 && o.batch_index == 3 && o.replay_of == 7, "batch and replay columns stored");
     CHECK(ldm_db_check(db) == 0, "integrity: %s", ldm_last_error());
     ldm_db_close(db);
 }
 
-/* ---- the "ldm" chunk ---- */
+/* ---- the "ldm" chunk: params -> chunk -> params for every field ---- */
+static int same_field(const ldm_gen_record *x, const ldm_gen_record *y, const ldm_field *f) {
+    const char *a = (const char *)x + f->offset, *b = (const char *)y + f->offset;
+    switch (f->type) {
+    case LDM_FT_STR: case LDM_FT_OSTR: {
+        const char *p = *(char *const *)a, *q = *(char *const *)b;
+        return (!p && !q) || (p && q && !strcmp(p, q));
+    }
+    case LDM_FT_DBL: return *(const double *)a == *(const double *)b;
+    case LDM_FT_U64: case LDM_FT_ID: return !memcmp(a, b, 8);
+    case LDM_FT_GRID: return !memcmp(a, b, sizeof(ldm_grid_spec));
+    default: return *(const int *)a == *(const int *)b;
+    }
+}
+
 static void test_meta(void) {
-    ldm_meta m;
-    memset(&m, 0, sizeof m);
-    m.ldm_version = "0.1.0";
-    m.prompt = "a \"cat\" \xe6\x97\xa5 \x01\t%s";
-    m.negative = "blurry";
+    ldm_gen_record m;
+    ldm_record_init(&m);
+    ldm_record_set(&m.ldm_version, "0.1.0");
+    ldm_record_set(&m.prompt, "a \"cat\" \xe6\x97\xa5 \x01\t%s \\ \xf0\x9f\x8d\x8e");
+    ldm_record_set(&m.negative_prompt, "blurry");
     m.seed = UINT64_MAX;
     m.steps = 25;
     m.guidance = 0.1;
-    m.scheduler = "dpmpp_2m";
+    ldm_record_set(&m.scheduler, "dpmpp_2m");
     m.karras = 1;
     m.eta = 0;
-    m.timestep_spacing = "trailing";
+    ldm_record_set(&m.timestep_spacing, "trailing");
     m.width = 64; m.height = 96; m.clip_skip = 2; m.batch_size = 4; m.batch_index = 3;
-    m.bundle_hash = "0123abcd"; m.bundle_path = "/models/x.ldmb";
-    m.grid_rows = 2; m.grid_cols = 3;
-    m.grid_guidance[0] = 1; m.grid_guidance[1] = 7.25;
-    m.grid_steps[0] = 1; m.grid_steps[1] = 10; m.grid_steps[2] = 1000;
-    char *js = ldm_meta_json(&m);
+    ldm_record_set(&m.bundle_hash, "0123abcd");
+    ldm_record_set(&m.bundle_path, "/home/someone/models/x.ldmb");
+    ldm_record_set(&m.model_name, "x");
+    m.grid.rows = 2; m.grid.cols = 3;
+    m.grid.guidance[0] = 1; m.grid.guidance[1] = 7.25;
+    m.grid.steps[0] = 1; m.grid.steps[1] = 10; m.grid.steps[2] = 1000;
+    char *js = ldm_record_png_json(&m);
     int ascii = 1;
     for (const char *p = js; *p; p++)
         if ((unsigned char)*p >= 0x80) ascii = 0;
     CHECK(ascii, "JSON is ASCII: %s", js);
-    ldm_meta b;
-    CHECK(ldm_meta_parse(js, "t", &b) == 0, "parse: %s", ldm_last_error());
-    CHECK(!strcmp(b.prompt, m.prompt) && !strcmp(b.negative, m.negative) && b.seed == UINT64_MAX &&
-          b.steps == 25 && b.guidance == 0.1 && !strcmp(b.scheduler, "dpmpp_2m") && b.karras == 1 &&
-          !strcmp(b.timestep_spacing, "trailing") && b.width == 64 && b.height == 96 && b.clip_skip == 2 &&
-          b.batch_size == 4 && b.batch_index == 3 && !strcmp(b.bundle_hash, "0123abcd") &&
-          !strcmp(b.bundle_path, "/models/x.ldmb") && !strcmp(b.ldm_version, "0.1.0"),
-          "round trip");
-    CHECK(b.grid_rows == 2 && b.grid_cols == 3 && b.grid_guidance[1] == 7.25 && b.grid_steps[2] == 1000,
-          "grid round trip");
-    char *js2 = ldm_meta_json(&b);
+    CHECK(!strstr(js, "bundle_path") && !strstr(js, "/home/someone"), "no bundle path in the chunk: %s", js);
+    ldm_gen_record b;
+    CHECK(ldm_record_parse_png(js, "t", &b) == 0, "parse: %s", ldm_last_error());
+    int all = 1, n = 0;
+    for (int i = 0; i < ldm_record_field_count; i++) {
+        const ldm_field *f = &ldm_record_fields[i];
+        if (!(f->views & LDM_V_P)) continue;
+        n++;
+        if (!same_field(&m, &b, f)) { all = 0; printf("field %s differs after the chunk\n", f->name); }
+    }
+    CHECK(all && n >= 18, "round trip of all %d chunk fields", n);
+    char *js2 = ldm_record_png_json(&b);
     CHECK(!strcmp(js, js2), "same text again");
     free(js2);
-    ldm_meta_free(&b);
+    ldm_record_free(&b);
     free(js);
-    m.grid_rows = 0;
-    m.timestep_spacing = NULL;
-    js = ldm_meta_json(&m);
+    m.grid.rows = 0;
+    ldm_record_set(&m.timestep_spacing, NULL);
+    js = ldm_record_png_json(&m);
     CHECK(strstr(js, "\"timestep_spacing\":null") && !strstr(js, "grid"), "null spacing, no grid: %s", js);
-    CHECK(ldm_meta_parse(js, "t", &b) == 0 && b.timestep_spacing == NULL && b.grid_rows == 0, "parse");
-    ldm_meta_free(&b);
+    CHECK(ldm_record_parse_png(js, "t", &b) == 0 && b.timestep_spacing == NULL && b.grid.rows == 0, "parse");
+    ldm_record_free(&b);
     free(js);
+    /* every field of a history record in the JSON view, and invalid UTF-8 shown, not dropped */
+    ldm_record_set(&m.prompt, "bad \xff\xfe utf8");
+    js = ldm_record_json(&m);
+    json_t *o = json_loads(js, 0, NULL);
+    CHECK(o && json_object_size(o) >= (size_t)ldm_record_field_count - 1, "JSON view has every field: %s", js);
+    CHECK(o && !strcmp(json_string_value(json_object_get(o, "prompt")), "bad \xef\xbf\xbd\xef\xbf\xbd utf8"),
+          "invalid UTF-8 prompt shown with U+FFFD");
+    if (o) json_decref(o);
+    free(js);
+    ldm_record_free(&m);
 
     static const struct { const char *json, *err; } bad[] = {
         {"not json", "not a JSON object"},
         {"[1]", "not a JSON object"},
         {"{}", "\"ldm_version\""},
-        {"{\"ldm_version\":\"1\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"-1\",\"steps\":2,"
+        {"{\"ldm_version\":\"1\",\"bundle_hash\":\"h\",\"model_name\":\"m\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"-1\",\"steps\":2,"
          "\"guidance\":7,\"scheduler\":\"pndm\",\"karras\":false,\"eta\":0,\"timestep_spacing\":null,"
-         "\"width\":64,\"height\":64,\"clip_skip\":1,\"batch_size\":1,\"batch_index\":0,"
-         "\"bundle_hash\":\"h\",\"bundle_path\":\"p\"}", "\"seed\""},
-        {"{\"ldm_version\":\"1\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":0,"
+         "\"width\":64,\"height\":64,\"clip_skip\":1,\"batch_size\":1,\"batch_index\":0}", "\"seed\""},
+        {"{\"ldm_version\":\"1\",\"bundle_hash\":\"h\",\"model_name\":\"m\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":0,"
          "\"guidance\":7}", "\"steps\""},
-        {"{\"ldm_version\":\"1\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,"
+        {"{\"ldm_version\":\"1\",\"bundle_hash\":\"h\",\"model_name\":\"m\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,"
+         "\"guidance\":1e308}", "\"guidance\""},
+        {"{\"ldm_version\":\"1\",\"bundle_hash\":\"h\",\"model_name\":\"m\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,"
+         "\"guidance\":7,\"scheduler\":\"pndm\",\"karras\":false,\"eta\":5,\"timestep_spacing\":null}", "\"eta\""},
+        {"{\"ldm_version\":\"1\",\"bundle_hash\":\"h\",\"model_name\":\"m\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,"
          "\"guidance\":7,\"scheduler\":\"pndm\",\"karras\":false,\"eta\":0,\"timestep_spacing\":null,"
-         "\"width\":64,\"height\":64,\"clip_skip\":1,\"batch_size\":2,\"batch_index\":2,"
-         "\"bundle_hash\":\"h\",\"bundle_path\":\"p\"}", "batch_index 2"},
-        {"{\"ldm_version\":\"1\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,"
+         "\"width\":64,\"height\":64,\"clip_skip\":1,\"batch_size\":2,\"batch_index\":2}", "batch_index 2"},
+        {"{\"ldm_version\":\"1\",\"bundle_hash\":\"h\",\"model_name\":\"m\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,"
          "\"guidance\":7,\"scheduler\":\"pndm\",\"karras\":1,\"eta\":0,\"timestep_spacing\":null,"
-         "\"width\":64,\"height\":64,\"clip_skip\":1,\"batch_size\":1,\"batch_index\":0,"
-         "\"bundle_hash\":\"h\",\"bundle_path\":\"p\"}", "\"karras\""},
-        {"{\"ldm_version\":\"1\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,"
+         "\"width\":64,\"height\":64,\"clip_skip\":1,\"batch_size\":1,\"batch_index\":0}", "\"karras\""},
+        {"{\"ldm_version\":\"1\",\"bundle_hash\":\"h\",\"model_name\":\"m\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,"
          "\"guidance\":7,\"scheduler\":\"pndm\",\"karras\":true,\"eta\":0,\"timestep_spacing\":null,"
          "\"width\":64,\"height\":64,\"clip_skip\":1,\"batch_size\":1,\"batch_index\":0,"
-         "\"bundle_hash\":\"h\",\"bundle_path\":\"p\",\"grid\":{\"guidance\":[],\"steps\":[1]}}", "\"grid\""},
+         "\"grid\":{\"guidance\":[],\"steps\":[1]}}", "\"grid\""},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        int r = ldm_meta_parse(bad[i].json, "img.png: ldm", &b);
-        CHECK(r == -1 && strstr(ldm_last_error(), bad[i].err) && strstr(ldm_last_error(), "img.png"),
+        int r = ldm_record_parse_png(bad[i].json, "img.png: ldm", &b);
+        CHECK(r == -1 && ldm_last_status() == LDM_DATA && strstr(ldm_last_error(), bad[i].err) &&
+              strstr(ldm_last_error(), "img.png"),
               "bad meta %zu refused naming %s: %s", i, bad[i].err, ldm_last_error());
     }
 }
@@ -287,10 +329,10 @@ static void test_prompts(void) {
         size_t pl = strlen(cases[i].prompt);
         CHECK(params && !strncmp(params, cases[i].prompt, pl) && params[pl] == '\n',
               "case %d: parameters chunk starts with the prompt", i);
-        ldm_meta m;
-        CHECK(meta && ldm_meta_parse(meta, "ldm", &m) == 0 && !strcmp(m.prompt, cases[i].prompt) &&
-              !strcmp(m.negative, cases[i].negative), "case %d: ldm chunk verbatim", i);
-        if (meta) ldm_meta_free(&m);
+        ldm_gen_record m;
+        CHECK(meta && ldm_record_parse_png(meta, "ldm", &m) == 0 && !strcmp(m.prompt, cases[i].prompt) &&
+              !strcmp(m.negative_prompt, cases[i].negative), "case %d: ldm chunk verbatim", i);
+        if (meta) ldm_record_free(&m);
         ldm_png_texts_free(t, nt);
         free(rgb);
     }

@@ -21,7 +21,7 @@ static ldm_unet *open_unet(const char *bundle_path, ldm_bundle **pb) {
     *pb = ldm_bundle_open(bundle_path);
     CHECK(*pb != NULL, "%s", ldm_last_error());
     if (!*pb) return NULL;
-    ldm_unet *m = ldm_unet_load(*pb, &ldm_backend_cpu);
+    ldm_unet *m = ldm_unet_load(*pb, mt_cpu());
     CHECK(m != NULL, "%s: %s", bundle_path, ldm_last_error());
     return m;
 }
@@ -51,7 +51,7 @@ static void test_fixture(const char *tag, const char *bundle_path, int ctx_dim) 
     CHECK(bytes > 0, "arena bytes: %s", ldm_last_error());
     printf("%s: arena %zu bytes for B=%d %dx%d T=%d\n", tag, bytes, B, H, W, T);
     ldm_arena a;
-    CHECK(ldm_arena_init(&a, &ldm_backend_cpu, bytes) == 0, "%s", ldm_last_error());
+    CHECK(ldm_arena_init(&a, mt_cpu(), bytes) == 0, "%s", ldm_last_error());
     if (x && ctx && t1 && t2 && want1 && want2 && a.base) {
         CHECK(ldm_unet_forward(m, &a, x, t1[0], ctx, B, H, W, T, out) == 0, "%s",
               ldm_last_error());
@@ -121,7 +121,7 @@ static void test_odd(const char *tag, const char *bundle_path, int ctx_dim, int 
         size_t bytes = ldm_unet_arena_bytes(m, B, H, W, T);
         CHECK(bytes > 0, "%s %dx%d: arena bytes: %s", tag, H, W, ldm_last_error());
         ldm_arena a;
-        CHECK(ldm_arena_init(&a, &ldm_backend_cpu, bytes) == 0, "%s", ldm_last_error());
+        CHECK(ldm_arena_init(&a, mt_cpu(), bytes) == 0, "%s", ldm_last_error());
         if (x && want && a.base) {
             int rc = ldm_unet_forward(m, &a, x, t[0], ctx, B, H, W, T, out);
             CHECK(rc == 0, "%s %dx%d: %s", tag, H, W, ldm_last_error());
@@ -141,7 +141,7 @@ static void test_odd(const char *tag, const char *bundle_path, int ctx_dim, int 
     size_t bytes = ldm_unet_arena_bytes(m, B, 1, 1, T);
     CHECK(bytes > 0, "%s 1x1: arena bytes: %s", tag, ldm_last_error());
     ldm_arena a;
-    if (ctx && bytes && ldm_arena_init(&a, &ldm_backend_cpu, bytes) == 0) {
+    if (ctx && bytes && ldm_arena_init(&a, mt_cpu(), bytes) == 0) {
         CHECK(ldm_unet_forward(m, &a, x1, 981.0f, ctx, B, 1, 1, T, o1) == 0, "%s 1x1: %s", tag,
               ldm_last_error());
         int finite = 1;
@@ -193,7 +193,7 @@ static void test_refuses(const char *tmp, int check, const char *field, const ch
     ldm_bundle *b = ldm_bundle_open(bundle);
     CHECK(b != NULL, "%s", ldm_last_error());
     if (!b) return;
-    ldm_unet *m = ldm_unet_load(b, &ldm_backend_dry);
+    ldm_unet *m = ldm_unet_load(b, mt_dry());
     CHECK(m == NULL, "loader accepted %s = %s", field, value);
     CHECK(m || strstr(ldm_last_error(), must) != NULL, "load message lacks '%s': %s", must,
           ldm_last_error());

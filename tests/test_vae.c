@@ -18,7 +18,7 @@ static ldm_vae *open_vae(const char *bundle_path, ldm_bundle **pb) {
     *pb = ldm_bundle_open(bundle_path);
     CHECK(*pb != NULL, "%s", ldm_last_error());
     if (!*pb) return NULL;
-    ldm_vae *m = ldm_vae_load(*pb, &ldm_backend_cpu);
+    ldm_vae *m = ldm_vae_load(*pb, mt_cpu());
     CHECK(m != NULL, "%s: %s", bundle_path, ldm_last_error());
     return m;
 }
@@ -45,7 +45,7 @@ static double decode_vs_expected(const char *tag, const char *bundle_path, int b
     size_t bytes = ldm_vae_arena_bytes(m, B, h, w);
     CHECK(bytes > 0 && bytes == ldm_vae_arena_bytes(m, 1, h, w), "arena bytes %zu", bytes);
     ldm_arena a;
-    CHECK(ldm_arena_init(&a, &ldm_backend_cpu, bytes) == 0, "%s", ldm_last_error());
+    CHECK(ldm_arena_init(&a, mt_cpu(), bytes) == 0, "%s", ldm_last_error());
     if (z && want) {
         CHECK(ldm_vae_decode(m, &a, z, 1, h, w, img) == 0, "%s", ldm_last_error());
         CHECK(a.used == 0, "arena not reset: %zu", a.used);
@@ -79,7 +79,7 @@ static void test_odd_size(const char *bundle_path) {
     float *z = ldm_xmalloc(zn * sizeof(float)), *img = ldm_xmalloc(n * sizeof(float));
     for (size_t i = 0; i < zn; i++) z[i] = sinf((float)i * 0.7f) * 5.0f;
     ldm_arena a;
-    CHECK(ldm_arena_init(&a, &ldm_backend_cpu, ldm_vae_arena_bytes(m, 1, h, w)) == 0, "%s",
+    CHECK(ldm_arena_init(&a, mt_cpu(), ldm_vae_arena_bytes(m, 1, h, w)) == 0, "%s",
           ldm_last_error());
     CHECK(ldm_vae_decode(m, &a, z, 1, h, w, img) == 0, "%s", ldm_last_error());
     int finite = 1;
@@ -160,7 +160,7 @@ static void test_old_attention_names(const char *tmp) {
 }
 
 static int load_vae(const ldm_bundle *b) {
-    ldm_vae *m = ldm_vae_load(b, &ldm_backend_cpu);
+    ldm_vae *m = ldm_vae_load(b, mt_cpu());
     ldm_vae_free(m);
     return m != NULL;
 }
@@ -186,7 +186,7 @@ int main(void) {
         printf("%s: VAE decode rel L2 %.3g\n", tags[k], e);
         if (k == 0) test_odd_size(bundle);
         ldm_bundle *b = ldm_bundle_open(bundle);
-        ldm_vae *m = b ? ldm_vae_load(b, &ldm_backend_dry) : NULL;
+        ldm_vae *m = b ? ldm_vae_load(b, mt_dry()) : NULL;
         CHECK(m != NULL, "dry load: %s", ldm_last_error());
         ldm_vae_free(m);
         ldm_bundle_close(b);

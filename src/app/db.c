@@ -30,15 +30,6 @@ struct ldm_db {
 
 int ldm_db_schema_version(void) { return ldm_schema_migration_count; }
 
-int ldm_db_default_path(char *buf, size_t n) {
-    const char *env = getenv("LDM_DB");
-    if (env && *env) { snprintf(buf, n, "%s", env); return 0; }
-    const char *xdg = getenv("XDG_DATA_HOME");
-    if (xdg && *xdg) { snprintf(buf, n, "%s/ldm/ldm.db", xdg); return 0; }
-    const char *home = getenv("HOME");
-    if (home && *home) { snprintf(buf, n, "%s/.local/share/ldm/ldm.db", home); return 0; }
-    return ldm_error("no database path: set LDM_DB, XDG_DATA_HOME or HOME, or pass --db");
-}
 
 /* mkdir -p of the folder that will hold `path`. */
 static int make_parent_dirs(const char *path) {
@@ -74,15 +65,26 @@ static int exec_sql(ldm_db *db, const char *sql) {
     return 0;
 }
 
-static int migrate(ldm_db *db) {
-    if (exec_sql(db, "BEGIN IMMEDIATE") != 0) return ldm_error_prefix("starting migration");
+static int user_version(ldm_db *db) {
     sqlite3_stmt *st;
     int version = -1;
     if (sqlite3_prepare_v2(db->h, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK) {
         if (sqlite3_step(st) == SQLITE_ROW) version = sqlite3_column_int(st, 0);
         sqlite3_finalize(st);
     }
-    if (version < 0) { db_fail(db, "reading user_version"); goto fail; }
+    if (version < 0) db_fail(db, "reading user_version");
+    return version;
+}
+
+/* Bring the schema up to date.  A database already at this version is left alone
+ * without taking the write lock (readers never wait for a writer). */
+static int migrate(ldm_db *db) {
+    int version = user_version(db);
+    if (version < 0) return -1;
+    if (version == ldm_schema_migration_count) return 0;
+    if (exec_sql(db, "BEGIN IMMEDIATE") != 0) return ldm_error_prefix("starting migration");
+    version = user_version(db);   /* another process may have migrated meanwhile */
+    if (version < 0) goto fail;
     if (version > ldm_schema_migration_count) {
         ldm_error("%s: database schema version %d is newer than this ldm %s understands "
                   "(version %d); use a newer ldm or another --db",
@@ -174,15 +176,21 @@ static int step_done(ldm_db *db, sqlite3_stmt *st, const char *what) {
 
 /* ---- embedding cache ---- */
 
-int ldm_db_cache_get(ldm_db *db, const char *bundle_hash, const int32_t *ids, int n_ids,
-                     int clip_skip, float *out, size_t n_floats) {
-    sqlite3_stmt *st = prepare(db,
-        "SELECT embedding FROM embedding_cache "
-        "WHERE bundle_hash = ?1 AND token_ids = ?2 AND clip_skip = ?3");
+/* ?1..?5 = the key's columns */
+static void bind_key(sqlite3_stmt *st, const ldm_cache_key *k) {
+    bind_text(st, 1, k->bundle_hash);
+    bind_text(st, 2, k->backend);
+    bind_text(st, 3, k->precision);
+    sqlite3_bind_blob(st, 4, k->ids, k->n_ids * (int)sizeof(int32_t), SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 5, k->clip_skip);
+}
+#define KEY_WHERE "bundle_hash = ?1 AND backend = ?2 AND precision = ?3 AND token_ids = ?4 " \
+                  "AND clip_skip = ?5"
+
+int ldm_db_cache_get(ldm_db *db, const ldm_cache_key *k, float *out, size_t n_floats) {
+    sqlite3_stmt *st = prepare(db, "SELECT embedding FROM embedding_cache WHERE " KEY_WHERE);
     if (!st) return -1;
-    bind_text(st, 1, bundle_hash);
-    sqlite3_bind_blob(st, 2, ids, n_ids * (int)sizeof(int32_t), SQLITE_TRANSIENT);
-    sqlite3_bind_int(st, 3, clip_skip);
+    bind_key(st, k);
     int rc = sqlite3_step(st), hit = 0;
     if (rc == SQLITE_ROW) {
         const void *blob = sqlite3_column_blob(st, 0);
@@ -198,31 +206,26 @@ int ldm_db_cache_get(ldm_db *db, const char *bundle_hash, const int32_t *ids, in
     sqlite3_finalize(st);
     if (!hit) return 0;
     st = prepare(db,
-        "UPDATE embedding_cache SET last_used = julianday('now'), hits = hits + 1 "
-        "WHERE bundle_hash = ?1 AND token_ids = ?2 AND clip_skip = ?3");
+        "UPDATE embedding_cache SET last_used = julianday('now'), hits = hits + 1 WHERE " KEY_WHERE);
     if (!st) return -1;
-    bind_text(st, 1, bundle_hash);
-    sqlite3_bind_blob(st, 2, ids, n_ids * (int)sizeof(int32_t), SQLITE_TRANSIENT);
-    sqlite3_bind_int(st, 3, clip_skip);
+    bind_key(st, k);
     if (step_done(db, st, "updating the embedding cache") != 0) return -1;
     return 1;
 }
 
-int ldm_db_cache_put(ldm_db *db, const char *bundle_hash, const int32_t *ids, int n_ids,
-                     int clip_skip, int hidden, const float *emb, size_t max_bytes) {
-    size_t bytes = (size_t)n_ids * (size_t)hidden * sizeof(float);
+int ldm_db_cache_put(ldm_db *db, const ldm_cache_key *k, int hidden, const float *emb,
+                     size_t max_bytes) {
+    size_t bytes = (size_t)k->n_ids * (size_t)hidden * sizeof(float);
     if (exec_sql(db, "BEGIN IMMEDIATE") != 0) return -1;
     sqlite3_stmt *st = prepare(db,
         "INSERT OR REPLACE INTO embedding_cache"
-        "(bundle_hash, token_ids, clip_skip, hidden, embedding, bytes, last_used) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, julianday('now'))");
+        "(bundle_hash, backend, precision, token_ids, clip_skip, hidden, embedding, bytes, last_used) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, julianday('now'))");
     if (!st) goto fail;
-    bind_text(st, 1, bundle_hash);
-    sqlite3_bind_blob(st, 2, ids, n_ids * (int)sizeof(int32_t), SQLITE_TRANSIENT);
-    sqlite3_bind_int(st, 3, clip_skip);
-    sqlite3_bind_int(st, 4, hidden);
-    sqlite3_bind_blob64(st, 5, emb, bytes, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 6, (sqlite3_int64)bytes);
+    bind_key(st, k);
+    sqlite3_bind_int(st, 6, hidden);
+    sqlite3_bind_blob64(st, 7, emb, bytes, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 8, (sqlite3_int64)bytes);
     if (step_done(db, st, "writing the embedding cache") != 0) goto fail;
     /* Keep the newest entries whose running total fits; delete the rest. */
     st = prepare(db,
@@ -252,64 +255,132 @@ int ldm_db_cache_stats(ldm_db *db, int64_t *bytes, int64_t *entries) {
     return rc == SQLITE_ROW ? 0 : ldm_error("%s: reading cache size", db->path);
 }
 
-/* ---- history ---- */
+/* ---- history: the columns come from the record's field list (app/record.h) ---- */
 
-int ldm_db_begin(ldm_db *db, ldm_record *r) {
-    sqlite3_stmt *st = prepare(db,
-        "INSERT INTO generations(grid_id, status, bundle_hash, bundle_path, prompt, "
-        "negative_prompt, seed, steps, guidance, scheduler, karras, eta, timestep_spacing, "
-        "width, height, clip_skip, backend, ldm_version, output_path, pid, host, batch_size, "
-        "batch_index, replay_of) "
-        "VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-        "?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)");
+#define FIELD(r, f, T) ((T *)((char *)(r) + (f)->offset))
+#define CFIELD(r, f, T) ((const T *)((const char *)(r) + (f)->offset))
+
+/* A seed as SQL: INTEGER up to 2^63-1, else 20-digit TEXT (schema 003). */
+static void bind_seed(sqlite3_stmt *st, int i, uint64_t seed, char buf[24]) {
+    if (seed <= (uint64_t)INT64_MAX) {
+        sqlite3_bind_int64(st, i, (sqlite3_int64)seed);
+    } else {
+        snprintf(buf, 24, "%020llu", (unsigned long long)seed);
+        sqlite3_bind_text(st, i, buf, -1, SQLITE_TRANSIENT);
+    }
+}
+
+static uint64_t column_seed(sqlite3_stmt *st, int i) {
+    if (sqlite3_column_type(st, i) == SQLITE_INTEGER) return (uint64_t)sqlite3_column_int64(st, i);
+    const char *s = (const char *)sqlite3_column_text(st, i);
+    return s ? strtoull(s, NULL, 10) : 0;
+}
+
+static void bind_field(sqlite3_stmt *st, int i, const ldm_gen_record *r, const ldm_field *f,
+                       char seedbuf[24]) {
+    switch (f->type) {
+    case LDM_FT_STR: case LDM_FT_OSTR: bind_text(st, i, *CFIELD(r, f, char *)); break;
+    case LDM_FT_U64: bind_seed(st, i, *CFIELD(r, f, uint64_t), seedbuf); break;
+    case LDM_FT_INT: case LDM_FT_BOOL: sqlite3_bind_int(st, i, *CFIELD(r, f, int)); break;
+    case LDM_FT_DBL: sqlite3_bind_double(st, i, *CFIELD(r, f, double)); break;
+    case LDM_FT_ID: {
+        int64_t v = *CFIELD(r, f, int64_t);
+        if (v) sqlite3_bind_int64(st, i, v);
+        else sqlite3_bind_null(st, i);
+        break;
+    }
+    case LDM_FT_GRID: break;
+    }
+}
+
+/* Column i of a SELECT of every H field, into r (strings copied). */
+static void read_field(sqlite3_stmt *st, int i, ldm_gen_record *r, const ldm_field *f) {
+    switch (f->type) {
+    case LDM_FT_STR: case LDM_FT_OSTR: {
+        const char *s = (const char *)sqlite3_column_text(st, i);
+        ldm_record_set(FIELD(r, f, char *), s ? s : (f->type == LDM_FT_STR ? "" : NULL));
+        break;
+    }
+    case LDM_FT_U64: *FIELD(r, f, uint64_t) = column_seed(st, i); break;
+    case LDM_FT_INT: case LDM_FT_BOOL: *FIELD(r, f, int) = sqlite3_column_int(st, i); break;
+    case LDM_FT_DBL: *FIELD(r, f, double) = sqlite3_column_double(st, i); break;
+    case LDM_FT_ID: *FIELD(r, f, int64_t) = sqlite3_column_int64(st, i); break;
+    case LDM_FT_GRID: break;
+    }
+}
+
+typedef struct { char *s; size_t n, cap; } sql_buf;
+static void sql_add(sql_buf *b, const char *t) {
+    size_t k = strlen(t);
+    if (b->n + k + 1 > b->cap) {
+        b->cap = (b->n + k + 1) * 2;
+        char *p = ldm_xmalloc(b->cap);
+        if (b->s) memcpy(p, b->s, b->n);
+        free(b->s);
+        b->s = p;
+    }
+    memcpy(b->s + b->n, t, k + 1);
+    b->n += k;
+}
+
+/* "a, b, c" of the fields with all of `want` and none of `skip` in their views. */
+static int column_list(sql_buf *b, int want, int skip, const char *fmt_each) {
+    int n = 0;
+    char item[96];
+    for (int i = 0; i < ldm_record_field_count; i++) {
+        const ldm_field *f = &ldm_record_fields[i];
+        if ((f->views & want) != want || (f->views & skip)) continue;
+        snprintf(item, sizeof item, fmt_each, f->name, n + 1);
+        if (n) sql_add(b, ", ");
+        sql_add(b, item);
+        n++;
+    }
+    return n;
+}
+
+int ldm_db_begin(ldm_db *db, ldm_gen_record *r) {
+    sql_buf q = {0};
+    sql_add(&q, "INSERT INTO generations(");
+    int n = column_list(&q, LDM_V_H, LDM_V_R, "%s");
+    sql_add(&q, ") VALUES (");
+    for (int i = 0; i < n; i++) sql_add(&q, i ? ", ?" : "?");
+    sql_add(&q, ")");
+    sqlite3_stmt *st = prepare(db, q.s);
+    free(q.s);
     if (!st) return -1;
-    char seed[32];
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->seed);
-    if (r->grid_id > 0) sqlite3_bind_int64(st, 1, r->grid_id);
-    else sqlite3_bind_null(st, 1);
-    bind_text(st, 2, r->bundle_hash);
-    bind_text(st, 3, r->bundle_path);
-    bind_text(st, 4, r->prompt ? r->prompt : "");
-    bind_text(st, 5, r->negative_prompt ? r->negative_prompt : "");
-    bind_text(st, 6, seed);
-    sqlite3_bind_int(st, 7, r->steps);
-    sqlite3_bind_double(st, 8, r->guidance);
-    bind_text(st, 9, r->scheduler);
-    sqlite3_bind_int(st, 10, r->karras);
-    sqlite3_bind_double(st, 11, r->eta);
-    bind_text(st, 12, r->timestep_spacing);
-    sqlite3_bind_int(st, 13, r->width);
-    sqlite3_bind_int(st, 14, r->height);
-    sqlite3_bind_int(st, 15, r->clip_skip);
-    bind_text(st, 16, r->backend);
-    bind_text(st, 17, r->ldm_version ? r->ldm_version : LDM_VERSION);
-    bind_text(st, 18, r->output_path);
-    sqlite3_bind_int64(st, 19, (sqlite3_int64)getpid());
-    bind_text(st, 20, db->host);
-    sqlite3_bind_int(st, 21, r->batch_size > 0 ? r->batch_size : 1);
-    sqlite3_bind_int(st, 22, r->batch_index);
-    if (r->replay_of > 0) sqlite3_bind_int64(st, 23, r->replay_of);
-    else sqlite3_bind_null(st, 23);
+    ldm_record_set(&r->status, "running");
+    if (!r->pid) r->pid = (int64_t)getpid();
+    if (!r->host) ldm_record_set(&r->host, db->host);
+    char seedbuf[24];
+    int k = 0;
+    for (int i = 0; i < ldm_record_field_count; i++) {
+        const ldm_field *f = &ldm_record_fields[i];
+        if ((f->views & LDM_V_H) && !(f->views & LDM_V_R)) bind_field(st, ++k, r, f, seedbuf);
+    }
     if (step_done(db, st, "recording the run") != 0) return -1;
     r->id = sqlite3_last_insert_rowid(db->h);
     return 0;
 }
 
-int ldm_db_finish(ldm_db *db, const ldm_record *r, const char *status, const char *error) {
-    sqlite3_stmt *st = prepare(db,
-        "UPDATE generations SET status = ?2, error = ?3, finished_at = "
-        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), output_path = ?4, png_sha256 = ?5, "
-        "t_text_ms = ?6, t_sampling_ms = ?7, t_decode_ms = ?8, t_total_ms = ?9 WHERE id = ?1");
+int ldm_db_finish(ldm_db *db, ldm_gen_record *r, const char *status, const char *error) {
+    ldm_record_set(&r->status, status);
+    ldm_record_set(&r->error, error);
+    sql_buf q = {0};
+    sql_add(&q, "UPDATE generations SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ");
+    int n = column_list(&q, LDM_V_H | LDM_V_O, 0, "%s = ?%d");
+    char tail[48];
+    snprintf(tail, sizeof tail, " WHERE id = ?%d", n + 1);
+    sql_add(&q, tail);
+    sqlite3_stmt *st = prepare(db, q.s);
+    free(q.s);
     if (!st) return -1;
-    sqlite3_bind_int64(st, 1, r->id);
-    bind_text(st, 2, status);
-    bind_text(st, 3, error);
-    bind_text(st, 4, r->output_path);
-    bind_text(st, 5, r->png_sha256);
-    sqlite3_bind_double(st, 6, r->t_text_ms);
-    sqlite3_bind_double(st, 7, r->t_sampling_ms);
-    sqlite3_bind_double(st, 8, r->t_decode_ms);
-    sqlite3_bind_double(st, 9, r->t_total_ms);
+    char seedbuf[24];
+    int k = 0;
+    for (int i = 0; i < ldm_record_field_count; i++) {
+        const ldm_field *f = &ldm_record_fields[i];
+        if ((f->views & (LDM_V_H | LDM_V_O)) == (LDM_V_H | LDM_V_O)) bind_field(st, ++k, r, f, seedbuf);
+    }
+    sqlite3_bind_int64(st, n + 1, r->id);
     return step_done(db, st, "finishing the run record");
 }
 
@@ -397,60 +468,28 @@ static char *fts_query(const char *text) {
     return q;
 }
 
-#define RECORD_COLUMNS                                                                   \
-    "id, COALESCE(grid_id, 0), created_at, COALESCE(finished_at, ''), status, error, "  \
-    "bundle_hash, bundle_path, prompt, negative_prompt, seed, steps, guidance, "         \
-    "scheduler, karras, eta, timestep_spacing, width, height, clip_skip, backend, "      \
-    "ldm_version, output_path, png_sha256, COALESCE(t_text_ms, 0), "                     \
-    "COALESCE(t_sampling_ms, 0), COALESCE(t_decode_ms, 0), COALESCE(t_total_ms, 0), "    \
-    "COALESCE(pid, 0), host, batch_size, batch_index, COALESCE(replay_of, 0)"
-
-static const char *col_text(sqlite3_stmt *st, int i) {
-    return (const char *)sqlite3_column_text(st, i);
+/* SELECT of every H field, in the field list's order. */
+static char *select_sql(const char *tail) {
+    sql_buf q = {0};
+    sql_add(&q, "SELECT ");
+    column_list(&q, LDM_V_H, 0, "%s");
+    sql_add(&q, " FROM generations ");
+    sql_add(&q, tail);
+    return q.s;
 }
 
-static void read_record(sqlite3_stmt *st, ldm_record *r) {
-    memset(r, 0, sizeof *r);
-    r->id = sqlite3_column_int64(st, 0);
-    r->grid_id = sqlite3_column_int64(st, 1);
-    snprintf(r->created_at, sizeof r->created_at, "%s", col_text(st, 2) ? col_text(st, 2) : "");
-    snprintf(r->finished_at, sizeof r->finished_at, "%s", col_text(st, 3) ? col_text(st, 3) : "");
-    snprintf(r->status, sizeof r->status, "%s", col_text(st, 4) ? col_text(st, 4) : "");
-    r->error = col_text(st, 5);
-    r->bundle_hash = col_text(st, 6);
-    r->bundle_path = col_text(st, 7);
-    r->prompt = col_text(st, 8);
-    r->negative_prompt = col_text(st, 9);
-    const char *seed = col_text(st, 10);
-    r->seed = seed ? strtoull(seed, NULL, 10) : 0;
-    r->steps = sqlite3_column_int(st, 11);
-    r->guidance = sqlite3_column_double(st, 12);
-    r->scheduler = col_text(st, 13);
-    r->karras = sqlite3_column_int(st, 14);
-    r->eta = sqlite3_column_double(st, 15);
-    r->timestep_spacing = col_text(st, 16);
-    r->width = sqlite3_column_int(st, 17);
-    r->height = sqlite3_column_int(st, 18);
-    r->clip_skip = sqlite3_column_int(st, 19);
-    r->backend = col_text(st, 20);
-    r->ldm_version = col_text(st, 21);
-    r->output_path = col_text(st, 22);
-    r->png_sha256 = col_text(st, 23);
-    r->t_text_ms = sqlite3_column_double(st, 24);
-    r->t_sampling_ms = sqlite3_column_double(st, 25);
-    r->t_decode_ms = sqlite3_column_double(st, 26);
-    r->t_total_ms = sqlite3_column_double(st, 27);
-    r->pid = sqlite3_column_int64(st, 28);
-    r->host = col_text(st, 29);
-    r->batch_size = sqlite3_column_int(st, 30);
-    r->batch_index = sqlite3_column_int(st, 31);
-    r->replay_of = sqlite3_column_int64(st, 32);
+static void read_record(sqlite3_stmt *st, ldm_gen_record *r) {
+    ldm_record_init(r);
+    int k = 0;
+    for (int i = 0; i < ldm_record_field_count; i++) {
+        const ldm_field *f = &ldm_record_fields[i];
+        if (f->views & LDM_V_H) read_field(st, k++, r, f);
+    }
 }
 
 int ldm_db_query(ldm_db *db, const ldm_history_filter *f,
-                 int (*fn)(const ldm_record *r, void *ctx), void *ctx) {
-    sqlite3_stmt *st = prepare(db,
-        "SELECT " RECORD_COLUMNS " FROM generations WHERE "
+                 int (*fn)(const ldm_gen_record *r, void *ctx), void *ctx) {
+    char *sql = select_sql("WHERE "
         "(?1 IS NULL OR id IN (SELECT rowid FROM generations_fts WHERE generations_fts MATCH ?1)) "
         "AND (?2 IS NULL OR created_at >= ?2) "
         "AND (?3 IS NULL OR created_at <= ?3) "
@@ -459,17 +498,18 @@ int ldm_db_query(ldm_db *db, const ldm_history_filter *f,
         "AND (?6 IS NULL OR seed = ?6) "
         "AND (?7 = 0 OR grid_id = ?7) "
         "ORDER BY id DESC LIMIT ?8");
+    sqlite3_stmt *st = prepare(db, sql);
+    free(sql);
     if (!st) return -1;
     char *q = (f->grep && *f->grep) ? fts_query(f->grep) : NULL;
-    char seed[32];
+    char seed[24];
     bind_text(st, 1, q && *q ? q : NULL);
     bind_text(st, 2, f->since);
     bind_text(st, 3, f->until);
     bind_text(st, 4, f->bundle);
     bind_text(st, 5, f->status);
     if (f->has_seed) {
-        snprintf(seed, sizeof seed, "%llu", (unsigned long long)f->seed);
-        bind_text(st, 6, seed);
+        bind_seed(st, 6, f->seed, seed);
     } else {
         sqlite3_bind_null(st, 6);
     }
@@ -477,9 +517,11 @@ int ldm_db_query(ldm_db *db, const ldm_history_filter *f,
     sqlite3_bind_int64(st, 8, f->limit > 0 ? f->limit : -1);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        ldm_record r;
+        ldm_gen_record r;
         read_record(st, &r);
-        if (fn(&r, ctx)) { rc = SQLITE_DONE; break; }
+        int stop = fn(&r, ctx);
+        ldm_record_free(&r);
+        if (stop) { rc = SQLITE_DONE; break; }
     }
     free(q);
     sqlite3_finalize(st);
@@ -487,15 +529,15 @@ int ldm_db_query(ldm_db *db, const ldm_history_filter *f,
     return 0;
 }
 
-int ldm_db_get(ldm_db *db, int64_t id, int (*fn)(const ldm_record *r, void *ctx), void *ctx) {
-    sqlite3_stmt *st = prepare(db, "SELECT " RECORD_COLUMNS " FROM generations WHERE id = ?1");
+int ldm_db_get(ldm_db *db, int64_t id, ldm_gen_record *r) {
+    char *sql = select_sql("WHERE id = ?1");
+    sqlite3_stmt *st = prepare(db, sql);
+    free(sql);
     if (!st) return -1;
     sqlite3_bind_int64(st, 1, id);
     int rc = sqlite3_step(st), found = 0;
     if (rc == SQLITE_ROW) {
-        ldm_record r;
-        read_record(st, &r);
-        fn(&r, ctx);
+        read_record(st, r);
         found = 1;
     } else if (rc != SQLITE_DONE) {
         found = ldm_error("%s: reading run %lld: %s", db->path, (long long)id, sqlite3_errmsg(db->h));

@@ -1,8 +1,8 @@
 /* db.h - the ldm SQLite database: generation history, grids and the prompt-embedding
  * cache.
  *
- * One database file (default $LDM_DB, else $XDG_DATA_HOME/ldm/ldm.db, else
- * ~/.local/share/ldm/ldm.db).  The schema is the numbered migrations in schema/,
+ * One database file; the program chooses its path (ldmgen: --db, $LDM_DB,
+ * $XDG_DATA_HOME/ldm/ldm.db, ~/.local/share/ldm/ldm.db).  The schema is the numbered migrations in schema/,
  * compiled in and applied in order, tracked by PRAGMA user_version; a database newer
  * than this program is refused.  WAL journal, a busy timeout and foreign keys are set
  * on every connection, and every statement is prepared (no SQL is built from user
@@ -14,14 +14,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "app/record.h"
+
 typedef struct ldm_db ldm_db;
 
 /* The schema version this program writes (number of migrations). */
 int ldm_db_schema_version(void);
 
-/* Default database path into buf: $LDM_DB, $XDG_DATA_HOME/ldm/ldm.db or
- * $HOME/.local/share/ldm/ldm.db.  Returns -1 if none can be formed. */
-int ldm_db_default_path(char *buf, size_t n);
 
 /* Open (creating the folder and file if needed) and migrate.  NULL + ldm_error. */
 ldm_db *ldm_db_open(const char *path);
@@ -29,49 +28,33 @@ void ldm_db_close(ldm_db *db);
 const char *ldm_db_path(const ldm_db *db);
 
 /* ---- prompt-embedding cache ---- */
-/* Look up the embedding for (bundle_hash, ids[n_ids], clip_skip).  On a hit copy
- * n_floats floats into out, bump its LRU stamp and return 1; 0 on a miss (also when
- * the stored size differs); -1 on error. */
-int ldm_db_cache_get(ldm_db *db, const char *bundle_hash, const int32_t *ids, int n_ids,
-                     int clip_skip, float *out, size_t n_floats);
+/* What an embedding is made from: the model, where and how it was computed, the token
+ * ids and the layer. */
+typedef struct ldm_cache_key {
+    const char *bundle_hash;
+    const char *backend;      /* "cpu", "cuda" */
+    const char *precision;    /* "fp32" */
+    const int32_t *ids;
+    int n_ids;
+    int clip_skip;
+} ldm_cache_key;
+/* On a hit copy n_floats floats into out, bump its LRU stamp and return 1; 0 on a miss
+ * (also when the stored size differs); -1 on error. */
+int ldm_db_cache_get(ldm_db *db, const ldm_cache_key *k, float *out, size_t n_floats);
 /* Store an embedding ([n_ids, hidden] floats), then evict least-recently-used entries
  * until the cache holds at most max_bytes of embeddings. */
-int ldm_db_cache_put(ldm_db *db, const char *bundle_hash, const int32_t *ids, int n_ids,
-                     int clip_skip, int hidden, const float *emb, size_t max_bytes);
+int ldm_db_cache_put(ldm_db *db, const ldm_cache_key *k, int hidden, const float *emb,
+                     size_t max_bytes);
 /* Total bytes and entries in the cache. */
 int ldm_db_cache_stats(ldm_db *db, int64_t *bytes, int64_t *entries);
 
-/* ---- history ---- */
-typedef struct ldm_record {
-    int64_t id;            /* set by ldm_db_begin */
-    int64_t grid_id;       /* 0 = not part of a grid */
-    char created_at[32];   /* filled when read back */
-    char finished_at[32];
-    char status[16];       /* running, ok, failed, interrupted */
-    const char *error;
-    const char *bundle_hash, *bundle_path;
-    const char *prompt, *negative_prompt;
-    uint64_t seed;
-    int steps;
-    double guidance;
-    const char *scheduler;
-    int karras;
-    double eta;
-    const char *timestep_spacing; /* NULL: bundle default */
-    int width, height, clip_skip;
-    int batch_size, batch_index;  /* image batch_index of a batch (0 is read as 1) */
-    int64_t replay_of;     /* the generation this one replayed, 0 = none */
-    const char *backend, *ldm_version;
-    const char *output_path, *png_sha256;
-    double t_text_ms, t_sampling_ms, t_decode_ms, t_total_ms;
-    int64_t pid;
-    const char *host;
-} ldm_record;
-
-/* Insert a 'running' row for the run described by r; sets r->id. */
-int ldm_db_begin(ldm_db *db, ldm_record *r);
-/* End a run: status "ok", "failed" or "interrupted", with r's outputs and timings. */
-int ldm_db_finish(ldm_db *db, const ldm_record *r, const char *status, const char *error);
+/* ---- history: rows of table generations, one ldm_gen_record each (app/record.h) ---- */
+/* Insert a 'running' row for the run described by r; sets r->id, r->status and, when
+ * unset, r->pid and r->host. */
+int ldm_db_begin(ldm_db *db, ldm_gen_record *r);
+/* End a run: status "ok", "failed" or "interrupted" (set in r with error), with r's
+ * outputs and timings (the fields marked O). */
+int ldm_db_finish(ldm_db *db, ldm_gen_record *r, const char *status, const char *error);
 /* A new grid row; returns its id or -1. */
 int64_t ldm_db_new_grid(ldm_db *db, const char *spec, const char *output_path);
 int ldm_db_set_grid_output(ldm_db *db, int64_t grid_id, const char *output_path);
@@ -94,11 +77,11 @@ typedef struct ldm_history_filter {
     int limit;                /* 0: no limit */
 } ldm_history_filter;
 
-/* Call fn for each matching record, newest first.  Strings in the record are valid only
- * during the call.  fn returns non-zero to stop. */
+/* Call fn for each matching record, newest first.  The record is freed after the call
+ * (ldm_record_copy keeps one).  fn returns non-zero to stop. */
 int ldm_db_query(ldm_db *db, const ldm_history_filter *f,
-                 int (*fn)(const ldm_record *r, void *ctx), void *ctx);
-/* Read one record by id: 1 found, 0 not found, -1 error. */
-int ldm_db_get(ldm_db *db, int64_t id, int (*fn)(const ldm_record *r, void *ctx), void *ctx);
+                 int (*fn)(const ldm_gen_record *r, void *ctx), void *ctx);
+/* Read one record by id into r (ldm_record_free it): 1 found, 0 not found, -1 error. */
+int ldm_db_get(ldm_db *db, int64_t id, ldm_gen_record *r);
 
 #endif

@@ -50,7 +50,7 @@ static void sb_add(strbuf *b, const char *fmt, ...) {
         if (b->s && (size_t)k < b->cap - b->n) { b->n += (size_t)k; return; }
         b->cap = (b->cap + (size_t)k + 1) * 2;
         char *ns = realloc(b->s, b->cap);
-        if (!ns) { fprintf(stderr, "ldm: out of memory\n"); abort(); }
+        if (!ns) { ldm_log(0, "ldm: out of memory\n"); abort(); }
         b->s = ns;
     }
 }
@@ -445,21 +445,25 @@ static void on_signal(int sig) {
 int ldm_pack_check_models(const ldm_bundle *b) {
     ldm_bundle *bm = (ldm_bundle *)b;   /* only the used flags change */
     ldm_bundle_clear_used(bm);
+    ldm_backend *dry = ldm_backend_new("dry", NULL);
+    int bad = 0;
     if (ldm_bundle_has_component(b, "text_encoder")) {
-        ldm_clip *m = ldm_clip_load(b, &ldm_backend_dry);
-        if (!m) return ldm_error_prefix("text_encoder does not match its config");
+        ldm_clip *m = ldm_clip_load(b, dry);
+        if (!m) bad = ldm_error_prefix("text_encoder does not match its config");
         ldm_clip_free(m);
     }
-    if (ldm_bundle_has_component(b, "unet")) {
-        ldm_unet *m = ldm_unet_load(b, &ldm_backend_dry);
-        if (!m) return ldm_error_prefix("unet does not match its config");
+    if (!bad && ldm_bundle_has_component(b, "unet")) {
+        ldm_unet *m = ldm_unet_load(b, dry);
+        if (!m) bad = ldm_error_prefix("unet does not match its config");
         ldm_unet_free(m);
     }
-    if (ldm_bundle_has_component(b, "vae")) {
-        ldm_vae *m = ldm_vae_load(b, &ldm_backend_dry);
-        if (!m) return ldm_error_prefix("vae does not match its config");
+    if (!bad && ldm_bundle_has_component(b, "vae")) {
+        ldm_vae *m = ldm_vae_load(b, dry);
+        if (!m) bad = ldm_error_prefix("vae does not match its config");
         ldm_vae_free(m);
     }
+    ldm_backend_free(dry);
+    if (bad) return -1;
     /* Every tensor must be used by some loader, except the VAE encoder half (kept for
      * image-to-image, not needed to decode). */
     strbuf msg = { 0 };

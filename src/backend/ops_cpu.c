@@ -10,8 +10,8 @@
  * inside our threads: large products are split into slabs (see gemm), attention runs
  * one block per thread.  Two thread pools taking turns would spin against each other.
  *
- * The ops are not reentrant across threads sharing a call: one forward pass at a time
- * per calling thread (the scratch buffers are per calling thread).
+ * State: the scratch buffers live in the handle (cpu_state), so two handles share
+ * nothing; a handle runs one op at a time.
  */
 #include "backend/ops.h"
 #include "core/common.h"
@@ -53,21 +53,41 @@ void ldm_cpu_set_chunk_limits(size_t weight_floats, size_t col_floats) {
  * Scratch: a few growable buffers per calling thread, reused across calls. */
 
 enum { SCR_WEIGHT, SCR_COLS, SCR_ATT, SCR_COUNT };
-static _Thread_local float *scratch_buf[SCR_COUNT];
-static _Thread_local size_t scratch_cap[SCR_COUNT];
+typedef struct cpu_state {
+    float *buf[SCR_COUNT];
+    size_t cap[SCR_COUNT];
+} cpu_state;
 
-static float *scratch(int slot, size_t n) {
-    if (n > scratch_cap[slot]) {
-        free(scratch_buf[slot]);
+/* A scratch buffer of n floats in the handle; NULL (the handle failed) when memory
+ * runs out. */
+static float *scratch(ldm_backend *be, int slot, size_t n) {
+    cpu_state *st = be->impl;
+    if (n > st->cap[slot]) {
+        free(st->buf[slot]);
+        st->cap[slot] = 0;
         size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
-        scratch_buf[slot] = aligned_alloc(64, bytes);
-        if (!scratch_buf[slot]) {
-            fprintf(stderr, "ldm: out of memory allocating %zu bytes of CPU scratch\n", bytes);
-            abort();
+        st->buf[slot] = aligned_alloc(64, bytes);
+        if (!st->buf[slot]) {
+            ldm_backend_fail(be, "out of memory allocating %zu bytes of scratch", bytes);
+            return NULL;
         }
-        scratch_cap[slot] = n;
+        st->cap[slot] = n;
     }
-    return scratch_buf[slot];
+    return st->buf[slot];
+}
+
+static int cpu_init(ldm_backend *be) {
+    be->impl = ldm_xcalloc(1, sizeof(cpu_state));
+    if (be->opts.threads > 0) omp_set_num_threads(be->opts.threads);
+    return 0;
+}
+
+static void cpu_destroy(ldm_backend *be) {
+    cpu_state *st = be->impl;
+    if (!st) return;
+    for (int i = 0; i < SCR_COUNT; i++) free(st->buf[i]);
+    free(st);
+    be->impl = NULL;
 }
 
 /* ------------------------------------------------------------------------------
@@ -189,20 +209,23 @@ LDM_CLONES static float exp_shift_sum(float *s, int n, float mx) {
 /* ------------------------------------------------------------------------------
  * Memory. */
 
-static void *cpu_alloc(size_t bytes) {
+static void *cpu_alloc(ldm_backend *be, size_t bytes) {
+    (void)be;
     size_t rounded = (bytes + 63) & ~(size_t)63;
     return aligned_alloc(64, rounded ? rounded : 64);
 }
-static void cpu_free(void *p) { free(p); }
-static void cpu_memcpy(float *dst, const float *src, size_t n) {
+static void cpu_free(ldm_backend *be, void *p) { (void)be; free(p); }
+static int cpu_copy(ldm_backend *be, float *dst, const float *src, size_t n) {
+    (void)be;
     if (n && dst != src) memmove(dst, src, n * sizeof(float));
+    return 0;
 }
-static void cpu_fill(float *dst, float value, size_t n) {
+static int cpu_fill(ldm_backend *be, float *dst, float value, size_t n) {
+    (void)be;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) dst[i] = value;
+    return 0;
 }
-static void cpu_synchronize(void) {}
-static int cpu_prepare_weight(ldm_tensor *w) { (void)w; return 0; }
 
 /* ------------------------------------------------------------------------------
  * Matrix product.  All threading is OpenMP: OpenBLAS is switched to one thread once
@@ -253,30 +276,34 @@ static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, fl
  * Linear:  out[M,N] = x[M,K] · W[N,K]ᵀ + b[N].
  * W is widened weight_chunk_floats floats at a time (whole rows), each chunk one sgemm. */
 
-static void add_row_bias(float *out, const ldm_tensor *b, int M, int N) {
-    float *bf = scratch(SCR_COLS, (size_t)N);
+static int add_row_bias(ldm_backend *be, float *out, const ldm_tensor *b, int M, int N) {
+    float *bf = scratch(be, SCR_COLS, (size_t)N);
+    if (!bf) return -1;
     widen_serial(bf, b->f16, (size_t)N);
 #pragma omp parallel for schedule(static) if ((size_t)M * N >= PAR_MIN)
     for (int m = 0; m < M; m++) {
         float *row = out + (size_t)m * N;
         for (int n = 0; n < N; n++) row[n] += bf[n];
     }
+    return 0;
 }
 
-static void cpu_linear(float *out, const float *x, const ldm_tensor *w, const ldm_tensor *b,
+static int cpu_linear(ldm_backend *be, float *out, const float *x, const ldm_tensor *w, const ldm_tensor *b,
                        int M, int K, int N) {
-    if (M <= 0 || N <= 0) return;
+    if (M <= 0 || N <= 0) return 0;
     size_t rows = weight_chunk_floats / (size_t)(K > 0 ? K : 1);
     if (rows < 1) rows = 1;
     if (rows > (size_t)N) rows = (size_t)N;
-    float *wf = scratch(SCR_WEIGHT, rows * (size_t)K);
+    float *wf = scratch(be, SCR_WEIGHT, rows * (size_t)K);
+    if (!wf) return -1;
     for (int n0 = 0; n0 < N; n0 += (int)rows) {
         int nc = N - n0 < (int)rows ? N - n0 : (int)rows;
         widen(wf, w->f16 + (size_t)n0 * K, (size_t)nc * K);
         /* out[:, n0:n0+nc] = x · wf[nc,K]ᵀ */
         gemm(CblasNoTrans, CblasTrans, M, nc, K, 1.0f, x, K, wf, K, 0.0f, out + n0, N);
     }
-    if (b) add_row_bias(out, b, M, N);
+    if (b) return add_row_bias(be, out, b, M, N);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------
@@ -325,25 +352,28 @@ static void im2col(float *cols, const float *x, int Cin, int H, int W, int k, in
     }
 }
 
-static void add_channel_bias_f16(float *out, const ldm_tensor *b, int N, int C, int HW) {
-    float *bf = scratch(SCR_COLS, (size_t)C); /* cols are no longer needed here */
+static int add_channel_bias_f16(ldm_backend *be, float *out, const ldm_tensor *b, int N, int C, int HW) {
+    float *bf = scratch(be, SCR_COLS, (size_t)C); /* cols are no longer needed here */
+    if (!bf) return -1;
     widen_serial(bf, b->f16, (size_t)C);
 #pragma omp parallel for schedule(static) if ((size_t)N * C * HW >= PAR_MIN)
     for (int nc = 0; nc < N * C; nc++) {
         float v = bf[nc % C], *row = out + (size_t)nc * HW;
         for (int i = 0; i < HW; i++) row[i] += v;
     }
+    return 0;
 }
 
-static void cpu_conv2d(float *out, const float *x, const ldm_tensor *w, const ldm_tensor *b,
+static int cpu_conv2d(ldm_backend *be, float *out, const float *x, const ldm_tensor *w, const ldm_tensor *b,
                        int N, int Cin, int H, int W, int Cout, int k, int stride, int pad) {
     int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
-    if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return;
+    if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return 0;
     int HWo = Ho * Wo, Kd = Cin * k * k;
     size_t co_chunk = weight_chunk_floats / (size_t)Kd;
     if (co_chunk < 1) co_chunk = 1;
     if (co_chunk > (size_t)Cout) co_chunk = (size_t)Cout;
-    float *wf = scratch(SCR_WEIGHT, co_chunk * (size_t)Kd);
+    float *wf = scratch(be, SCR_WEIGHT, co_chunk * (size_t)Kd);
+    if (!wf) return -1;
     int direct = (k == 1 && stride == 1 && pad == 0);
     int P = HWo;
     if (!direct) {
@@ -351,7 +381,8 @@ static void cpu_conv2d(float *out, const float *x, const ldm_tensor *w, const ld
         if (tile < 64) tile = 64;
         if (tile < (size_t)P) P = (int)tile;
     }
-    float *cols = direct ? NULL : scratch(SCR_COLS, (size_t)Kd * P);
+    float *cols = direct ? NULL : scratch(be, SCR_COLS, (size_t)Kd * P);
+    if (!direct && !cols) return -1;
     for (int co0 = 0; co0 < Cout; co0 += (int)co_chunk) {
         int nco = Cout - co0 < (int)co_chunk ? Cout - co0 : (int)co_chunk;
         widen(wf, w->f16 + (size_t)co0 * Kd, (size_t)nco * Kd);
@@ -371,18 +402,20 @@ static void cpu_conv2d(float *out, const float *x, const ldm_tensor *w, const ld
             }
         }
     }
-    if (b) add_channel_bias_f16(out, b, N, Cout, HWo);
+    if (b) return add_channel_bias_f16(be, out, b, N, Cout, HWo);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------
  * Normalisation.  Statistics are accumulated in double (two passes), which is at
  * least as accurate as PyTorch's float kernels. */
 
-static void cpu_group_norm(float *out, const float *x, const ldm_tensor *gamma,
+static int cpu_group_norm(ldm_backend *be, float *out, const float *x, const ldm_tensor *gamma,
                            const ldm_tensor *beta, int N, int C, int HW, int groups, float eps,
                            int silu) {
     int cpg = C / groups;
-    float *gb = scratch(SCR_COLS, 2 * (size_t)C);
+    float *gb = scratch(be, SCR_COLS, 2 * (size_t)C);
+    if (!gb) return -1;
     widen_serial(gb, gamma->f16, (size_t)C);
     widen_serial(gb + C, beta->f16, (size_t)C);
     size_t gsize = (size_t)cpg * HW;
@@ -414,11 +447,13 @@ static void cpu_group_norm(float *out, const float *x, const ldm_tensor *gamma,
             }
         }
     }
+    return 0;
 }
 
-static void cpu_layer_norm(float *out, const float *x, const ldm_tensor *gamma,
+static int cpu_layer_norm(ldm_backend *be, float *out, const float *x, const ldm_tensor *gamma,
                            const ldm_tensor *beta, int M, int C, float eps) {
-    float *gb = scratch(SCR_COLS, 2 * (size_t)C);
+    float *gb = scratch(be, SCR_COLS, 2 * (size_t)C);
+    if (!gb) return -1;
     widen_serial(gb, gamma->f16, (size_t)C);
     widen_serial(gb + C, beta->f16, (size_t)C);
 #pragma omp parallel for schedule(static) if ((size_t)M * C >= PAR_MIN)
@@ -435,6 +470,7 @@ static void cpu_layer_norm(float *out, const float *x, const ldm_tensor *gamma,
         float rstd = (float)(1.0 / sqrt(var / C + eps)), meanf = (float)mean;
         for (int i = 0; i < C; i++) orow[i] = (xr[i] - meanf) * rstd * gb[i] + gb[C + i];
     }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------
@@ -491,17 +527,18 @@ static void attention_block(float *out, const float *q, const float *k, const fl
     (void)Tq;
 }
 
-static void cpu_attention(float *out, const float *q, const float *k, const float *v, int B,
+static int cpu_attention(ldm_backend *be, float *out, const float *q, const float *k, const float *v, int B,
                           int heads, int Tq, int Tk, int D, int q_stride, int kv_stride,
                           float scale, int causal) {
-    if (B <= 0 || heads <= 0 || Tq <= 0 || D <= 0) return;
+    if (B <= 0 || heads <= 0 || Tq <= 0 || D <= 0) return 0;
     int nqb = (Tq + ATT_BQ - 1) / ATT_BQ;
     int ntasks = B * heads * nqb;
     int nthreads = omp_get_max_threads();
     if (nthreads > ntasks) nthreads = ntasks;
     size_t per = (size_t)ATT_BQ * ATT_BK + (size_t)ATT_BQ * D + 2 * ATT_BQ;
     per = (per + 15) & ~(size_t)15; /* keep each thread's slice 64-byte aligned */
-    float *buf = scratch(SCR_ATT, per * (size_t)nthreads);
+    float *buf = scratch(be, SCR_ATT, per * (size_t)nthreads);
+    if (!buf) return -1;
     blas_single_thread(); /* the sgemm calls below run inside an OpenMP region */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int t = 0; t < ntasks; t++) {
@@ -515,60 +552,76 @@ static void cpu_attention(float *out, const float *q, const float *k, const floa
                         v + (size_t)b * Tk * kv_stride + (size_t)h * D, heads, Tq, Tk, D,
                         q_stride, kv_stride, scale, causal, q0, bq, S, O, m, l);
     }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------
  * Elementwise and data movement. */
 
-static void cpu_add(float *out, const float *a, const float *b, size_t n) {
+static int cpu_add(ldm_backend *be, float *out, const float *a, const float *b, size_t n) {
+    (void)be;
 #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    return 0;
 }
-static void cpu_scale(float *out, const float *x, float s, size_t n) {
+static int cpu_scale(ldm_backend *be, float *out, const float *x, float s, size_t n) {
+    (void)be;
 #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = x[i] * s;
+    return 0;
 }
 /* Elementwise maps over large n: split into chunks, one per OpenMP iteration. */
 #define ELEM_CHUNK ((size_t)16384)
-static void cpu_silu(float *out, const float *x, size_t n) {
+static int cpu_silu(ldm_backend *be, float *out, const float *x, size_t n) {
+    (void)be;
     size_t nchunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t c = 0; c < nchunks; c++) {
         size_t s = c * ELEM_CHUNK, len = n - s < ELEM_CHUNK ? n - s : ELEM_CHUNK;
         silu_row(out + s, x + s, len, 1.0f, 0.0f, 1.0f);
     }
+    return 0;
 }
 /* GELU as 0.5·x·erfc(-x/√2), which equals 0.5·x·(1 + erf(x/√2)) without the
  * cancellation in 1 + erf for negative x. */
 static inline float gelu1(float x) { return 0.5f * x * erfcf(-x * 0.70710678118654752f); }
-static void cpu_gelu(float *out, const float *x, size_t n) {
+static int cpu_gelu(ldm_backend *be, float *out, const float *x, size_t n) {
+    (void)be;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = gelu1(x[i]);
+    return 0;
 }
-static void cpu_quick_gelu(float *out, const float *x, size_t n) {
+static int cpu_quick_gelu(ldm_backend *be, float *out, const float *x, size_t n) {
+    (void)be;
     size_t nchunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t c = 0; c < nchunks; c++) {
         size_t s = c * ELEM_CHUNK, len = n - s < ELEM_CHUNK ? n - s : ELEM_CHUNK;
         silu_row(out + s, x + s, len, 1.0f, 0.0f, 1.702f);
     }
+    return 0;
 }
-static void cpu_geglu(float *out, const float *x, int M, int N) {
+static int cpu_geglu(ldm_backend *be, float *out, const float *x, int M, int N) {
+    (void)be;
 #pragma omp parallel for schedule(static) if ((size_t)M * N >= PAR_MIN)
     for (int m = 0; m < M; m++) {
         const float *h = x + (size_t)m * 2 * N, *g = h + N;
         float *o = out + (size_t)m * N;
         for (int j = 0; j < N; j++) o[j] = h[j] * gelu1(g[j]);
     }
+    return 0;
 }
-static void cpu_add_channel_bias(float *x, const float *v, int N, int C, int HW) {
+static int cpu_add_channel_bias(ldm_backend *be, float *x, const float *v, int N, int C, int HW) {
+    (void)be;
 #pragma omp parallel for schedule(static) if ((size_t)N * C * HW >= PAR_MIN)
     for (int nc = 0; nc < N * C; nc++) {
         float b = v[nc], *row = x + (size_t)nc * HW;
         for (int i = 0; i < HW; i++) row[i] += b;
     }
+    return 0;
 }
-static void cpu_upsample_nearest2x(float *out, const float *x, int N, int C, int H, int W) {
+static int cpu_upsample_nearest2x(ldm_backend *be, float *out, const float *x, int N, int C, int H, int W) {
+    (void)be;
 #pragma omp parallel for schedule(static) if ((size_t)N * C * H * W >= PAR_MIN / 4)
     for (int r = 0; r < N * C * H; r++) { /* one input row -> two output rows */
         const float *src = x + (size_t)r * W;
@@ -576,6 +629,7 @@ static void cpu_upsample_nearest2x(float *out, const float *x, int N, int C, int
         for (int i = 0; i < W; i++) dst[2 * i] = dst[2 * i + 1] = src[i];
         memcpy(dst + 2 * W, dst, (size_t)2 * W * sizeof(float));
     }
+    return 0;
 }
 /* PyTorch's nearest source index for an explicit output size (UpSample.h nearest_idx):
  * min(floor(dst * (in / out)), in - 1), the scale and the product in float32. */
@@ -586,8 +640,9 @@ static inline int nearest_src(int dst, int in, int out) {
     int s = (int)floorf((float)dst * scale);
     return s < in - 1 ? s : in - 1;
 }
-static void cpu_upsample_nearest(float *out, const float *x, int N, int C, int H, int W, int Ho,
+static int cpu_upsample_nearest(ldm_backend *be, float *out, const float *x, int N, int C, int H, int W, int Ho,
                                  int Wo) {
+    (void)be;
 #pragma omp parallel for schedule(static) if ((size_t)N * C * Ho * Wo >= PAR_MIN / 4)
     for (int r = 0; r < N * C * Ho; r++) { /* one output row */
         int nc = r / Ho, oy = r % Ho;
@@ -595,14 +650,17 @@ static void cpu_upsample_nearest(float *out, const float *x, int N, int C, int H
         float *dst = out + (size_t)r * Wo;
         for (int i = 0; i < Wo; i++) dst[i] = src[nearest_src(i, W, Wo)];
     }
+    return 0;
 }
-static void cpu_concat_channels(float *out, const float *a, int Ca, const float *b, int Cb,
+static int cpu_concat_channels(ldm_backend *be, float *out, const float *a, int Ca, const float *b, int Cb,
                                 int N, int HW) {
+    (void)be;
     for (int n = 0; n < N; n++) {
         float *o = out + (size_t)n * (Ca + Cb) * HW;
         memcpy(o, a + (size_t)n * Ca * HW, (size_t)Ca * HW * sizeof(float));
         memcpy(o + (size_t)Ca * HW, b + (size_t)n * Cb * HW, (size_t)Cb * HW * sizeof(float));
     }
+    return 0;
 }
 /* out[n][j][i] = x[n][i][j] for x[N,R,Ccols]; tiled for the caches. */
 static void transpose(float *out, const float *x, int N, int R, int Ccols) {
@@ -618,61 +676,52 @@ static void transpose(float *out, const float *x, int N, int R, int Ccols) {
             for (int c = c0; c < c1; c++) os[(size_t)c * R + r] = xs[(size_t)r * Ccols + c];
     }
 }
-static void cpu_nchw_to_nhwc(float *out, const float *x, int N, int C, int HW) {
+static int cpu_nchw_to_nhwc(ldm_backend *be, float *out, const float *x, int N, int C, int HW) {
+    (void)be;
     transpose(out, x, N, C, HW);
+    return 0;
 }
-static void cpu_nhwc_to_nchw(float *out, const float *x, int N, int C, int HW) {
+static int cpu_nhwc_to_nchw(ldm_backend *be, float *out, const float *x, int N, int C, int HW) {
+    (void)be;
     transpose(out, x, N, HW, C);
+    return 0;
 }
-static void cpu_embedding(float *out, const ldm_tensor *table, const int32_t *ids, int n,
+static int cpu_embedding(ldm_backend *be, float *out, const ldm_tensor *table, const int32_t *ids, int n,
                           int C) {
+    (void)be;
     int64_t V = table->ndim >= 1 ? table->shape[0] : 0;
     for (int i = 0; i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= V) {
-            fprintf(stderr, "ldm: embedding %s: id %d outside [0, %lld)\n",
-                    table->name ? table->name : "?", (int)ids[i], (long long)V);
-            abort();
-        }
+        if (ids[i] < 0 || ids[i] >= V)   /* the front checks; kept for direct callers */
+            return ldm_backend_fail(be, "table %s: id %d outside [0, %lld)",
+                                    table->name ? table->name : "?", (int)ids[i], (long long)V);
         widen_serial(out + (size_t)i * C, table->f16 + (size_t)ids[i] * C, (size_t)C);
     }
+    return 0;
 }
-static void cpu_add_positional(float *out, const ldm_tensor *table, int B, int T, int C) {
-    float *pos = scratch(SCR_COLS, (size_t)T * C);
+static int cpu_add_positional(ldm_backend *be, float *out, const ldm_tensor *table, int B, int T, int C) {
+    float *pos = scratch(be, SCR_COLS, (size_t)T * C);
+    if (!pos) return -1;
     widen_serial(pos, table->f16, (size_t)T * C);
     size_t tc = (size_t)T * C;
     for (int b = 0; b < B; b++) {
         float *o = out + (size_t)b * tc;
         for (size_t i = 0; i < tc; i++) o[i] += pos[i];
     }
+    return 0;
 }
 
-const ldm_backend ldm_backend_cpu = {
+static int cpu_synchronize(ldm_backend *be) { (void)be; return 0; }
+
+const ldm_backend_ops ldm_backend_ops_cpu = {
     .name = "cpu",
+    .init = cpu_init,
+    .destroy = cpu_destroy,
     .alloc = cpu_alloc,
     .free = cpu_free,
-    .upload = cpu_memcpy,
-    .download = cpu_memcpy,
-    .copy = cpu_memcpy,
-    .fill = cpu_fill,
+    .upload = cpu_copy,
+    .download = cpu_copy,
     .synchronize = cpu_synchronize,
-    .prepare_weight = cpu_prepare_weight,
-    .linear = cpu_linear,
-    .conv2d = cpu_conv2d,
-    .group_norm = cpu_group_norm,
-    .layer_norm = cpu_layer_norm,
-    .attention = cpu_attention,
-    .add = cpu_add,
-    .scale = cpu_scale,
-    .silu = cpu_silu,
-    .gelu = cpu_gelu,
-    .quick_gelu = cpu_quick_gelu,
-    .geglu = cpu_geglu,
-    .add_channel_bias = cpu_add_channel_bias,
-    .upsample_nearest2x = cpu_upsample_nearest2x,
-    .upsample_nearest = cpu_upsample_nearest,
-    .concat_channels = cpu_concat_channels,
-    .nchw_to_nhwc = cpu_nchw_to_nhwc,
-    .nhwc_to_nchw = cpu_nhwc_to_nchw,
-    .embedding = cpu_embedding,
-    .add_positional = cpu_add_positional,
+#define LDM_X(name, params, args) .name = cpu_##name,
+    LDM_OPS(LDM_X)
+#undef LDM_X
 };

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/cli.h"
 #include "core/common.h"
 
 void ldm_history_print_header(FILE *f) {
@@ -16,7 +17,7 @@ void ldm_history_print_header(FILE *f) {
             "seed", "steps", "cfg", "sampler", "size", "prompt");
 }
 
-void ldm_history_print_row(FILE *f, const ldm_record *r) {
+void ldm_history_print_row(FILE *f, const ldm_gen_record *r) {
     char when[20], size[24], sampler[24];
     snprintf(when, sizeof when, "%.19s", r->created_at);
     for (char *p = when; *p; p++)
@@ -34,85 +35,29 @@ void ldm_history_print_row(FILE *f, const ldm_record *r) {
             r->status, (unsigned long long)r->seed, r->steps, r->guidance, sampler, size, prompt);
 }
 
-static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
-
-static json_t *record_json(const ldm_record *r) {
-    char seed[32];
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->seed);
-    json_t *o = json_object();
-    json_object_set_new(o, "id", json_integer(r->id));
-    json_object_set_new(o, "grid_id", r->grid_id ? json_integer(r->grid_id) : json_null());
-    json_object_set_new(o, "created_at", json_string(r->created_at));
-    json_object_set_new(o, "finished_at", r->finished_at[0] ? json_string(r->finished_at) : json_null());
-    json_object_set_new(o, "status", json_string(r->status));
-    json_object_set_new(o, "error", str_or_null(r->error));
-    json_object_set_new(o, "bundle_hash", str_or_null(r->bundle_hash));
-    json_object_set_new(o, "bundle_path", str_or_null(r->bundle_path));
-    json_object_set_new(o, "prompt", str_or_null(r->prompt));
-    json_object_set_new(o, "negative_prompt", str_or_null(r->negative_prompt));
-    /* seeds reach 2^64-1, beyond JSON's safe integers: a decimal string. */
-    json_object_set_new(o, "seed", json_string(seed));
-    json_object_set_new(o, "steps", json_integer(r->steps));
-    json_object_set_new(o, "guidance", json_real(r->guidance));
-    json_object_set_new(o, "scheduler", str_or_null(r->scheduler));
-    json_object_set_new(o, "karras", json_boolean(r->karras));
-    json_object_set_new(o, "eta", json_real(r->eta));
-    json_object_set_new(o, "timestep_spacing", str_or_null(r->timestep_spacing));
-    json_object_set_new(o, "width", json_integer(r->width));
-    json_object_set_new(o, "height", json_integer(r->height));
-    json_object_set_new(o, "clip_skip", json_integer(r->clip_skip));
-    json_object_set_new(o, "batch_size", json_integer(r->batch_size > 0 ? r->batch_size : 1));
-    json_object_set_new(o, "batch_index", json_integer(r->batch_index));
-    json_object_set_new(o, "replay_of", r->replay_of ? json_integer(r->replay_of) : json_null());
-    json_object_set_new(o, "backend", str_or_null(r->backend));
-    json_object_set_new(o, "ldm_version", str_or_null(r->ldm_version));
-    json_object_set_new(o, "output_path", str_or_null(r->output_path));
-    json_object_set_new(o, "png_sha256", str_or_null(r->png_sha256));
-    json_object_set_new(o, "t_text_ms", json_real(round(r->t_text_ms * 10) / 10));
-    json_object_set_new(o, "t_sampling_ms", json_real(round(r->t_sampling_ms * 10) / 10));
-    json_object_set_new(o, "t_decode_ms", json_real(round(r->t_decode_ms * 10) / 10));
-    json_object_set_new(o, "t_total_ms", json_real(round(r->t_total_ms * 10) / 10));
-    return o;
-}
-
-void ldm_history_print_json(FILE *f, const ldm_record *r) {
-    json_t *o = record_json(r);
-    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(15));
-    if (s) fprintf(f, "%s\n", s);
+void ldm_history_print_json(FILE *f, const ldm_gen_record *r) {
+    char *s = ldm_record_json(r);
+    fprintf(f, "%s\n", s);
     free(s);
-    json_decref(o);
 }
 
-void ldm_history_print_full(FILE *f, const ldm_record *r) {
-    json_t *o = record_json(r);
-    const char *key;
-    json_t *v;
-    json_object_foreach(o, key, v) {
-        if (json_is_string(v)) fprintf(f, "%-16s %s\n", key, json_string_value(v));
-        else if (json_is_null(v)) fprintf(f, "%-16s -\n", key);
-        else {
-            char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
-            fprintf(f, "%-16s %s\n", key, s ? s : "?");
-            free(s);
-        }
-    }
-    json_decref(o);
+void ldm_history_print_full(FILE *f, const ldm_gen_record *r) {
+    char *s = ldm_record_text(r);
+    fputs(s, f);
+    free(s);
 }
 
-static ldm_db *open_db(const char *db_path) {
+static ldm_db *open_db(const char *db_opt) {
     char path[4096];
-    if (!db_path) {
-        if (ldm_db_default_path(path, sizeof path) != 0) return NULL;
-        db_path = path;
-    }
-    ldm_db *db = ldm_db_open(db_path);
+    if (cli_db_path(db_opt, path, sizeof path) != 0) return NULL;
+    ldm_db *db = ldm_db_open(path);
     if (db) ldm_db_reap_interrupted(db);
     return db;
 }
 
 typedef struct { FILE *f; int json, rows; } print_ctx;
 
-static int print_one(const ldm_record *r, void *ctx) {
+static int print_one(const ldm_gen_record *r, void *ctx) {
     print_ctx *p = ctx;
     if (p->json) ldm_history_print_json(p->f, r);
     else {
@@ -144,7 +89,41 @@ static void history_usage(FILE *f) {
           f);
 }
 
-int ldm_cmd_history(int argc, char **argv, const char *db_path) {
+/* An ISO date or date-time as created_at is written (UTC): YYYY-MM-DD, optionally with
+ * "T" or " " and HH:MM, HH:MM:SS or HH:MM:SS.fff, optionally ending in Z.  Written to
+ * out in created_at's form ("T" separator, no Z) so text comparison is correct. */
+static int parse_when(const char *s, char *out, size_t n) {
+    int y, mo, d, h = 0, mi = 0, k = 0;
+    double sec = 0;
+    char sep = 0;
+    if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &k) != 3 || k != 10) return -1;
+    const char *p = s + 10;
+    if (*p == 'T' || *p == ' ') {
+        sep = 1;
+        int k2 = 0;
+        if (sscanf(p + 1, "%2d:%2d%n", &h, &mi, &k2) != 2 || k2 != 5) return -1;
+        p += 1 + k2;
+        if (*p == ':') {
+            char *end;
+            sec = strtod(p + 1, &end);
+            if (end == p + 1 || sec < 0 || sec >= 61) return -1;
+            p = end;
+        }
+    }
+    if (*p == 'Z') p++;
+    if (*p) return -1;
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (y < 1970 || y > 9999 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59)
+        return -1;
+    if (sep) snprintf(out, n, "%04d-%02d-%02dT%02d:%02d:%06.3f", y % 10000, mo % 100, d % 100,
+                      h % 100, mi % 100, sec);
+    else snprintf(out, n, "%04d-%02d-%02d", y % 10000, mo % 100, d % 100);
+    return 0;
+}
+
+int cli_history(int argc, char **argv) {
+    const char *db_path = NULL;
+    char since[40], until[40];
     static const struct option opts[] = {
         {"grep", required_argument, 0, 'G'},   {"since", required_argument, 0, 'S'},
         {"until", required_argument, 0, 'U'},  {"seed", required_argument, 0, 's'},
@@ -162,8 +141,17 @@ int ldm_cmd_history(int argc, char **argv, const char *db_path) {
     while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
         switch (c) {
         case 'G': f.grep = optarg; break;
-        case 'S': f.since = optarg; break;
-        case 'U': f.until = optarg; break;
+        case 'S': case 'U': {
+            char *buf = c == 'S' ? since : until;
+            if (parse_when(optarg, buf, sizeof since)) {
+                fprintf(stderr, "ldmgen history: --%s '%s': expected a UTC date or time such as "
+                        "2026-11-26 or 2026-11-26T10:00\n", c == 'S' ? "since" : "until", optarg);
+                return 2;
+            }
+            if (c == 'S') f.since = buf;
+            else f.until = buf;
+            break;
+        }
         case 'B': f.bundle = optarg; break;
         case 'D': db_path = optarg; break;
         case 'j': json = 1; break;
@@ -231,14 +219,8 @@ int ldm_cmd_history(int argc, char **argv, const char *db_path) {
     return rc ? 1 : 0;
 }
 
-static int show_one(const ldm_record *r, void *ctx) {
-    print_ctx *p = ctx;
-    if (p->json) ldm_history_print_json(p->f, r);
-    else ldm_history_print_full(p->f, r);
-    return 0;
-}
-
-int ldm_cmd_show(int argc, char **argv, const char *db_path) {
+int cli_show(int argc, char **argv) {
+    const char *db_path = NULL;
     int json = 0;
     const char *id_text = NULL;
     for (int i = 1; i < argc; i++) {
@@ -256,10 +238,15 @@ int ldm_cmd_show(int argc, char **argv, const char *db_path) {
     }
     ldm_db *db = open_db(db_path);
     if (!db) { fprintf(stderr, "ldmgen show: %s\n", ldm_last_error()); return 1; }
-    print_ctx p = {stdout, json, 0};
-    int found = ldm_db_get(db, id, show_one, &p);
+    ldm_gen_record r;
+    int found = ldm_db_get(db, id, &r);
     if (found < 0) fprintf(stderr, "ldmgen show: %s\n", ldm_last_error());
     else if (found == 0) fprintf(stderr, "ldmgen show: no generation %lld in %s\n", id, ldm_db_path(db));
+    if (found == 1) {
+        if (json) ldm_history_print_json(stdout, &r);
+        else ldm_history_print_full(stdout, &r);
+        ldm_record_free(&r);
+    }
     ldm_db_close(db);
     return found == 1 ? 0 : 1;
 }

@@ -8,15 +8,15 @@
 #include "app/db.h"
 
 void ldm_history_print_header(FILE *f);
-void ldm_history_print_row(FILE *f, const ldm_record *r);
+void ldm_history_print_row(FILE *f, const ldm_gen_record *r);
 /* One JSON object on one line (every field of the record). */
-void ldm_history_print_json(FILE *f, const ldm_record *r);
+void ldm_history_print_json(FILE *f, const ldm_gen_record *r);
 /* Every field, one "name: value" per line. */
-void ldm_history_print_full(FILE *f, const ldm_record *r);
+void ldm_history_print_full(FILE *f, const ldm_gen_record *r);
 
 /* `ldmgen history [filters]` and `ldmgen show ID`: argv[0] is the subcommand name.
  * db_path may be NULL (default path).  Return the process exit code. */
-int ldm_cmd_history(int argc, char **argv, const char *db_path);
-int ldm_cmd_show(int argc, char **argv, const char *db_path);
+int cli_history(int argc, char **argv);
+int cli_show(int argc, char **argv);
 
 #endif

@@ -1,11 +1,11 @@
 /* ldmgen_main.c - the ldmgen command: parse and check the arguments, then call the
- * library (generate.c runs the job: history, cache, PNG files, grid, replay).  No model
- * logic lives here.
+ * library (app/job.c runs the job: history, cache, PNG files, grid).  No model logic
+ * lives here; this layer alone prints, reads the environment and chooses exit codes.
  *
  *   ldmgen [options] [--] "prompt"              generate image(s) or a grid
  *   ldmgen tokenize [--bundle FILE] [--] "prompt" print the 77 input ids
  *   ldmgen history ... / ldmgen show ID          the generation history (history.c)
- *   ldmgen replay ID|IMAGE.png                   regenerate and compare (generate.c)
+ *   ldmgen replay ID|IMAGE.png                   regenerate and compare (replay.c)
  *
  * A prompt equal to a subcommand's name is given after "--": ldmgen -- history.
  *
@@ -24,19 +24,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "format/bundle.h"
-#include "core/common.h"
-#include "app/generate.h"
 #include "app/grid.h"
+#include "app/job.h"
+#include "cli/cli.h"
 #include "cli/history.h"
+#include "cli/replay.h"
+#include "core/common.h"
+#include "format/bundle.h"
+#include "model/tokenizer.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/scheduler.h"
-#include "model/tokenizer.h"
-
-#ifndef LDM_DATADIR
-#define LDM_DATADIR "/usr/local/share/ldm"
-#endif
-#define DEFAULT_BUNDLE_NAME "default.ldmb"
 
 static const char USAGE[] =
     "usage: ldmgen [options] [--] \"prompt\"\n"
@@ -47,9 +44,9 @@ static const char USAGE[] =
     "\n"
     "Generate an image from a text prompt with a Stable Diffusion bundle (.ldmb).\n"
     "\n"
-    "      --bundle FILE        model bundle; default: $LDM_BUNDLE, else\n"
-    "                           " LDM_DATADIR "/" DEFAULT_BUNDLE_NAME " if it exists,\n"
-    "                           else ./bundle/" DEFAULT_BUNDLE_NAME "\n"
+    "      --bundle FILE        model bundle; default: $LDM_BUNDLE, else default.ldmb in\n"
+    "                           ../share/ldm beside the program, the installed data\n"
+    "                           folder, ./bundle or ../bundle beside the program\n"
     "  -o, --output FILE        PNG to write (default out.png); with -b N > 1 the files are\n"
     "                           FILE-0001.png ... FILE-000N.png (stem of FILE + number)\n"
     "  -g, --guidance G         classifier-free guidance scale, 0..100 (default 7.5;\n"
@@ -82,7 +79,7 @@ static const char USAGE[] =
     "      --version            print the version\n"
     "\n"
     "Environment: LDM_BUNDLE (default bundle), LDM_DB (history database),\n"
-    "LDM_BACKEND=cpu (do not use the GPU).\n"
+    "LDM_BACKEND=cpu|cuda (default: CUDA when a GPU is usable).\n"
     "Exit status: 0 success, 1 runtime error, 2 usage error, 130 interrupted.\n"
     "See ldmgen(1).\n";
 
@@ -97,10 +94,8 @@ static int usage_error(const char *fmt, ...) {
     return 2;
 }
 
-static int runtime_error(const char *msg) {
-    fprintf(stderr, "ldmgen: %s\n", msg);
-    return 1;
-}
+/* The current library error as an exit code, printed. */
+static int fail(ldm_status st) { return cli_exit("ldmgen", st, ldm_last_error()); }
 
 /* ---- argument values ---- */
 
@@ -138,20 +133,6 @@ static int parse_seed(const char *s, uint64_t *out) {
     return 0;
 }
 
-static int file_exists(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
-/* --bundle, else $LDM_BUNDLE, else the installed default, else ./bundle/default.ldmb. */
-static const char *resolve_bundle(const char *opt) {
-    if (opt) return opt;
-    const char *env = getenv("LDM_BUNDLE");
-    if (env && *env) return env;
-    if (file_exists(LDM_DATADIR "/" DEFAULT_BUNDLE_NAME)) return LDM_DATADIR "/" DEFAULT_BUNDLE_NAME;
-    return "bundle/" DEFAULT_BUNDLE_NAME;
-}
-
 /* ---- interrupt: SIGINT/SIGTERM set a flag the pipeline checks between steps ---- */
 
 static volatile int interrupted;
@@ -187,16 +168,17 @@ static int cmd_tokenize(int argc, char **argv) {
     }
     if (argc - optind != 1)
         return usage_error("tokenize: expected one prompt argument, got %d", argc - optind);
-    const char *path = resolve_bundle(bundle_opt);
+    char path[4096];
+    if (cli_bundle_path(bundle_opt, path, sizeof path)) return fail(LDM_RUNTIME);
     ldm_bundle *b = ldm_bundle_open(path);
-    if (!b) return runtime_error(ldm_last_error());
+    if (!b) return fail(ldm_last_status());
     ldm_tokenizer *tok = ldm_bundle_tokenizer(b);
-    if (!tok) { ldm_bundle_close(b); return runtime_error(ldm_last_error()); }
+    if (!tok) { ldm_bundle_close(b); return fail(LDM_DATA); }
     int T = ldm_tokenizer_get_info(tok).max_length;
     int32_t *ids = ldm_xmalloc(sizeof(int32_t) * (size_t)T);
     int trunc = 0, rc = 0;
     if (ldm_tokenize(tok, argv[optind], ids, T, &trunc) < 0) {
-        rc = runtime_error(ldm_last_error());
+        rc = fail(LDM_USAGE);
     } else {
         if (trunc) ldm_warn("the prompt is longer than %d tokens; it was truncated", T - 2);
         for (int i = 0; i < T; i++) printf(i ? " %d" : "%d", (int)ids[i]);
@@ -211,12 +193,14 @@ static int cmd_tokenize(int argc, char **argv) {
 /* ---- ldmgen ---- */
 
 int main(int argc, char **argv) {
+    cli_init("ldmgen");
+    signal(SIGXFSZ, SIG_IGN);   /* a file-size limit is a write error, not a kill */
     if (argc > 1 && !strcmp(argv[1], "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
-    if (argc > 1 && !strcmp(argv[1], "history")) return ldm_cmd_history(argc - 1, argv + 1, NULL);
-    if (argc > 1 && !strcmp(argv[1], "show")) return ldm_cmd_show(argc - 1, argv + 1, NULL);
+    if (argc > 1 && !strcmp(argv[1], "history")) return cli_history(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "show")) return cli_show(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "replay")) {
         catch_signals();
-        return ldm_cmd_replay(argc - 1, argv + 1, &interrupted);
+        return cli_replay(argc - 1, argv + 1, &interrupted);
     }
 
     enum { O_BUNDLE = 256, O_SEED, O_NEG, O_SCHED, O_KARRAS, O_ETA, O_SPACING, O_CLIPSKIP,
@@ -313,12 +297,12 @@ int main(int argc, char **argv) {
             if (k < 0) return usage_error("%s", ldm_last_error());
             if (axis == 'g') {
                 if (have_g++) return usage_error("--grid g=... given twice");
-                job.grid_rows = k;
-                memcpy(job.grid_guidance, v, sizeof(double) * (size_t)k);
+                job.grid.rows = k;
+                memcpy(job.grid.guidance, v, sizeof(double) * (size_t)k);
             } else {
                 if (have_n++) return usage_error("--grid n=... given twice");
-                job.grid_cols = k;
-                for (int i = 0; i < k; i++) job.grid_steps[i] = (int)v[i];
+                job.grid.cols = k;
+                for (int i = 0; i < k; i++) job.grid.steps[i] = (int)v[i];
             }
             break;
         }
@@ -326,8 +310,8 @@ int main(int argc, char **argv) {
             if (!*optarg) return usage_error("--save-latent: empty file name");
             job.latent_output = optarg;
             break;
-        case 'q': ldm_verbosity = 0; break;
-        case 'v': ldm_verbosity = 2; break;
+        case 'q': cli_verbosity = 0; break;
+        case 'v': cli_verbosity = 2; break;
         case 'h': fputs(USAGE, stdout); return 0;
         case O_VERSION: printf("ldmgen (ldm) %s\n", LDM_VERSION); return 0;
         case ':': return usage_error("option %s needs a value", name);
@@ -346,12 +330,20 @@ int main(int argc, char **argv) {
     /* one grid axis alone: the other takes the -g / -n value */
     if (have_g || have_n) {
         if (prm->batch > 1) return usage_error("--grid makes one image per cell; -b does not apply");
-        if (!have_g) { job.grid_rows = 1; job.grid_guidance[0] = prm->guidance; }
-        if (!have_n) { job.grid_cols = 1; job.grid_steps[0] = prm->steps; }
+        if (!have_g) { job.grid.rows = 1; job.grid.guidance[0] = prm->guidance; }
+        if (!have_n) { job.grid.cols = 1; job.grid.steps[0] = prm->steps; }
     }
-    job.bundle_path = resolve_bundle(bundle_opt);
-    job.progress_bar = ldm_verbosity > 0 && isatty(2);
+    char bundle[4096], db[4096];
+    if (cli_bundle_path(bundle_opt, bundle, sizeof bundle)) return fail(LDM_RUNTIME);
+    job.bundle_path = bundle;
+    if (!job.no_history || !job.no_cache) {
+        if (cli_db_path(job.db_path, db, sizeof db) == 0) job.db_path = db;
+        else if (!job.no_history) ldm_warn("history not recorded: %s", ldm_last_error());
+    }
+    if (cli_job_setup(&job)) return fail(LDM_USAGE);
     job.interrupt = &interrupted;
     catch_signals();
-    return ldm_job_run(&job);
+    ldm_status st = ldm_job_run(&job);
+    cli_job_done(&job);
+    return fail(st);
 }

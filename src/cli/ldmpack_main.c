@@ -5,10 +5,13 @@
  *   ldmpack --verify model.ldmb          check every checksum
  * Exit status: 0 success, 1 runtime or data error, 2 usage error.
  */
-#include "core/common.h"
 #include "app/pack.h"
+#include "cli/cli.h"
+#include "core/common.h"
+#include "format/bundle.h"
 
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -57,6 +60,8 @@ int main(int argc, char **argv) {
         { "verbose", no_argument, 0, 'v' },            { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, O_VERSION },      { 0, 0, 0, 0 },
     };
+    cli_init("ldmpack");
+    signal(SIGXFSZ, SIG_IGN);   /* a file-size limit is a write error, not a kill */
     ldm_pack_opts po = { 0 };
     int info = 0, json = 0, verify = 0, c;
     opterr = 0;
@@ -73,8 +78,8 @@ int main(int argc, char **argv) {
         case O_INFO: info = 1; break;
         case O_JSON: json = 1; break;
         case O_VERIFY: verify = 1; break;
-        case 'q': ldm_verbosity = 0; break;
-        case 'v': ldm_verbosity = 2; break;
+        case 'q': cli_verbosity = 0; break;
+        case 'v': cli_verbosity = 2; break;
         case 'h': fputs(USAGE, stdout); return 0;
         case O_VERSION: printf("ldmpack %s (bundle format %d)\n", LDM_VERSION, LDMB_FORMAT_VERSION); return 0;
         case ':': {

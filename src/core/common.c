@@ -10,14 +10,42 @@
 #include <unistd.h>
 
 static _Thread_local char err_buf[2048];
-int ldm_verbosity = 1;
+static _Thread_local ldm_status err_kind = LDM_RUNTIME;
 
 int ldm_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err_buf, sizeof err_buf, fmt, ap);
     va_end(ap);
+    err_kind = LDM_RUNTIME;
     return -1;
+}
+
+int ldm_error_kind(ldm_status kind, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    va_end(ap);
+    err_kind = kind == LDM_OK ? LDM_RUNTIME : kind;
+    return -1;
+}
+
+ldm_status ldm_last_status(void) { return err_kind; }
+
+int ldm_error_set_kind(ldm_status kind) {
+    err_kind = kind == LDM_OK ? LDM_RUNTIME : kind;
+    return -1;
+}
+
+const char *ldm_status_name(ldm_status s) {
+    switch (s) {
+    case LDM_OK: return "ok";
+    case LDM_USAGE: return "usage error";
+    case LDM_DATA: return "data error";
+    case LDM_RUNTIME: return "runtime error";
+    case LDM_INTERRUPTED: return "interrupted";
+    }
+    return "error";
 }
 
 int ldm_error_prefix(const char *fmt, ...) {
@@ -39,25 +67,37 @@ int ldm_error_prefix(const char *fmt, ...) {
 
 const char *ldm_last_error(void) { return err_buf; }
 
+static ldm_log_fn log_fn;
+static void *log_user;
+
+void ldm_set_log_handler(ldm_log_fn fn, void *user) {
+    log_fn = fn;
+    log_user = user;
+}
+
+static void emit(int level, int warning, const char *fmt, va_list ap) {
+    if (!log_fn) return;
+    char buf[4096];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    log_fn(log_user, level, warning, buf);
+}
+
 void ldm_log(int level, const char *fmt, ...) {
-    if (level > ldm_verbosity) return;
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    emit(level, 0, fmt, ap);
     va_end(ap);
 }
 
 void ldm_warn(const char *fmt, ...) {
     va_list ap;
-    fputs("warning: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    emit(0, 1, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 static void out_of_memory(size_t n) {
-    fprintf(stderr, "ldm: out of memory (allocating %zu bytes)\n", n);
+    ldm_log(0, "ldm: out of memory (allocating %zu bytes)\n", n);
     abort();
 }
 

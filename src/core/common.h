@@ -20,18 +20,47 @@
 #define LDM_PRINTF(a, b)
 #endif
 
-/* Set the current error message (printf-style).  Always returns -1. */
+/* What kind of failure the current error is.  Public calls of the library return an
+ * ldm_status; only src/cli turns one into an exit code (usage 2, data and runtime 1,
+ * interrupted 130) and a message on stderr.
+ *   LDM_USAGE       the caller's parameters are wrong (a flag, a size, a range)
+ *   LDM_DATA        a file's content is wrong (a bundle, a config, a PNG, a database row)
+ *   LDM_RUNTIME     the system or a backend failed (I/O, memory, a kernel, a NaN)
+ *   LDM_INTERRUPTED stopped by the caller's interrupt flag                        */
+typedef enum ldm_status {
+    LDM_OK = 0,
+    LDM_USAGE,
+    LDM_DATA,
+    LDM_RUNTIME,
+    LDM_INTERRUPTED,
+} ldm_status;
+
+/* Set the current error message (printf-style), kind LDM_RUNTIME.  Always returns -1. */
 int ldm_error(const char *fmt, ...) LDM_PRINTF(1, 2);
+/* The same with an explicit kind.  Always returns -1. */
+int ldm_error_kind(ldm_status kind, const char *fmt, ...) LDM_PRINTF(2, 3);
+/* The kind of the current error (LDM_RUNTIME unless set otherwise). */
+ldm_status ldm_last_status(void);
+/* Change the kind of the current error, keeping its message.  Always returns -1. */
+int ldm_error_set_kind(ldm_status kind);
+/* "ok", "usage error", "data error", "runtime error", "interrupted". */
+const char *ldm_status_name(ldm_status s);
 /* Prepend "prefix: " to the current message.  Always returns -1. */
 int ldm_error_prefix(const char *fmt, ...) LDM_PRINTF(1, 2);
 const char *ldm_last_error(void);
 
-/* Verbosity: 0 quiet, 1 normal, 2 verbose.  ldm_log(level, ...) prints to stderr. */
-extern int ldm_verbosity;
+/* Messages.  The library never writes to a stream: ldm_log and ldm_warn hand each
+ * message to the handler the program installed (src/cli prints them on stderr), and
+ * drop it when there is none.  level: 0 always, 1 normal, 2 verbose (the handler
+ * decides what to show); warnings are level 0 with warning set. */
+typedef void (*ldm_log_fn)(void *user, int level, int warning, const char *msg);
+void ldm_set_log_handler(ldm_log_fn fn, void *user);
 void ldm_log(int level, const char *fmt, ...) LDM_PRINTF(2, 3);
 void ldm_warn(const char *fmt, ...) LDM_PRINTF(1, 2);
 
-/* malloc/calloc that abort with a message on failure (out of memory is not recoverable). */
+/* malloc/calloc that abort on failure (out of memory is not recoverable here; sizes
+ * read from files are checked against limits before they reach an allocation).  The
+ * message goes to the log handler first. */
 void *ldm_xmalloc(size_t n);
 void *ldm_xcalloc(size_t n, size_t size);
 char *ldm_xstrdup(const char *s);

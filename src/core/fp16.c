@@ -6,7 +6,6 @@
  * compiler's _Float16 support.
  */
 #include "core/fp16.h"
-#include "backend/ops.h"
 
 #include <string.h>
 

@@ -1,6 +1,5 @@
 /* fp16.h - IEEE half <-> float conversion in bulk.
  *
- * The scalar conversions ldm_f16_to_f32 / ldm_f32_to_f16 are declared in ops.h.
  * Rounding float -> half is round-to-nearest-even; values beyond the half range
  * become ±Inf and NaN stays NaN (quiet).  Half -> float is exact.
  */
@@ -11,6 +10,11 @@
 #include <stdint.h>
 
 #define LDM_F16_MAX 65504.0f
+
+/* One value: half -> float (exact), float -> half (round to nearest even; overflow
+ * gives ±Inf). */
+float ldm_f16_to_f32(uint16_t h);
+uint16_t ldm_f32_to_f16(float f);
 
 /* dst[i] = float(src[i]) for i < n.  Branch-free, so the compiler vectorises it. */
 void ldm_f16_to_f32_row(float *dst, const uint16_t *src, size_t n);

@@ -122,7 +122,7 @@ static int add_member(ldm_bundle *b, const char *name, uint64_t off, uint64_t si
         if (strcmp(b->m[i].name, name) == 0)
             return ldm_error("%s: duplicate member '%s'", b->path, name);
     b->m = realloc(b->m, (b->nm + 1) * sizeof *b->m);
-    if (!b->m) { fprintf(stderr, "ldm: out of memory\n"); abort(); }
+    if (!b->m) { ldm_log(0, "ldm: out of memory\n"); abort(); }
     b->m[b->nm++] = (member){ ldm_xstrdup(name), off, size, NULL };
     return 0;
 }

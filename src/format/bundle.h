@@ -19,19 +19,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/tensor.h"
+
 #define LDMB_FORMAT_VERSION 1
 
-typedef struct ldm_tensor {
-    const char *name;        /* "unet.conv_in.weight" */
-    int ndim;                /* 0..4 */
-    int64_t shape[4];
-    int64_t numel;
-    const uint16_t *f16;     /* IEEE half data inside the mapping (64-byte aligned) */
-    uint64_t offset;         /* byte offset of the data within weights.bin */
-    uint32_t crc32;          /* zlib crc32 of the fp16 bytes */
-    void *dev;               /* backend-owned copy (e.g. on the GPU), NULL on the CPU */
-    int used;                /* set by ldm_bundle_need: some loader asked for it */
-} ldm_tensor;
+/* ldm_tensor (core/tensor.h): a tensor of the bundle, pointing into the mapping. */
 
 typedef struct ldm_bundle ldm_bundle;
 

@@ -8,7 +8,6 @@
 #include "format/safetensors.h"
 #include "core/common.h"
 #include "core/fp16.h"
-#include "backend/ops.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -54,7 +53,7 @@ static ldm_st_tensor *push_tensor(ldm_safetensors *st) {
     if (st->n == st->cap) {
         st->cap = st->cap ? 2 * st->cap : 64;
         ldm_st_tensor *nt = realloc(st->t, st->cap * sizeof *nt);
-        if (!nt) { fprintf(stderr, "ldm: out of memory\n"); abort(); }
+        if (!nt) { ldm_log(0, "ldm: out of memory\n"); abort(); }
         st->t = nt;
     }
     ldm_st_tensor *t = &st->t[st->n++];

@@ -30,7 +30,8 @@ typedef struct {
 } clip_layer;
 
 struct ldm_clip {
-    const ldm_backend *be;
+    ldm_backend *be;
+    void *weights;                       /* the backend's copy of the weights, or NULL */
     int hidden, inter, n_layers, heads, max_pos, vocab, act;
     float eps;
     ldm_tensor *tok_emb, *pos_emb;       /* [vocab, C], [max_pos, C] */
@@ -85,12 +86,12 @@ out:
     return rc;
 }
 
-ldm_clip *ldm_clip_load(const ldm_bundle *b, const ldm_backend *be) {
+ldm_clip *ldm_clip_load(const ldm_bundle *b, ldm_backend *be) {
     ldm_clip *m = ldm_xcalloc(1, sizeof *m);
     m->be = be;
     if (read_config(m, b)) { free(m); return NULL; }
     const int C = m->hidden, I = m->inter;
-    ldm_loader L = {b, be, 0};
+    ldm_loader L = {b, be, 0, NULL, 0, 0};
     m->tok_emb = ldm_load_weight(&L, LDM_MAT(m->vocab, C), PFX "embeddings.token_embedding.weight");
     m->pos_emb = ldm_load_weight(&L, LDM_MAT(m->max_pos, C),
                                  PFX "embeddings.position_embedding.weight");
@@ -118,12 +119,13 @@ ldm_clip *ldm_clip_load(const ldm_bundle *b, const ldm_backend *be) {
     }
     m->final_ln_w = ldm_load_weight(&L, LDM_VEC(C), PFX "final_layer_norm.weight");
     m->final_ln_b = ldm_load_weight(&L, LDM_VEC(C), PFX "final_layer_norm.bias");
-    if (L.failed) { ldm_clip_free(m); return NULL; }
+    if (ldm_loader_finish(&L, &m->weights)) { ldm_clip_free(m); return NULL; }
     return m;
 }
 
 void ldm_clip_free(ldm_clip *m) {
     if (!m) return;
+    ldm_be_release_weights(m->be, m->weights);
     free(m->layers);
     free(m);
 }
@@ -133,7 +135,7 @@ int ldm_clip_max_length(const ldm_clip *m) { return m->max_pos; }
 
 /* The forward pass on backend `be`.  ids (host) and out (host) may be NULL on the dry
  * backend, where only the arena's peak matters. */
-static void clip_forward(const ldm_clip *m, const ldm_backend *be, ldm_arena *a,
+static void clip_forward(const ldm_clip *m, ldm_backend *be, ldm_arena *a,
                          const int32_t *ids, int B, int clip_skip, float *out) {
     const int T = m->max_pos, C = m->hidden, I = m->inter, H = m->heads, D = C / H;
     const int M = B * T;
@@ -146,35 +148,37 @@ static void clip_forward(const ldm_clip *m, const ldm_backend *be, ldm_arena *a,
     float *v = ldm_arena_alloc(a, MC);                /* [B, T, C] */
     float *mlp = ldm_arena_alloc(a, (size_t)M * I);   /* [B, T, I] */
 
-    be->embedding(x, m->tok_emb, ids, M, C);          /* [B, T, C] */
-    be->add_positional(x, m->pos_emb, B, T, C);
+    if (ids) ldm_op_embedding(be, x, m->tok_emb, ids, M, C);   /* [B, T, C] (no ids: dry) */
+    ldm_op_add_positional(be, x, m->pos_emb, B, T, C);
     const int n_run = m->n_layers + 1 - clip_skip;    /* hidden_states[-clip_skip] */
     const float scale = 1.0f / sqrtf((float)D);
     for (int l = 0; l < n_run; l++) {
         const clip_layer *y = &m->layers[l];
-        be->layer_norm(h, x, y->ln1_w, y->ln1_b, M, C, m->eps);
-        be->linear(q, h, y->q_w, y->q_b, M, C, C);
-        be->linear(k, h, y->k_w, y->k_b, M, C, C);
-        be->linear(v, h, y->v_w, y->v_b, M, C, C);
-        be->attention(h, q, k, v, B, H, T, T, D, C, C, scale, 1);   /* [B, T, C] */
-        be->linear(q, h, y->o_w, y->o_b, M, C, C);
-        be->add(x, x, q, MC);
-        be->layer_norm(h, x, y->ln2_w, y->ln2_b, M, C, m->eps);
-        be->linear(mlp, h, y->fc1_w, y->fc1_b, M, C, I);          /* [B, T, I] */
-        if (m->act == ACT_QUICK_GELU) be->quick_gelu(mlp, mlp, (size_t)M * I);
-        else be->gelu(mlp, mlp, (size_t)M * I);
-        be->linear(h, mlp, y->fc2_w, y->fc2_b, M, I, C);          /* [B, T, C] */
-        be->add(x, x, h, MC);
+        ldm_op_layer_norm(be, h, x, y->ln1_w, y->ln1_b, M, C, m->eps);
+        ldm_op_linear(be, q, h, y->q_w, y->q_b, M, C, C);
+        ldm_op_linear(be, k, h, y->k_w, y->k_b, M, C, C);
+        ldm_op_linear(be, v, h, y->v_w, y->v_b, M, C, C);
+        ldm_op_attention(be, h, q, k, v, B, H, T, T, D, C, C, scale, 1);   /* [B, T, C] */
+        ldm_op_linear(be, q, h, y->o_w, y->o_b, M, C, C);
+        ldm_op_add(be, x, x, q, MC);
+        ldm_op_layer_norm(be, h, x, y->ln2_w, y->ln2_b, M, C, m->eps);
+        ldm_op_linear(be, mlp, h, y->fc1_w, y->fc1_b, M, C, I);          /* [B, T, I] */
+        if (m->act == ACT_QUICK_GELU) ldm_op_quick_gelu(be, mlp, mlp, (size_t)M * I);
+        else ldm_op_gelu(be, mlp, mlp, (size_t)M * I);
+        ldm_op_linear(be, h, mlp, y->fc2_w, y->fc2_b, M, I, C);          /* [B, T, C] */
+        ldm_op_add(be, x, x, h, MC);
     }
-    be->layer_norm(h, x, m->final_ln_w, m->final_ln_b, M, C, m->eps);
-    if (out) be->download(out, h, MC);
+    ldm_op_layer_norm(be, h, x, m->final_ln_w, m->final_ln_b, M, C, m->eps);
+    if (out) ldm_be_download(be, out, h, MC);
     ldm_arena_reset(a, mark);
 }
 
 size_t ldm_clip_arena_bytes(const ldm_clip *m, int B) {
     ldm_arena a;
     ldm_arena_measure(&a);
-    clip_forward(m, &ldm_backend_dry, &a, NULL, B, 1, NULL);
+    ldm_backend *dry = ldm_backend_new("dry", NULL);
+    clip_forward(m, dry, &a, NULL, B, 1, NULL);
+    ldm_backend_free(dry);
     return a.peak;
 }
 
@@ -190,5 +194,5 @@ int ldm_clip_encode(ldm_clip *m, ldm_arena *a, const int32_t *ids, int B, int cl
                              "vocabulary (0..%d)", (int)ids[i], i / m->max_pos,
                              i % m->max_pos, m->vocab - 1);
     clip_forward(m, m->be, a, ids, B, clip_skip, out);
-    return 0;
+    return ldm_backend_status(m->be);
 }

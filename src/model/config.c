@@ -5,6 +5,8 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include <stdlib.h>
+
 #include "core/common.h"
 
 static const char *json_kind(const json_t *v) {
@@ -246,11 +248,26 @@ ldm_tensor *ldm_load_weight(ldm_loader *L, int ndim, int64_t d0, int64_t d1, int
     const int64_t shape[4] = {d0, d1, d2, d3};
     ldm_tensor *t = ldm_bundle_need(L->b, name, ndim, shape);
     if (!t) { L->failed = 1; return NULL; }
-    if (L->be->prepare_weight && L->be->prepare_weight(t)) {
-        ldm_error_prefix("%s: preparing %s for the %s backend", ldm_bundle_path(L->b), name,
-                         L->be->name);
-        L->failed = 1;
-        return NULL;
+    if (L->n == L->cap) {
+        L->cap = L->cap ? 2 * L->cap : 256;
+        ldm_tensor **w = realloc(L->w, L->cap * sizeof *w);
+        if (!w) { L->failed = 1; ldm_error("out of memory listing weights"); return NULL; }
+        L->w = w;
     }
+    L->w[L->n++] = t;
     return t;
+}
+
+int ldm_loader_finish(ldm_loader *L, void **weights_buf) {
+    *weights_buf = NULL;
+    int rc = L->failed ? -1 : 0;
+    if (!rc && L->be && ldm_be_prepare_weights(L->be, L->w, L->n, weights_buf)) {
+        ldm_error_prefix("%s: preparing %zu weights for the %s backend",
+                         L->b ? ldm_bundle_path(L->b) : "model", L->n, ldm_backend_name(L->be));
+        rc = -1;
+    }
+    free(L->w);
+    L->w = NULL;
+    L->n = L->cap = 0;
+    return rc;
 }

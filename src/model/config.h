@@ -19,9 +19,9 @@
 
 #include <jansson.h>
 
-#include "format/bundle.h"
-#include "core/common.h"
 #include "backend/ops.h"
+#include "core/common.h"
+#include "format/bundle.h"
 
 /* Parse `text` as a JSON object.  NULL with an error naming `member` on failure.
  * The caller json_decref()s the result. */
@@ -58,25 +58,34 @@ int cfg_bool_or_list_or(const json_t *j, const char *member, const char *field, 
 int cfg_str_list(const json_t *j, const char *member, const char *field, const char **out,
                  int max, int *n);
 
-/* ---- Weights: look up, check the shape, prepare for the backend ----
+/* ---- Weights: look up, check the shape, then prepare them for the backend at once ----
  * The first failure is kept (its message names the tensor) and every later call returns
- * NULL at once, so a loader can fetch all its weights and test L.failed once at the end:
+ * NULL at once, so a loader can fetch all its weights and test L.failed once at the end.
+ * ldm_loader_finish hands every weight fetched to the backend in one call (CUDA: one
+ * device allocation for the model), returned in *weights_buf for
+ * ldm_be_release_weights when the model is freed:
  *
- *   ldm_loader L = {b, be, 0};
+ *   ldm_loader L = {b, be};
  *   w = ldm_load_weight(&L, LDM_CONV(cout, cin, 3), "vae.decoder.up_blocks.%d.resnets.%d.conv1.weight", i, j);
- *   if (L.failed) goto fail;
+ *   if (ldm_loader_finish(&L, &m->weights_buf)) goto fail;
  */
 typedef struct ldm_loader {
     const ldm_bundle *b;
-    const ldm_backend *be;
+    ldm_backend *be;
     int failed;
+    ldm_tensor **w;      /* every weight fetched, in order */
+    size_t n, cap;
 } ldm_loader;
+
+/* Prepare the fetched weights (unless a fetch failed) and free the list.  0, or -1 with
+ * ldm_error (the failed fetch's message, or the backend's). */
+int ldm_loader_finish(ldm_loader *L, void **weights_buf);
 
 #define LDM_VEC(n) 1, (int64_t)(n), 0, 0, 0
 #define LDM_MAT(n, k) 2, (int64_t)(n), (int64_t)(k), 0, 0
 #define LDM_CONV(cout, cin, k) 4, (int64_t)(cout), (int64_t)(cin), (int64_t)(k), (int64_t)(k)
 
-/* ldm_bundle_need(name formatted from fmt, shape) then be->prepare_weight. */
+/* ldm_bundle_need(name formatted from fmt, shape), remembered for ldm_loader_finish. */
 ldm_tensor *ldm_load_weight(ldm_loader *L, int ndim, int64_t d0, int64_t d1, int64_t d2,
                             int64_t d3, const char *fmt, ...) LDM_PRINTF(7, 8);
 

@@ -9,12 +9,12 @@
 #ifndef LDM_MODEL_H
 #define LDM_MODEL_H
 
-#include "format/bundle.h"
 #include "backend/ops.h"
+#include "format/bundle.h"
 
 /* ---- CLIP text encoder (transformers CLIPTextModel) ---- */
 typedef struct ldm_clip ldm_clip;
-ldm_clip *ldm_clip_load(const ldm_bundle *b, const ldm_backend *be);
+ldm_clip *ldm_clip_load(const ldm_bundle *b, ldm_backend *be);
 void ldm_clip_free(ldm_clip *m);
 int ldm_clip_hidden_size(const ldm_clip *m);
 int ldm_clip_max_length(const ldm_clip *m);  /* max_position_embeddings, 77 */
@@ -26,7 +26,7 @@ int ldm_clip_encode(ldm_clip *m, ldm_arena *a, const int32_t *ids, int B, int cl
 
 /* ---- UNet (diffusers UNet2DConditionModel, SD 1.x / 2.x family) ---- */
 typedef struct ldm_unet ldm_unet;
-ldm_unet *ldm_unet_load(const ldm_bundle *b, const ldm_backend *be);
+ldm_unet *ldm_unet_load(const ldm_bundle *b, ldm_backend *be);
 void ldm_unet_free(ldm_unet *m);
 /* A weightless UNet from config.json text, on the dry backend only: for memory planning
  * (ldm_unet_arena_bytes) of a model without its weights.  NULL + ldm_error if refused. */
@@ -45,7 +45,7 @@ int ldm_unet_forward(ldm_unet *m, ldm_arena *a, const float *x, float t, const f
 
 /* ---- VAE decoder (diffusers AutoencoderKL) ---- */
 typedef struct ldm_vae ldm_vae;
-ldm_vae *ldm_vae_load(const ldm_bundle *b, const ldm_backend *be);
+ldm_vae *ldm_vae_load(const ldm_bundle *b, ldm_backend *be);
 void ldm_vae_free(ldm_vae *m);
 float ldm_vae_scaling_factor(const ldm_vae *m);
 int ldm_vae_latent_channels(const ldm_vae *m);

@@ -54,7 +54,7 @@ typedef struct {
 static void *xrealloc(void *p, size_t n) {
     void *q = realloc(p, n);
     if (!q) {
-        fprintf(stderr, "ldm: out of memory (allocating %zu bytes)\n", n);
+        ldm_log(0, "ldm: out of memory (allocating %zu bytes)\n", n);
         abort();
     }
     return q;

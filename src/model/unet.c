@@ -79,7 +79,9 @@ typedef struct {            /* CrossAttnDownBlock2D / DownBlock2D / CrossAttnUpB
 } unet_block;
 
 struct ldm_unet {
-    const ldm_backend *be;
+    ldm_backend *be;
+    int owns_be;           /* ldm_unet_from_config: a dry handle of its own */
+    void *weights;         /* the backend's copy of the weights, or NULL */
     /* config */
     int in_channels, out_channels, sample_size, ctx_dim, nblocks, groups, temb_dim;
     int flip_sin_to_cos, center_input;
@@ -383,6 +385,8 @@ void ldm_unet_free(ldm_unet *m) {
         free_block(&m->up[i]);
     }
     free_transformer(&m->mid_attention);
+    ldm_be_release_weights(m->be, m->weights);
+    if (m->owns_be) ldm_backend_free(m->be);
     free(m);
 }
 
@@ -472,7 +476,7 @@ static int load_weights(ldm_unet *m, const unet_arch *A, ldm_loader *L) {
     return L->failed ? -1 : 0;
 }
 
-ldm_unet *ldm_unet_load(const ldm_bundle *b, const ldm_backend *be) {
+ldm_unet *ldm_unet_load(const ldm_bundle *b, ldm_backend *be) {
     json_t *root = cfg_load(b, CFG_NAME);
     if (!root) return NULL;
     ldm_unet *m = ldm_xcalloc(1, sizeof *m);
@@ -485,8 +489,9 @@ ldm_unet *ldm_unet_load(const ldm_bundle *b, const ldm_backend *be) {
         free(m);
         return NULL;
     }
-    ldm_loader L = {b, be, 0};
-    if (load_weights(m, &A, &L)) {
+    ldm_loader L = {b, be, 0, NULL, 0, 0};
+    int bad = load_weights(m, &A, &L);
+    if (ldm_loader_finish(&L, &m->weights) || bad) {
         ldm_unet_free(m);
         return NULL;
     }
@@ -497,13 +502,15 @@ ldm_unet *ldm_unet_from_config(const char *config_json) {
     json_t *root = cfg_parse(config_json, CFG_NAME);
     if (!root) return NULL;
     ldm_unet *m = ldm_xcalloc(1, sizeof *m);
-    m->be = &ldm_backend_dry;
+    m->be = ldm_backend_new("dry", NULL);
+    m->owns_be = 1;
     unet_arch A;
     memset(&A, 0, sizeof A);
     int rc = parse_config(m, &A, root);
     json_decref(root);
-    ldm_loader L = {NULL, &ldm_backend_dry, 0};
-    if (rc || load_weights(m, &A, &L)) {
+    ldm_loader L = {NULL, m->be, 0, NULL, 0, 0};
+    if (!rc) rc = load_weights(m, &A, &L);
+    if (ldm_loader_finish(&L, &m->weights) || rc) {
         ldm_unet_free(m);
         return NULL;
     }
@@ -522,7 +529,7 @@ int ldm_unet_context_dim(const ldm_unet *m) { return m->ctx_dim; }
 
 typedef struct {
     const ldm_unet *m;
-    const ldm_backend *be;
+    ldm_backend *be;
     ldm_arena *a;
     int B, T;
     const float *ctx;      /* [B, T, ctx_dim] */
@@ -546,7 +553,7 @@ static float *reclaim(ldm_arena *a, size_t mark, size_t n, float *p) {
     ldm_arena_reset(a, mark);
     float *q = ldm_arena_alloc(a, n);
     if (q != p) {
-        fprintf(stderr, "ldm: unet: arena returned a different pointer at the same mark\n");
+        ldm_log(0, "ldm: unet: arena returned a different pointer at the same mark (a bug)\n");
         abort();
     }
     return q;
@@ -556,27 +563,27 @@ static float *reclaim(ldm_arena *a, size_t mark, size_t n, float *p) {
  * + time_emb_proj(silu(emb))))).  out must not overlap x or anything stacked above. */
 static void resnet_forward(const fwd *f, const unet_resnet *r, float *out, const float *x, int H,
                            int W) {
-    const ldm_backend *be = f->be;
+    ldm_backend *be = f->be;
     ldm_arena *a = f->a;
     const ldm_unet *m = f->m;
     int B = f->B, HW = H * W;
     size_t mark = ldm_arena_mark(a);
     float *t1 = ldm_arena_alloc(a, (size_t)B * r->cin * HW);            /* [B, cin, H, W]  */
-    be->group_norm(t1, x, r->norm1.g, r->norm1.b, B, r->cin, HW, m->groups, m->eps, 1);
+    ldm_op_group_norm(be, t1, x, r->norm1.g, r->norm1.b, B, r->cin, HW, m->groups, m->eps, 1);
     float *h = ldm_arena_alloc(a, (size_t)B * r->cout * HW);            /* [B, cout, H, W] */
-    be->conv2d(h, t1, r->conv1.w, r->conv1.b, B, r->cin, H, W, r->cout, 3, 1, 1);
+    ldm_op_conv2d(be, h, t1, r->conv1.w, r->conv1.b, B, r->cin, H, W, r->cout, 3, 1, 1);
     float *tp = ldm_arena_alloc(a, (size_t)B * r->cout);                /* [B, cout]       */
-    be->linear(tp, f->temb_act, r->time_emb_proj.w, r->time_emb_proj.b, B, m->temb_dim, r->cout);
-    be->add_channel_bias(h, tp, B, r->cout, HW);
+    ldm_op_linear(be, tp, f->temb_act, r->time_emb_proj.w, r->time_emb_proj.b, B, m->temb_dim, r->cout);
+    ldm_op_add_channel_bias(be, h, tp, B, r->cout, HW);
     float *t2 = r->cin >= r->cout ? t1 : ldm_arena_alloc(a, (size_t)B * r->cout * HW);
-    be->group_norm(t2, h, r->norm2.g, r->norm2.b, B, r->cout, HW, m->groups, m->eps, 1);
-    be->conv2d(out, t2, r->conv2.w, r->conv2.b, B, r->cout, H, W, r->cout, 3, 1, 1);
+    ldm_op_group_norm(be, t2, h, r->norm2.g, r->norm2.b, B, r->cout, HW, m->groups, m->eps, 1);
+    ldm_op_conv2d(be, out, t2, r->conv2.w, r->conv2.b, B, r->cout, H, W, r->cout, 3, 1, 1);
     size_t n = (size_t)B * r->cout * HW;
     if (r->conv_shortcut.w) {
-        be->conv2d(h, x, r->conv_shortcut.w, r->conv_shortcut.b, B, r->cin, H, W, r->cout, 1, 1, 0);
-        be->add(out, h, out, n);                                        /* input + hidden  */
+        ldm_op_conv2d(be, h, x, r->conv_shortcut.w, r->conv_shortcut.b, B, r->cin, H, W, r->cout, 1, 1, 0);
+        ldm_op_add(be, out, h, out, n);                                        /* input + hidden  */
     } else {
-        be->add(out, x, out, n);
+        ldm_op_add(be, out, x, out, n);
     }
     ldm_arena_reset(a, mark);
 }
@@ -585,7 +592,7 @@ static void resnet_forward(const fwd *f, const unet_resnet *r, float *out, const
  * (self-attention) or from the context (cross-attention). */
 static void attention_residual(const fwd *f, const unet_transformer *tr, const unet_norm *norm,
                                const unet_attention *at_, float *hs, int S) {
-    const ldm_backend *be = f->be;
+    ldm_backend *be = f->be;
     ldm_arena *a = f->a;
     int B = f->B, D = tr->inner, M = B * S;
     int Skv = at_->cross ? f->T : S, kv_dim = at_->cross ? f->m->ctx_dim : D;
@@ -594,23 +601,23 @@ static void attention_residual(const fwd *f, const unet_transformer *tr, const u
     float *k = ldm_arena_alloc(a, (size_t)B * Skv * D);                 /* [B, Skv, D] */
     float *v = ldm_arena_alloc(a, (size_t)B * Skv * D);                 /* [B, Skv, D] */
     float *n = ldm_arena_alloc(a, (size_t)M * D);                       /* [B, S, D]   */
-    be->layer_norm(n, hs, norm->g, norm->b, M, D, 1e-5f);
-    be->linear(q, n, at_->to_q, NULL, M, D, D);
+    ldm_op_layer_norm(be, n, hs, norm->g, norm->b, M, D, 1e-5f);
+    ldm_op_linear(be, q, n, at_->to_q, NULL, M, D, D);
     const float *kv = at_->cross ? f->ctx : n;                          /* [B, Skv, kv_dim] */
-    be->linear(k, kv, at_->to_k, NULL, B * Skv, kv_dim, D);
-    be->linear(v, kv, at_->to_v, NULL, B * Skv, kv_dim, D);
+    ldm_op_linear(be, k, kv, at_->to_k, NULL, B * Skv, kv_dim, D);
+    ldm_op_linear(be, v, kv, at_->to_v, NULL, B * Skv, kv_dim, D);
     float *o = n;                                                       /* [B, S, D]   */
-    be->attention(o, q, k, v, B, tr->heads, S, Skv, tr->head_dim, D, D,
+    ldm_op_attention(be, o, q, k, v, B, tr->heads, S, Skv, tr->head_dim, D, D,
                   1.0f / sqrtf((float)tr->head_dim), 0);
-    be->linear(q, o, at_->to_out.w, at_->to_out.b, M, D, D);            /* q <- to_out */
-    be->add(hs, q, hs, (size_t)M * D);
+    ldm_op_linear(be, q, o, at_->to_out.w, at_->to_out.b, M, D, D);            /* q <- to_out */
+    ldm_op_add(be, hs, q, hs, (size_t)M * D);
     ldm_arena_reset(a, mark);
 }
 
 /* hs[B, S, D] += ff.net.2(geglu(ff.net.0.proj(norm3(hs)))), over row chunks. */
 static void feed_forward_residual(const fwd *f, const unet_transformer *tr, const unet_tblock *blk,
                                   float *hs, int S) {
-    const ldm_backend *be = f->be;
+    ldm_backend *be = f->be;
     ldm_arena *a = f->a;
     int D = tr->inner, F = tr->ff_inner, M = f->B * S;
     /* Row chunks: the GEGLU input [rows, 2F] gets as many floats as hs itself, but at least
@@ -622,23 +629,23 @@ static void feed_forward_residual(const fwd *f, const unet_transformer *tr, cons
     if (chunk > M) chunk = M;
     size_t mark = ldm_arena_mark(a);
     float *n = ldm_arena_alloc(a, (size_t)M * D);                       /* [M, D]        */
-    be->layer_norm(n, hs, blk->norm3.g, blk->norm3.b, M, D, 1e-5f);
+    ldm_op_layer_norm(be, n, hs, blk->norm3.g, blk->norm3.b, M, D, 1e-5f);
     float *g = ldm_arena_alloc(a, (size_t)chunk * 2 * F);               /* [rows, 2F]    */
     float *u = ldm_arena_alloc(a, (size_t)chunk * F);                   /* [rows, F]     */
     for (int r0 = 0; r0 < M; r0 += chunk) {
         int rows = M - r0 < chunk ? M - r0 : chunk;
-        be->linear(g, at(n, (size_t)r0 * D), blk->ff_proj.w, blk->ff_proj.b, rows, D, 2 * F);
-        be->geglu(u, g, rows, F);
-        be->linear(g, u, blk->ff_out.w, blk->ff_out.b, rows, F, D);     /* g <- [rows, D] */
+        ldm_op_linear(be, g, at(n, (size_t)r0 * D), blk->ff_proj.w, blk->ff_proj.b, rows, D, 2 * F);
+        ldm_op_geglu(be, u, g, rows, F);
+        ldm_op_linear(be, g, u, blk->ff_out.w, blk->ff_out.b, rows, F, D);     /* g <- [rows, D] */
         float *dst = at(hs, (size_t)r0 * D);
-        be->add(dst, g, dst, (size_t)rows * D);
+        ldm_op_add(be, dst, g, dst, (size_t)rows * D);
     }
     ldm_arena_reset(a, mark);
 }
 
 /* Transformer2DModel, in place: x[B, C, H, W] += proj_out(blocks(proj_in(norm(x)))). */
 static void transformer_forward(const fwd *f, const unet_transformer *tr, float *x, int H, int W) {
-    const ldm_backend *be = f->be;
+    ldm_backend *be = f->be;
     ldm_arena *a = f->a;
     int B = f->B, C = tr->channels, D = tr->inner, S = H * W;
     size_t M = (size_t)B * S;
@@ -646,15 +653,15 @@ static void transformer_forward(const fwd *f, const unet_transformer *tr, float 
     float *hs = ldm_arena_alloc(a, M * D);                              /* [B, S, D] */
     size_t mark2 = ldm_arena_mark(a);
     float *t = ldm_arena_alloc(a, M * C);                               /* [B, C, S] */
-    be->group_norm(t, x, tr->norm.g, tr->norm.b, B, C, S, f->m->groups, 1e-6f, 0);
+    ldm_op_group_norm(be, t, x, tr->norm.g, tr->norm.b, B, C, S, f->m->groups, 1e-6f, 0);
     if (tr->linear_proj) {
         float *tt = ldm_arena_alloc(a, M * C);                          /* [B, S, C] */
-        be->nchw_to_nhwc(tt, t, B, C, S);
-        be->linear(hs, tt, tr->proj_in.w, tr->proj_in.b, (int)M, C, D);
+        ldm_op_nchw_to_nhwc(be, tt, t, B, C, S);
+        ldm_op_linear(be, hs, tt, tr->proj_in.w, tr->proj_in.b, (int)M, C, D);
     } else {
         float *p = ldm_arena_alloc(a, M * D);                           /* [B, D, S] */
-        be->conv2d(p, t, tr->proj_in.w, tr->proj_in.b, B, C, H, W, D, 1, 1, 0);
-        be->nchw_to_nhwc(hs, p, B, D, S);
+        ldm_op_conv2d(be, p, t, tr->proj_in.w, tr->proj_in.b, B, C, H, W, D, 1, 1, 0);
+        ldm_op_nchw_to_nhwc(be, hs, p, B, D, S);
     }
     ldm_arena_reset(a, mark2);
     for (int i = 0; i < tr->nblocks; i++) {
@@ -666,14 +673,14 @@ static void transformer_forward(const fwd *f, const unet_transformer *tr, float 
     float *o = ldm_arena_alloc(a, M * C);                               /* [B, C, S] */
     if (tr->linear_proj) {
         float *p = ldm_arena_alloc(a, M * C);                           /* [B, S, C] */
-        be->linear(p, hs, tr->proj_out.w, tr->proj_out.b, (int)M, D, C);
-        be->nhwc_to_nchw(o, p, B, C, S);
+        ldm_op_linear(be, p, hs, tr->proj_out.w, tr->proj_out.b, (int)M, D, C);
+        ldm_op_nhwc_to_nchw(be, o, p, B, C, S);
     } else {
         float *p = ldm_arena_alloc(a, M * D);                           /* [B, D, S] */
-        be->nhwc_to_nchw(p, hs, B, D, S);
-        be->conv2d(o, p, tr->proj_out.w, tr->proj_out.b, B, D, H, W, C, 1, 1, 0);
+        ldm_op_nhwc_to_nchw(be, p, hs, B, D, S);
+        ldm_op_conv2d(be, o, p, tr->proj_out.w, tr->proj_out.b, B, D, H, W, C, 1, 1, 0);
     }
-    be->add(x, o, x, M * C);                                            /* + residual */
+    ldm_op_add(be, x, o, x, M * C);                                            /* + residual */
     ldm_arena_reset(a, mark);
 }
 
@@ -698,7 +705,7 @@ typedef struct {
     int C, H, W;
 } skip_entry;
 
-static int unet_run(const ldm_unet *m, const ldm_backend *be, ldm_arena *a, const float *x,
+static int unet_run(const ldm_unet *m, ldm_backend *be, ldm_arena *a, const float *x,
                     float t, const float *ctx, int B, int H, int W, int T, float *out) {
     int n = m->nblocks;
     if (B < 1 || T < 1 || H < 1 || W < 1)
@@ -717,18 +724,18 @@ static int unet_run(const ldm_unet *m, const ldm_backend *be, ldm_arena *a, cons
     float *tin_host = ldm_xmalloc((size_t)B * c0 * sizeof(float));
     for (int b = 0; b < B; b++) timestep_embedding(tin_host + (size_t)b * c0, t, c0, m->flip_sin_to_cos, m->freq_shift);
     float *tin = ldm_arena_alloc(a, (size_t)B * c0);                    /* [B, C0]   */
-    be->upload(tin, tin_host, (size_t)B * c0);
+    ldm_be_upload(be, tin, tin_host, (size_t)B * c0);
     free(tin_host);
     float *e1 = ldm_arena_alloc(a, (size_t)B * m->temb_dim);            /* [B, temb] */
-    be->linear(e1, tin, m->time_linear_1.w, m->time_linear_1.b, B, c0, m->temb_dim);
-    be->silu(e1, e1, (size_t)B * m->temb_dim);
+    ldm_op_linear(be, e1, tin, m->time_linear_1.w, m->time_linear_1.b, B, c0, m->temb_dim);
+    ldm_op_silu(be, e1, e1, (size_t)B * m->temb_dim);
     float *emb = ldm_arena_alloc(a, (size_t)B * m->temb_dim);           /* [B, temb] */
-    be->linear(emb, e1, m->time_linear_2.w, m->time_linear_2.b, B, m->temb_dim, m->temb_dim);
-    be->silu(emb, emb, (size_t)B * m->temb_dim);                        /* silu(emb) */
+    ldm_op_linear(be, emb, e1, m->time_linear_2.w, m->time_linear_2.b, B, m->temb_dim, m->temb_dim);
+    ldm_op_silu(be, emb, emb, (size_t)B * m->temb_dim);                        /* silu(emb) */
     f.temb_act = emb;
 
     float *c = ldm_arena_alloc(a, (size_t)B * T * m->ctx_dim);          /* [B, T, ctx] */
-    if (ctx) be->upload(c, ctx, (size_t)B * T * m->ctx_dim);
+    if (ctx) ldm_be_upload(be, c, ctx, (size_t)B * T * m->ctx_dim);
     f.ctx = c;
 
     size_t nx = (size_t)B * m->in_channels * H * W;
@@ -736,17 +743,17 @@ static int unet_run(const ldm_unet *m, const ldm_backend *be, ldm_arena *a, cons
     if (x && m->center_input) {
         float *xc = ldm_xmalloc(nx * sizeof(float));
         for (size_t i = 0; i < nx; i++) xc[i] = 2.0f * x[i] - 1.0f;
-        be->upload(xin, xc, nx);
+        ldm_be_upload(be, xin, xc, nx);
         free(xc);
     } else if (x) {
-        be->upload(xin, x, nx);
+        ldm_be_upload(be, xin, x, nx);
     }
 
     skip_entry skips[4 * MAX_BLOCKS * 8];
     int nskip = 0;
     skip_entry h = {NULL, ldm_arena_mark(a), c0, H, W};
     h.p = ldm_arena_alloc(a, (size_t)B * c0 * H * W);                   /* [B, C0, H, W] */
-    be->conv2d(h.p, xin, m->conv_in.w, m->conv_in.b, B, m->in_channels, H, W, c0, 3, 1, 1);
+    ldm_op_conv2d(be, h.p, xin, m->conv_in.w, m->conv_in.b, B, m->in_channels, H, W, c0, 3, 1, 1);
     skips[nskip++] = h;
 
     /* down path: every resnet(+transformer) output and every downsampled tensor is a skip */
@@ -762,7 +769,7 @@ static int unet_run(const ldm_unet *m, const ldm_backend *be, ldm_arena *a, cons
         if (blk->has_sampler) {  /* 3x3, stride 2, padding 1: ceil(H/2) */
             skip_entry o = {NULL, ldm_arena_mark(a), blk->cout, (h.H + 1) / 2, (h.W + 1) / 2};
             o.p = ldm_arena_alloc(a, (size_t)B * o.C * o.H * o.W);
-            be->conv2d(o.p, h.p, blk->sampler.w, blk->sampler.b, B, h.C, h.H, h.W, o.C, 3, 2, 1);
+            ldm_op_conv2d(be, o.p, h.p, blk->sampler.w, blk->sampler.b, B, h.C, h.H, h.W, o.C, 3, 2, 1);
             skips[nskip++] = h = o;
         }
     }
@@ -787,7 +794,7 @@ static int unet_run(const ldm_unet *m, const ldm_backend *be, ldm_arena *a, cons
             size_t HW = (size_t)h.H * h.W, n_out = (size_t)B * blk->cout * HW;
             reserve_from(a, s.mark, n_out);
             float *cat = ldm_arena_alloc(a, (size_t)B * (h.C + s.C) * HW); /* [B, Ch+Cs, H, W] */
-            be->concat_channels(cat, h.p, h.C, s.p, s.C, B, (int)HW);
+            ldm_op_concat_channels(be, cat, h.p, h.C, s.p, s.C, B, (int)HW);
             resnet_forward(&f, &blk->resnets[j], s.p, cat, h.H, h.W);
             skip_entry o = {reclaim(a, s.mark, n_out, s.p), s.mark, blk->cout, h.H, h.W};
             if (blk->attentions) transformer_forward(&f, &blk->attentions[j], o.p, o.H, o.W);
@@ -804,9 +811,9 @@ static int unet_run(const ldm_unet *m, const ldm_backend *be, ldm_arena *a, cons
             size_t n_out = (size_t)B * h.C * Ho * Wo;
             reserve_from(a, h.mark, n_out);
             float *u = ldm_arena_alloc(a, n_out);                       /* [B, C, Ho, Wo] */
-            if (explicit_size) be->upsample_nearest(u, h.p, B, h.C, h.H, h.W, Ho, Wo);
-            else be->upsample_nearest2x(u, h.p, B, h.C, h.H, h.W);
-            be->conv2d(h.p, u, blk->sampler.w, blk->sampler.b, B, h.C, Ho, Wo, h.C, 3, 1, 1);
+            if (explicit_size) ldm_op_upsample_nearest(be, u, h.p, B, h.C, h.H, h.W, Ho, Wo);
+            else ldm_op_upsample_nearest2x(be, u, h.p, B, h.C, h.H, h.W);
+            ldm_op_conv2d(be, h.p, u, blk->sampler.w, blk->sampler.b, B, h.C, Ho, Wo, h.C, 3, 1, 1);
             h.p = reclaim(a, h.mark, n_out, h.p);
             h.H = Ho;
             h.W = Wo;
@@ -816,20 +823,21 @@ static int unet_run(const ldm_unet *m, const ldm_backend *be, ldm_arena *a, cons
     /* out: conv_out(silu(conv_norm_out(h))) */
     size_t HW = (size_t)H * W;
     float *t1 = ldm_arena_alloc(a, (size_t)B * c0 * HW);               /* [B, C0, H, W]   */
-    be->group_norm(t1, h.p, m->conv_norm_out.g, m->conv_norm_out.b, B, c0, (int)HW, m->groups, m->eps, 1);
+    ldm_op_group_norm(be, t1, h.p, m->conv_norm_out.g, m->conv_norm_out.b, B, c0, (int)HW, m->groups, m->eps, 1);
     float *o = ldm_arena_alloc(a, (size_t)B * m->out_channels * HW);   /* [B, Cout, H, W] */
-    be->conv2d(o, t1, m->conv_out.w, m->conv_out.b, B, c0, H, W, m->out_channels, 3, 1, 1);
-    if (out) be->download(out, o, (size_t)B * m->out_channels * HW);
-    be->synchronize();
+    ldm_op_conv2d(be, o, t1, m->conv_out.w, m->conv_out.b, B, c0, H, W, m->out_channels, 3, 1, 1);
+    if (out) ldm_be_download(be, out, o, (size_t)B * m->out_channels * HW);
     ldm_arena_reset(a, mark0);
-    return 0;
+    return ldm_backend_status(be);
 }
 
 size_t ldm_unet_arena_bytes(const ldm_unet *m, int B, int H, int W, int T) {
     ldm_arena a;
     ldm_arena_measure(&a);
-    if (unet_run(m, &ldm_backend_dry, &a, NULL, 0.0f, NULL, B, H, W, T, NULL)) return 0;
-    return a.peak;
+    ldm_backend *dry = ldm_backend_new("dry", NULL);
+    int rc = unet_run(m, dry, &a, NULL, 0.0f, NULL, B, H, W, T, NULL);
+    ldm_backend_free(dry);
+    return rc ? 0 : a.peak;
 }
 
 int ldm_unet_forward(ldm_unet *m, ldm_arena *a, const float *x, float t, const float *ctx, int B,

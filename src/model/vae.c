@@ -44,7 +44,8 @@ typedef struct {
 } vae_up;
 
 struct ldm_vae {
-    const ldm_backend *be;
+    ldm_backend *be;
+    void *weights;           /* the backend's copy of the weights, or NULL */
     int latent, out_ch, n_blocks, layers, groups, has_attn, use_pq;
     int block_out[MAX_BLOCKS];
     float scaling;
@@ -166,11 +167,11 @@ static void load_attn(ldm_loader *L, vae_attn *t, int C, const char *pfx) {
     t->o_b = ldm_load_weight(L, LDM_VEC(C), "%s.%s.bias", pfx, o);
 }
 
-ldm_vae *ldm_vae_load(const ldm_bundle *b, const ldm_backend *be) {
+ldm_vae *ldm_vae_load(const ldm_bundle *b, ldm_backend *be) {
     ldm_vae *m = ldm_xcalloc(1, sizeof *m);
     m->be = be;
     if (read_config(m, b)) { free(m); return NULL; }
-    ldm_loader L = {b, be, 0};
+    ldm_loader L = {b, be, 0, NULL, 0, 0};
     const int Z = m->latent, top = m->block_out[m->n_blocks - 1];
     char pfx[256];
     if (m->use_pq) {
@@ -207,13 +208,14 @@ ldm_vae *ldm_vae_load(const ldm_bundle *b, const ldm_backend *be) {
     m->norm_out_b = ldm_load_weight(&L, LDM_VEC(c0), "vae.decoder.conv_norm_out.bias");
     m->out_w = ldm_load_weight(&L, LDM_CONV(m->out_ch, c0, 3), "vae.decoder.conv_out.weight");
     m->out_b = ldm_load_weight(&L, LDM_VEC(m->out_ch), "vae.decoder.conv_out.bias");
-    if (L.failed) { ldm_vae_free(m); return NULL; }
+    if (ldm_loader_finish(&L, &m->weights)) { ldm_vae_free(m); return NULL; }
     return m;
 }
 
 void ldm_vae_free(ldm_vae *m) {
     if (!m) return;
     for (int i = 0; i < MAX_BLOCKS; i++) free(m->up[i].res);
+    ldm_be_release_weights(m->be, m->weights);
     free(m);
 }
 
@@ -239,43 +241,43 @@ static size_t max_activation(const ldm_vae *m, int h, int w) {
 }
 
 /* out[1, cout, HW] = resnet(x[1, cin, HW]); t is scratch of max(cin, cout) * HW floats. */
-static void resnet_forward(const ldm_backend *be, const vae_resnet *r, float *out,
+static void resnet_forward(ldm_backend *be, const vae_resnet *r, float *out,
                            const float *x, float *t, int groups, int H, int W) {
     const int HW = H * W;
-    be->group_norm(t, x, r->norm1_w, r->norm1_b, 1, r->cin, HW, groups, GN_EPS, 1);
-    be->conv2d(out, t, r->conv1_w, r->conv1_b, 1, r->cin, H, W, r->cout, 3, 1, 1);
-    be->group_norm(t, out, r->norm2_w, r->norm2_b, 1, r->cout, HW, groups, GN_EPS, 1);
-    be->conv2d(out, t, r->conv2_w, r->conv2_b, 1, r->cout, H, W, r->cout, 3, 1, 1);
+    ldm_op_group_norm(be, t, x, r->norm1_w, r->norm1_b, 1, r->cin, HW, groups, GN_EPS, 1);
+    ldm_op_conv2d(be, out, t, r->conv1_w, r->conv1_b, 1, r->cin, H, W, r->cout, 3, 1, 1);
+    ldm_op_group_norm(be, t, out, r->norm2_w, r->norm2_b, 1, r->cout, HW, groups, GN_EPS, 1);
+    ldm_op_conv2d(be, out, t, r->conv2_w, r->conv2_b, 1, r->cout, H, W, r->cout, 3, 1, 1);
     if (r->sc_w) {
-        be->conv2d(t, x, r->sc_w, r->sc_b, 1, r->cin, H, W, r->cout, 1, 1, 0);
-        be->add(out, out, t, (size_t)r->cout * HW);
+        ldm_op_conv2d(be, t, x, r->sc_w, r->sc_b, 1, r->cin, H, W, r->cout, 1, 1, 0);
+        ldm_op_add(be, out, out, t, (size_t)r->cout * HW);
     } else {
-        be->add(out, out, x, (size_t)r->cout * HW);
+        ldm_op_add(be, out, out, x, (size_t)r->cout * HW);
     }
 }
 
 /* out[1, C, HW] = x + to_out(attention(group_norm(x))), one head of C channels. */
-static void attn_forward(const ldm_backend *be, ldm_arena *a, const vae_attn *t, float *out,
+static void attn_forward(ldm_backend *be, ldm_arena *a, const vae_attn *t, float *out,
                          const float *x, float *tmp, int C, int HW, int groups) {
     const size_t n = (size_t)C * HW, mark = ldm_arena_mark(a);
     float *hs = ldm_arena_alloc(a, n); /* [HW, C] */
     float *q = ldm_arena_alloc(a, n);  /* [HW, C] */
     float *k = ldm_arena_alloc(a, n);
     float *v = ldm_arena_alloc(a, n);
-    be->group_norm(tmp, x, t->gn_w, t->gn_b, 1, C, HW, groups, GN_EPS, 0);  /* [C, HW] */
-    be->nchw_to_nhwc(hs, tmp, 1, C, HW);                                      /* [HW, C] */
-    be->linear(q, hs, t->q_w, t->q_b, HW, C, C);
-    be->linear(k, hs, t->k_w, t->k_b, HW, C, C);
-    be->linear(v, hs, t->v_w, t->v_b, HW, C, C);
-    be->attention(hs, q, k, v, 1, 1, HW, HW, C, C, C, 1.0f / sqrtf((float)C), 0);
-    be->linear(q, hs, t->o_w, t->o_b, HW, C, C);                              /* [HW, C] */
-    be->nhwc_to_nchw(tmp, q, 1, C, HW);                                       /* [C, HW] */
-    be->add(out, x, tmp, n);  /* residual; rescale_output_factor is 1 */
+    ldm_op_group_norm(be, tmp, x, t->gn_w, t->gn_b, 1, C, HW, groups, GN_EPS, 0);  /* [C, HW] */
+    ldm_op_nchw_to_nhwc(be, hs, tmp, 1, C, HW);                                      /* [HW, C] */
+    ldm_op_linear(be, q, hs, t->q_w, t->q_b, HW, C, C);
+    ldm_op_linear(be, k, hs, t->k_w, t->k_b, HW, C, C);
+    ldm_op_linear(be, v, hs, t->v_w, t->v_b, HW, C, C);
+    ldm_op_attention(be, hs, q, k, v, 1, 1, HW, HW, C, C, C, 1.0f / sqrtf((float)C), 0);
+    ldm_op_linear(be, q, hs, t->o_w, t->o_b, HW, C, C);                              /* [HW, C] */
+    ldm_op_nhwc_to_nchw(be, tmp, q, 1, C, HW);                                       /* [C, HW] */
+    ldm_op_add(be, out, x, tmp, n);  /* residual; rescale_output_factor is 1 */
     ldm_arena_reset(a, mark);
 }
 
 /* Decode one latent z[latent, h, w] (backend memory) into img[out, h*f, w*f] (host). */
-static void decode_one(const ldm_vae *m, const ldm_backend *be, ldm_arena *a, const float *z,
+static void decode_one(const ldm_vae *m, ldm_backend *be, ldm_arena *a, const float *z,
                        int h, int w, float *img) {
     const size_t big = max_activation(m, h, w);
     const size_t mark = ldm_arena_mark(a);
@@ -285,10 +287,10 @@ static void decode_one(const ldm_vae *m, const ldm_backend *be, ldm_arena *a, co
     int H = h, W = w, C = m->block_out[m->n_blocks - 1];
     const int G = m->groups;
     if (m->use_pq) {
-        be->conv2d(tmp, z, m->pq_w, m->pq_b, 1, m->latent, H, W, m->latent, 1, 1, 0);
+        ldm_op_conv2d(be, tmp, z, m->pq_w, m->pq_b, 1, m->latent, H, W, m->latent, 1, 1, 0);
         z = tmp;                                                      /* [Z, h, w] */
     }
-    be->conv2d(cur, z, m->in_w, m->in_b, 1, m->latent, H, W, C, 3, 1, 1); /* [C, h, w] */
+    ldm_op_conv2d(be, cur, z, m->in_w, m->in_b, 1, m->latent, H, W, C, 3, 1, 1); /* [C, h, w] */
 
     resnet_forward(be, &m->mid_res[0], nxt, cur, tmp, G, H, W);
     SWAP();
@@ -307,27 +309,27 @@ static void decode_one(const ldm_vae *m, const ldm_backend *be, ldm_arena *a, co
         }
         C = u->res[u->n_res - 1].cout;
         if (u->up_w) {
-            be->upsample_nearest2x(tmp, cur, 1, C, H, W);             /* [C, 2H, 2W] */
+            ldm_op_upsample_nearest2x(be, tmp, cur, 1, C, H, W);             /* [C, 2H, 2W] */
             H *= 2, W *= 2;
-            be->conv2d(cur, tmp, u->up_w, u->up_b, 1, C, H, W, C, 3, 1, 1);
+            ldm_op_conv2d(be, cur, tmp, u->up_w, u->up_b, 1, C, H, W, C, 3, 1, 1);
         }
     }
-    be->group_norm(tmp, cur, m->norm_out_w, m->norm_out_b, 1, C, H * W, G, GN_EPS, 1);
-    be->conv2d(nxt, tmp, m->out_w, m->out_b, 1, C, H, W, m->out_ch, 3, 1, 1);
-    if (img) be->download(img, nxt, (size_t)m->out_ch * H * W);      /* [out, H, W] */
+    ldm_op_group_norm(be, tmp, cur, m->norm_out_w, m->norm_out_b, 1, C, H * W, G, GN_EPS, 1);
+    ldm_op_conv2d(be, nxt, tmp, m->out_w, m->out_b, 1, C, H, W, m->out_ch, 3, 1, 1);
+    if (img) ldm_be_download(be, img, nxt, (size_t)m->out_ch * H * W);      /* [out, H, W] */
 #undef SWAP
     ldm_arena_reset(a, mark);
 }
 
 /* The whole decode on backend be; z and img (host) may be NULL on the dry backend. */
-static void vae_forward(const ldm_vae *m, const ldm_backend *be, ldm_arena *a, const float *z,
+static void vae_forward(const ldm_vae *m, ldm_backend *be, ldm_arena *a, const float *z,
                         int B, int h, int w, float *img) {
     const size_t zn = (size_t)m->latent * h * w;
     const size_t in = (size_t)m->out_ch * h * w << (2 * (m->n_blocks - 1));
     const size_t mark = ldm_arena_mark(a);
     float *zb = ldm_arena_alloc(a, zn);
     for (int b = 0; b < B; b++) {
-        if (z) be->upload(zb, z + b * zn, zn);
+        if (z) ldm_be_upload(be, zb, z + b * zn, zn);
         decode_one(m, be, a, zb, h, w, img ? img + b * in : NULL);
     }
     ldm_arena_reset(a, mark);
@@ -336,7 +338,9 @@ static void vae_forward(const ldm_vae *m, const ldm_backend *be, ldm_arena *a, c
 size_t ldm_vae_arena_bytes(const ldm_vae *m, int B, int h, int w) {
     ldm_arena a;
     ldm_arena_measure(&a);
-    vae_forward(m, &ldm_backend_dry, &a, NULL, B, h, w, NULL);
+    ldm_backend *dry = ldm_backend_new("dry", NULL);
+    vae_forward(m, dry, &a, NULL, B, h, w, NULL);
+    ldm_backend_free(dry);
     return a.peak;
 }
 
@@ -344,5 +348,5 @@ int ldm_vae_decode(ldm_vae *m, ldm_arena *a, const float *z, int B, int h, int w
     if (B <= 0 || h <= 0 || w <= 0)
         return ldm_error("vae decode: invalid latent shape [%d, %d, %d, %d]", B, m->latent, h, w);
     vae_forward(m, m->be, a, z, B, h, w, img);
-    return 0;
+    return ldm_backend_status(m->be);
 }

@@ -23,15 +23,28 @@
 #include "model/model.h"
 #include "core/rng.h"
 
+/* Arena sizes measured by dry runs, per UNet batch and latent size. */
+#define PLAN_CACHE 8
+typedef struct { int nb, h, w; size_t bytes; } arena_plan;
+
 struct ldm_pipeline {
     ldm_bundle *bundle;
-    const ldm_backend *be;
     ldm_tokenizer *tok;
+    /* geometry, from the configs once */
+    int default_size, size_multiple;
+    /* the bundle's scheduler config read as each class (index kind + 1), parsed once */
+    ldm_sched_config sched[LDM_SCHED_COUNT + 1];
+    int sched_state[LDM_SCHED_COUNT + 1];   /* 0 not parsed, 1 ok, -1 refused */
+    char sched_error[LDM_SCHED_COUNT + 1][256];
+    /* after ldm_pipeline_load */
+    ldm_backend *be;
     ldm_clip *clip;
     ldm_unet *unet;
     ldm_vae *vae;
     ldm_arena arena;
     size_t arena_bytes;     /* capacity of the arena (0 = none yet) */
+    arena_plan plans[PLAN_CACHE];
+    int n_plans;
 };
 
 static double now_s(void) {
@@ -59,43 +72,70 @@ ldm_tokenizer *ldm_bundle_tokenizer(const ldm_bundle *b) {
     return t;
 }
 
-ldm_pipeline *ldm_pipeline_new(ldm_bundle *b, const ldm_backend *be) {
+static int bundle_geometry(const ldm_bundle *b, int *def, int *mult);
+
+ldm_pipeline *ldm_pipeline_new(ldm_bundle *b) {
     if (!b) return NULL;
     ldm_pipeline *p = ldm_xcalloc(1, sizeof *p);
     p->bundle = b;
+    if (!(p->tok = ldm_bundle_tokenizer(b)) ||
+        bundle_geometry(b, &p->default_size, &p->size_multiple)) {
+        ldm_error_set_kind(LDM_DATA);
+        ldm_pipeline_close(p);
+        return NULL;
+    }
+    return p;
+}
+
+int ldm_pipeline_load(ldm_pipeline *p, ldm_backend *be) {
+    if (p->be) return ldm_error("pipeline: models already loaded");
+    const ldm_bundle *b = p->bundle;
     p->be = be;
-    if (!(p->tok = ldm_bundle_tokenizer(b))) goto fail;
-    if (!(p->clip = ldm_clip_load(b, be))) goto fail;
-    if (!(p->unet = ldm_unet_load(b, be))) goto fail;
-    if (!(p->vae = ldm_vae_load(b, be))) goto fail;
+    if (!(p->clip = ldm_clip_load(b, be)) || !(p->unet = ldm_unet_load(b, be)) ||
+        !(p->vae = ldm_vae_load(b, be)))
+        goto fail;
     if (ldm_unet_in_channels(p->unet) != ldm_vae_latent_channels(p->vae) ||
         ldm_unet_out_channels(p->unet) != ldm_unet_in_channels(p->unet)) {
-        ldm_error("%s: unet in/out channels %d/%d do not match the VAE's %d latent channels",
-                  ldm_bundle_path(b), ldm_unet_in_channels(p->unet),
-                  ldm_unet_out_channels(p->unet), ldm_vae_latent_channels(p->vae));
+        ldm_error_kind(LDM_DATA, "%s: unet in/out channels %d/%d do not match the VAE's %d latent channels",
+                       ldm_bundle_path(b), ldm_unet_in_channels(p->unet),
+                       ldm_unet_out_channels(p->unet), ldm_vae_latent_channels(p->vae));
         goto fail;
     }
     if (ldm_unet_context_dim(p->unet) != ldm_clip_hidden_size(p->clip)) {
-        ldm_error("%s: unet cross_attention_dim %d differs from the text encoder's hidden "
-                  "size %d", ldm_bundle_path(b), ldm_unet_context_dim(p->unet),
-                  ldm_clip_hidden_size(p->clip));
+        ldm_error_kind(LDM_DATA, "%s: unet cross_attention_dim %d differs from the text encoder's hidden "
+                       "size %d", ldm_bundle_path(b), ldm_unet_context_dim(p->unet),
+                       ldm_clip_hidden_size(p->clip));
         goto fail;
     }
     ldm_tokenizer_info ti = ldm_tokenizer_get_info(p->tok);
     if (ti.max_length != ldm_clip_max_length(p->clip)) {
-        ldm_error("%s: tokenizer model_max_length %d differs from the text encoder's %d "
-                  "positions", ldm_bundle_path(b), ti.max_length, ldm_clip_max_length(p->clip));
+        ldm_error_kind(LDM_DATA, "%s: tokenizer model_max_length %d differs from the text encoder's %d "
+                       "positions", ldm_bundle_path(b), ti.max_length, ldm_clip_max_length(p->clip));
         goto fail;
     }
-    return p;
+    return 0;
 fail:
-    ldm_pipeline_close(p);
-    return NULL;
+    /* a refused config or weight is the bundle's fault; a backend failure is not */
+    if (ldm_last_status() == LDM_RUNTIME && !be->failed) ldm_error_set_kind(LDM_DATA);
+    ldm_vae_free(p->vae);
+    ldm_unet_free(p->unet);
+    ldm_clip_free(p->clip);
+    p->vae = NULL;
+    p->unet = NULL;
+    p->clip = NULL;
+    p->be = NULL;
+    return -1;
 }
 
-ldm_pipeline *ldm_pipeline_open(const char *path, const ldm_backend *be) {
+ldm_pipeline *ldm_pipeline_open(const char *path, ldm_backend *be) {
     ldm_bundle *b = ldm_bundle_open(path);
-    return b ? ldm_pipeline_new(b, be) : NULL;
+    if (!b) return NULL;
+    ldm_pipeline *p = ldm_pipeline_new(b);
+    if (p && ldm_pipeline_load(p, be)) {
+        ldm_pipeline_close(p);
+        return NULL;
+    }
+    return p;
 }
 
 void ldm_pipeline_close(ldm_pipeline *p) {
@@ -111,12 +151,11 @@ void ldm_pipeline_close(ldm_pipeline *p) {
 
 const ldm_bundle *ldm_pipeline_bundle(const ldm_pipeline *p) { return p->bundle; }
 const ldm_tokenizer *ldm_pipeline_tokenizer(const ldm_pipeline *p) { return p->tok; }
-int ldm_pipeline_default_size(const ldm_pipeline *p) {
-    return ldm_unet_sample_size(p->unet) * ldm_vae_downscale(p->vae);
-}
-int ldm_pipeline_size_multiple(const ldm_pipeline *p) { return ldm_vae_downscale(p->vae); }
-int ldm_pipeline_text_length(const ldm_pipeline *p) { return ldm_clip_max_length(p->clip); }
-int ldm_pipeline_text_dim(const ldm_pipeline *p) { return ldm_clip_hidden_size(p->clip); }
+int ldm_pipeline_default_size(const ldm_pipeline *p) { return p->default_size; }
+int ldm_pipeline_size_multiple(const ldm_pipeline *p) { return p->size_multiple; }
+int ldm_pipeline_text_length(const ldm_pipeline *p) { return ldm_tokenizer_get_info(p->tok).max_length; }
+int ldm_pipeline_text_dim(const ldm_pipeline *p) { return p->clip ? ldm_clip_hidden_size(p->clip) : 0; }
+ldm_backend *ldm_pipeline_backend(const ldm_pipeline *p) { return p->be; }
 
 /* Make sure the arena holds `bytes`; grows (re-allocates) only when needed. */
 static int arena_reserve(ldm_pipeline *p, size_t bytes) {
@@ -125,13 +164,14 @@ static int arena_reserve(ldm_pipeline *p, size_t bytes) {
     p->arena_bytes = 0;
     if (ldm_arena_init(&p->arena, p->be, bytes))
         return ldm_error("could not allocate %.1f MiB of %s memory for activations",
-                         bytes / 1048576.0, p->be->name);
+                         bytes / 1048576.0, ldm_backend_name(p->be));
     p->arena_bytes = bytes;
     return 0;
 }
 
 int ldm_pipeline_encode_text(ldm_pipeline *p, const int32_t *ids, int B, int clip_skip,
                              float *out) {
+    if (!p->clip) return ldm_error("pipeline: models not loaded");
     if (arena_reserve(p, ldm_clip_arena_bytes(p->clip, B))) return -1;
     return ldm_clip_encode(p->clip, &p->arena, ids, B, clip_skip < 1 ? 1 : clip_skip, out);
 }
@@ -150,23 +190,37 @@ ldm_gen_params ldm_gen_params_default(void) {
     return g;
 }
 
-int ldm_gen_sched_config(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sched_config *sc) {
-    const char *member = "scheduler/scheduler_config.json";
-    const char *json = ldm_bundle_member(b, member, NULL);
-    if (!json) return ldm_error("%s: missing member %s", ldm_bundle_path(b), member);
-    if (ldm_sched_config_parse(sc, json, member, prm->scheduler)) return -1;
+/* The bundle's scheduler config read as class `kind` (-1: its own), parsed once. */
+static int sched_base(ldm_pipeline *p, int kind, ldm_sched_config *sc) {
+    if (kind < -1 || kind >= LDM_SCHED_COUNT) return ldm_error_kind(LDM_USAGE, "scheduler %d: unknown", kind);
+    int i = kind + 1;
+    if (p->sched_state[i] == 0) {
+        const char *member = "scheduler/scheduler_config.json";
+        const char *json = ldm_bundle_member(p->bundle, member, NULL);
+        int rc = json ? ldm_sched_config_parse(&p->sched[i], json, member, kind)
+                      : ldm_error_kind(LDM_DATA, "%s: missing member %s", ldm_bundle_path(p->bundle), member);
+        p->sched_state[i] = rc ? -1 : 1;
+        if (rc) snprintf(p->sched_error[i], sizeof p->sched_error[i], "%s", ldm_last_error());
+    }
+    if (p->sched_state[i] < 0) return ldm_error_kind(LDM_DATA, "%s", p->sched_error[i]);
+    *sc = p->sched[i];
+    return 0;
+}
+
+int ldm_gen_sched_config(ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc) {
+    if (sched_base(p, prm->scheduler, sc)) return -1;
     if (prm->karras) {
         if (sc->kind != LDM_SCHED_EULER && sc->kind != LDM_SCHED_DPMPP_2M)
-            return ldm_error("--karras applies to the euler and dpmpp_2m schedulers, not %s",
-                             ldm_sched_name(sc->kind));
+            return ldm_error_kind(LDM_USAGE, "--karras applies to the euler and dpmpp_2m schedulers, not %s",
+                                  ldm_sched_name(sc->kind));
         sc->use_karras_sigmas = 1;
     }
     if (prm->eta != 0) {
-        if (!(prm->eta >= 0 && prm->eta <= 1000))
-            return ldm_error("eta %g: expected a number >= 0", prm->eta);
+        if (!(prm->eta >= 0 && prm->eta <= 1))
+            return ldm_error_kind(LDM_USAGE, "eta %g: expected a number from 0 to 1", prm->eta);
         if (sc->kind != LDM_SCHED_DDIM)
-            return ldm_error("eta applies to the ddim scheduler only, not %s",
-                             ldm_sched_name(sc->kind));
+            return ldm_error_kind(LDM_USAGE, "eta applies to the ddim scheduler only, not %s",
+                                  ldm_sched_name(sc->kind));
         sc->eta = prm->eta;
     }
     if (prm->spacing >= 0) sc->timestep_spacing = prm->spacing;
@@ -182,9 +236,9 @@ static int bundle_geometry(const ldm_bundle *b, int *def, int *mult) {
     if (v && !cfg_int_list(u, "unet/config.json", "block_out_channels", ub, 8, &nu) &&
         !cfg_int_list(v, "vae/config.json", "block_out_channels", vb, 8, &nv) &&
         !cfg_int(u, "unet/config.json", "sample_size", &ss)) {
-        if (nu < 1 || nv < 1 || ss < 1)
-            ldm_error("%s: unet/vae config: empty block_out_channels or bad sample_size",
-                      ldm_bundle_path(b));
+        if (nu < 1 || nv < 1 || ss < 1 || ss > 8192)
+            ldm_error("%s: unet/vae config: empty block_out_channels, or sample_size %d outside "
+                      "1..8192", ldm_bundle_path(b), ss);
         else {
             int f = 1 << (nv - 1);
             *def = ss * f;
@@ -197,33 +251,36 @@ static int bundle_geometry(const ldm_bundle *b, int *def, int *mult) {
     return rc;
 }
 
-int ldm_gen_check_bundle(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sched_config *sc,
-                         int *width, int *height) {
-    if (!prm->prompt) return ldm_error("no prompt");
+/* Parameters against the limits and the model, without building the scheduler. */
+static int check_params(ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc, int *width,
+                        int *height) {
+    if (!prm->prompt && !prm->prompt_embeds) return ldm_error_kind(LDM_USAGE, "no prompt");
     if (prm->steps < 1 || prm->steps > 1000)
-        return ldm_error("steps %d: expected 1..1000", prm->steps);
-    if (!isfinite(prm->guidance)) return ldm_error("guidance scale is not a finite number");
-    if (prm->batch < 0 || prm->batch > 64) return ldm_error("batch %d: expected 1..64", prm->batch);
+        return ldm_error_kind(LDM_USAGE, "steps %d: expected 1..1000", prm->steps);
+    if (!(prm->guidance >= 0 && prm->guidance <= 100))
+        return ldm_error_kind(LDM_USAGE, "guidance scale %g: expected a number from 0 to 100", prm->guidance);
+    if (prm->batch < 0 || prm->batch > 64)
+        return ldm_error_kind(LDM_USAGE, "batch %d: expected 1..64", prm->batch);
     if (prm->clip_skip < 0 || prm->clip_skip > 12)
-        return ldm_error("clip skip %d: expected 1..12", prm->clip_skip);
-    int def, m;
-    if (bundle_geometry(b, &def, &m)) return -1;
-    int W = prm->width ? prm->width : def, H = prm->height ? prm->height : def;
+        return ldm_error_kind(LDM_USAGE, "clip skip %d: expected 1..12", prm->clip_skip);
+    const int m = p->size_multiple;
+    int W = prm->width ? prm->width : p->default_size, H = prm->height ? prm->height : p->default_size;
     if (W < m || H < m || W % m || H % m || W > 8192 || H > 8192)
-        return ldm_error("size %dx%d: this model needs width and height in multiples of %d "
-                         "(%d..8192)", W, H, m, m);
+        return ldm_error_kind(LDM_USAGE, "size %dx%d: this model needs width and height in multiples of %d "
+                              "(%d..8192)", W, H, m, m);
     if (width) *width = W;
     if (height) *height = H;
-    if (ldm_gen_sched_config(b, prm, sc)) return -1;
-    /* build it once: schedules that do not fit (e.g. too many steps) fail here */
-    ldm_sched *s = ldm_sched_new(sc, prm->steps);
-    if (!s) return -1;
-    ldm_sched_free(s);
-    return 0;
+    return ldm_gen_sched_config(p, prm, sc);
 }
 
-int ldm_gen_check(const ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc) {
-    return ldm_gen_check_bundle(p->bundle, prm, sc, NULL, NULL);
+int ldm_gen_check(ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc, int *width,
+                  int *height) {
+    if (check_params(p, prm, sc, width, height)) return -1;
+    /* build it once: schedules that do not fit (e.g. too many steps) fail here */
+    ldm_sched *s = ldm_sched_new(sc, prm->steps);
+    if (!s) return ldm_error_set_kind(LDM_USAGE);
+    ldm_sched_free(s);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -247,13 +304,43 @@ static int tokenize(ldm_pipeline *p, const char *text, int32_t *ids, int T, int 
     return 0;
 }
 
-int ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res) {
+/* Activation bytes for the three models at UNet batch nb and latent h x w: the largest
+ * of their dry runs, measured once per (nb, h, w). */
+static size_t arena_need(ldm_pipeline *p, int nb, int h, int w) {
+    for (int i = 0; i < p->n_plans; i++)
+        if (p->plans[i].nb == nb && p->plans[i].h == h && p->plans[i].w == w) return p->plans[i].bytes;
+    const int T = ldm_clip_max_length(p->clip);
+    size_t need = ldm_clip_arena_bytes(p->clip, 2);
+    size_t u = ldm_unet_arena_bytes(p->unet, nb, h, w, T);
+    size_t v = ldm_vae_arena_bytes(p->vae, 1, h, w);
+    if (u > need) need = u;
+    if (v > need) need = v;
+    arena_plan e = {nb, h, w, need};
+    if (p->n_plans < PLAN_CACHE) p->plans[p->n_plans++] = e;
+    else {
+        memmove(p->plans, p->plans + 1, sizeof p->plans[0] * (PLAN_CACHE - 1));
+        p->plans[PLAN_CACHE - 1] = e;
+    }
+    return need;
+}
+
+/* All finite?  Names what and where when not. */
+static int check_finite(const float *x, size_t n, const char *what) {
+    for (size_t k = 0; k < n; k++)
+        if (!isfinite(x[k]))
+            return ldm_error("%s: value %zu of %zu is %s (the model or its parameters give "
+                             "non-finite numbers; nothing was written)", what, k, n,
+                             isnan(x[k]) ? "NaN" : "infinite");
+    return 0;
+}
+
+ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res) {
     memset(res, 0, sizeof *res);
     double t0 = now_s();
-    if (ldm_gen_check(p, prm, &res->sched)) return -1;
+    if (!p->unet) return ldm_error("pipeline: models not loaded (ldm_pipeline_load)"), LDM_RUNTIME;
+    int W, H;
+    if (check_params(p, prm, &res->sched, &W, &H)) return ldm_last_status();
     const int B = prm->batch ? prm->batch : 1;
-    const int W = prm->width ? prm->width : ldm_pipeline_default_size(p);
-    const int H = prm->height ? prm->height : ldm_pipeline_default_size(p);
     const int f = ldm_vae_downscale(p->vae), h = H / f, w = W / f;
     const int C = ldm_unet_in_channels(p->unet);
     const int T = ldm_clip_max_length(p->clip), D = ldm_clip_hidden_size(p->clip);
@@ -269,33 +356,35 @@ int ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res
     int32_t *ids = NULL;
     int rc = -1;
 
-    /* one arena for the three models at this size */
-    size_t need = ldm_clip_arena_bytes(p->clip, 2);
-    size_t u = ldm_unet_arena_bytes(p->unet, NB, h, w, T);
-    size_t v = ldm_vae_arena_bytes(p->vae, 1, h, w);
-    if (u > need) need = u;
-    if (v > need) need = v;
-    if (arena_reserve(p, need)) goto done;
+    /* one arena for the three models at this size (dry runs cached per batch and size) */
+    if (arena_reserve(p, arena_need(p, NB, h, w))) goto done;
 
-    /* ---- text ---- */
-    ids = ldm_xmalloc(sizeof(int32_t) * 2 * T);
+    /* ---- text: the caller's embeddings (prompt_embeds / negative_prompt_embeds), else
+     * tokenize and encode here ---- */
     emb = ldm_xmalloc(sizeof(float) * 2 * TD);   /* [neg; prompt] */
-    int32_t *neg_ids = ids, *pos_ids = ids + T;
-    if (tokenize(p, prm->prompt, pos_ids, T, &res->prompt_truncated)) goto done;
-    if (cfg && tokenize(p, prm->negative ? prm->negative : "", neg_ids, T,
-                        &res->negative_truncated)) goto done;
-    {
-        ldm_encode_fn enc = prm->encode;
+    if (prm->prompt_embeds) {
+        memcpy(emb + TD, prm->prompt_embeds, sizeof(float) * TD);
+        if (cfg) {
+            if (!prm->negative_embeds) {
+                ldm_error_kind(LDM_USAGE, "prompt embeddings given without negative prompt embeddings");
+                goto done;
+            }
+            memcpy(emb, prm->negative_embeds, sizeof(float) * TD);
+        }
+    } else {
+        ids = ldm_xmalloc(sizeof(int32_t) * 2 * T);
+        int32_t *neg_ids = ids, *pos_ids = ids + T;
+        if (tokenize(p, prm->prompt, pos_ids, T, &res->prompt_truncated)) goto done;
+        if (cfg && tokenize(p, prm->negative ? prm->negative : "", neg_ids, T,
+                            &res->negative_truncated)) goto done;
         int skip = prm->clip_skip > 1 ? prm->clip_skip : 1;
         int r;
-        if (!enc && cfg && skip == 1) {
+        if (cfg && skip == 1) {
             r = ldm_pipeline_encode_text(p, ids, 2, 1, emb);          /* both in one batch */
         } else {
-            r = enc ? enc(prm->encode_user, p, pos_ids, 1, skip, emb + TD)
-                    : ldm_pipeline_encode_text(p, pos_ids, 1, skip, emb + TD);
-            if (!r && cfg)
-                r = enc ? enc(prm->encode_user, p, neg_ids, 1, 1, emb)
-                        : ldm_pipeline_encode_text(p, neg_ids, 1, 1, emb);
+            /* the negative prompt uses the last layer, as diffusers' encode_prompt does */
+            r = ldm_pipeline_encode_text(p, pos_ids, 1, skip, emb + TD);
+            if (!r && cfg) r = ldm_pipeline_encode_text(p, neg_ids, 1, 1, emb);
         }
         if (r) { ldm_error_prefix("text encoder"); goto done; }
     }
@@ -330,7 +419,7 @@ int ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res
     for (int i = 0; i < s->n_timesteps; i++) {
         if (prm->interrupt && *prm->interrupt) {
             res->interrupted = 1;
-            ldm_error("interrupted after %d of %d steps", i, s->n_timesteps);
+            ldm_error_kind(LDM_INTERRUPTED, "interrupted after %d of %d steps", i, s->n_timesteps);
             goto done;
         }
         /* latent_model_input = cat([x] * 2) if cfg; scale_model_input */
@@ -345,8 +434,13 @@ int ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res
             for (size_t k = 0; k < n; k++) eps[k] = eps[k] + g * (eps[n + k] - eps[k]);
         }
         if (ldm_sched_step(s, i, eps, x, B, per, rngs)) goto done;
-        if (prm->progress) prm->progress(prm->progress_user, i + 1, s->n_timesteps);
+        /* denoising steps, not UNet evaluations (PNDM evaluates steps + 1 times) */
+        if (prm->progress)
+            prm->progress(prm->progress_user,
+                          (int)(((int64_t)(i + 1) * prm->steps + s->n_timesteps - 1) / s->n_timesteps),
+                          prm->steps);
     }
+    if (check_finite(x, n, "final latents")) goto done;
     if (prm->keep_latents) {
         res->latents_final = ldm_xmalloc(sizeof(float) * n);
         memcpy(res->latents_final, x, sizeof(float) * n);
@@ -355,7 +449,7 @@ int ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res
     res->t_sampling = t2 - t1;
     if (prm->interrupt && *prm->interrupt) {
         res->interrupted = 1;
-        ldm_error("interrupted before decoding");
+        ldm_error_kind(LDM_INTERRUPTED, "interrupted before decoding");
         goto done;
     }
 
@@ -369,6 +463,7 @@ int ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res
             ldm_error_prefix("vae decode");
             goto done;
         }
+        if (check_finite(img, (size_t)3 * H * W, "decoded image")) goto done;
         to_rgb8(img, H, W, res->rgb + (size_t)b * H * W * 3);
     }
     double t3 = now_s();
@@ -383,7 +478,7 @@ done:
     }
     ldm_sched_free(s);
     free(rngs); free(ctx); free(emb); free(ids); free(x); free(xin); free(eps); free(img);
-    return rc;
+    return rc ? ldm_last_status() : LDM_OK;
 }
 
 void ldm_gen_result_free(ldm_gen_result *r) {

@@ -9,12 +9,19 @@
  *       x = scheduler.step(eps, t, x)
  *   image = VAE.decode(x / scaling_factor); rgb = round(clamp(image/2 + 0.5, 0, 1) * 255)
  *
- * An ldm_pipeline holds the bundle, the tokenizer, the three models and one activation
- * arena sized for the largest of them at the current resolution and batch (resized only
- * when those change).  ldm_generate takes a parameter struct and fills a result struct
- * (images and timings); a progress callback and an interrupt flag are checked between
- * steps.  Text encoding is a separate call (ids + clip skip -> embedding) that a cache
- * can wrap through ldm_gen_params.encode.
+ * An ldm_pipeline is made in two steps.  ldm_pipeline_new reads what the configs say
+ * once (tokenizer, geometry, the scheduler config per class), so parameters can be
+ * checked (ldm_gen_check) before any weight is touched; ldm_pipeline_load then loads the
+ * three models on a backend.  The pipeline keeps one activation arena sized for the
+ * largest model at the current resolution and batch (dry runs cached per batch and
+ * size; the arena grows only when needed).
+ *
+ * ldm_generate takes a parameter struct and fills a result struct (images, timings);
+ * a progress callback and an interrupt flag are checked between steps.  Text comes in
+ * as diffusers' prompt_embeds / negative_prompt_embeds when the caller has them (the
+ * app encodes through its cache with ldm_pipeline_encode_text), else the pipeline
+ * tokenizes and encodes the prompt itself.  Every failure, a backend's included, is
+ * returned as an ldm_status with the message in ldm_last_error().
  */
 #ifndef LDM_PIPELINE_H
 #define LDM_PIPELINE_H
@@ -22,21 +29,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "format/bundle.h"
 #include "backend/ops.h"
-#include "pipeline/scheduler.h"
+#include "core/common.h"
+#include "format/bundle.h"
 #include "model/tokenizer.h"
+#include "pipeline/scheduler.h"
 
 typedef struct ldm_pipeline ldm_pipeline;
 
 /* The tokenizer of a bundle (its tokenizer/ members).  NULL + ldm_error on failure. */
 ldm_tokenizer *ldm_bundle_tokenizer(const ldm_bundle *b);
 
-/* Open a bundle and load its tokenizer and models on `be`.  NULL + ldm_error. */
-ldm_pipeline *ldm_pipeline_open(const char *bundle_path, const ldm_backend *be);
-/* The same on an already open bundle; the pipeline takes ownership of b (also on failure). */
-ldm_pipeline *ldm_pipeline_new(ldm_bundle *b, const ldm_backend *be);
+/* The tokenizer and configs of an open bundle, no weights.  The pipeline takes
+ * ownership of b (also on failure).  NULL + ldm_error (kind LDM_DATA). */
+ldm_pipeline *ldm_pipeline_new(ldm_bundle *b);
+/* Load the three models on `be` (borrowed: it must outlive the pipeline). */
+int ldm_pipeline_load(ldm_pipeline *p, ldm_backend *be);
+/* Open a bundle, ldm_pipeline_new, ldm_pipeline_load.  NULL + ldm_error. */
+ldm_pipeline *ldm_pipeline_open(const char *bundle_path, ldm_backend *be);
 void ldm_pipeline_close(ldm_pipeline *p);
+/* The backend of a loaded pipeline, else NULL. */
+ldm_backend *ldm_pipeline_backend(const ldm_pipeline *p);
 
 const ldm_bundle *ldm_pipeline_bundle(const ldm_pipeline *p);
 const ldm_tokenizer *ldm_pipeline_tokenizer(const ldm_pipeline *p);
@@ -44,7 +57,7 @@ const ldm_tokenizer *ldm_pipeline_tokenizer(const ldm_pipeline *p);
 int ldm_pipeline_default_size(const ldm_pipeline *p);
 /* The VAE downscale factor (8); sizes must be multiples of it, see ldm_gen_check_bundle. */
 int ldm_pipeline_size_multiple(const ldm_pipeline *p);
-/* Token sequence length (77) and text embedding width (768 for SD 1.x). */
+/* Token sequence length (77) and text embedding width (768 for SD 1.x; 0 before load). */
 int ldm_pipeline_text_length(const ldm_pipeline *p);
 int ldm_pipeline_text_dim(const ldm_pipeline *p);
 
@@ -53,10 +66,8 @@ int ldm_pipeline_text_dim(const ldm_pipeline *p);
 int ldm_pipeline_encode_text(ldm_pipeline *p, const int32_t *ids, int B, int clip_skip,
                              float *out);
 
+/* After each denoising step: step 1..total (total = steps). */
 typedef void (*ldm_progress_fn)(void *user, int step, int total);
-/* Replacement for ldm_pipeline_encode_text (e.g. a cache around it); same contract. */
-typedef int (*ldm_encode_fn)(void *user, ldm_pipeline *p, const int32_t *ids, int B,
-                             int clip_skip, float *out);
 
 typedef struct ldm_gen_params {
     const char *prompt;
@@ -71,11 +82,13 @@ typedef struct ldm_gen_params {
     int karras;                /* Karras sigmas (Euler, DPM++ only) */
     double eta;                /* DDIM eta (DDIM only; 0 = deterministic) */
     int spacing;               /* ldm_spacing override, or -1 = the bundle's config */
+    /* diffusers' prompt_embeds / negative_prompt_embeds: [T, C] each on the host, or
+     * NULL to tokenize and encode prompt/negative here (negative_embeds is needed when
+     * guidance > 1) */
+    const float *prompt_embeds, *negative_embeds;
     ldm_progress_fn progress;  /* called after each step (step 1..total), may be NULL */
     void *progress_user;
     const volatile int *interrupt; /* when it becomes non-zero, stop between steps */
-    ldm_encode_fn encode;      /* NULL = ldm_pipeline_encode_text */
-    void *encode_user;
     int keep_latents;          /* also return latents_init / latents_final */
 } ldm_gen_params;
 
@@ -96,21 +109,22 @@ typedef struct ldm_gen_result {
     ldm_sched_config sched;    /* the effective scheduler configuration */
 } ldm_gen_result;
 
-/* Check the parameters against the bundle's configs and build the effective scheduler
- * configuration, without loading any weights: lets a front end reject bad input (size
- * not a multiple of the VAE factor, --karras with DDIM, too many steps for the
- * schedule, ...) before the heavy work.  *width and *height (may be NULL) get the size that
- * will be used.  Errors name the parameter. */
-int ldm_gen_check_bundle(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sched_config *sc,
-                         int *width, int *height);
-int ldm_gen_check(const ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc);
+/* Check the parameters against the limits and the configs and build the effective
+ * scheduler configuration (and the schedule once), without loading any weights: lets a
+ * front end reject bad input (size not a multiple of the VAE factor, --karras with DDIM,
+ * too many steps for the schedule, ...) before the heavy work.  *width and *height (may
+ * be NULL) get the size that will be used.  Errors name the parameter; their kind is
+ * LDM_USAGE, or LDM_DATA when the bundle's config is at fault. */
+int ldm_gen_check(ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc, int *width,
+                  int *height);
 /* Only the scheduler part: the bundle's scheduler config read as prm->scheduler's class,
  * with prm's karras, eta and spacing applied. */
-int ldm_gen_sched_config(const ldm_bundle *b, const ldm_gen_params *prm, ldm_sched_config *sc);
+int ldm_gen_sched_config(ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *sc);
 
-/* Generate.  Returns 0, or -1 with ldm_error (and res->interrupted when interrupted).
- * The result is owned by the caller: ldm_gen_result_free. */
-int ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res);
+/* Generate.  LDM_OK, or the failure's kind with ldm_error (res->interrupted when
+ * interrupted).  A non-finite latent or image is a failure (LDM_RUNTIME).  The result
+ * is owned by the caller: ldm_gen_result_free. */
+ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res);
 void ldm_gen_result_free(ldm_gen_result *r);
 
 /* AUTOMATIC1111's "parameters" text for image i of a result:

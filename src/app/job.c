@@ -1,0 +1,712 @@
+/* job.c - one ldmgen job from bundle to PNG files.  See job.h for the flow.
+ *
+ * Invariants kept here:
+ * - rows are inserted as 'running' before the models are loaded and finished exactly
+ *   once: ok only after the PNG is under its final name, else failed (with the message)
+ *   or interrupted; a SIGKILL leaves 'running' rows that ldm_db_reap_interrupted marks;
+ * - every row and every PNG "ldm" chunk is the same ldm_gen_record (app/record.h), so
+ *   what replay reads back is what was recorded;
+ * - nothing in the PNG chunks depends on the output file name or the bundle's path:
+ *   the same job gives the same bytes wherever it is written and whichever copy of the
+ *   bundle it reads;
+ * - a failed generation writes no PNG and leaves nothing in the embedding cache.
+ */
+#include "app/job.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <utf8proc.h>
+
+#include "app/db.h"
+#include "app/embed.h"
+#include "app/grid.h"
+#include "core/sha256.h"
+#include "format/bundle.h"
+#include "format/png_io.h"
+#include "pipeline/scheduler.h"
+
+#define PRECISION "fp32"
+
+/* ------------------------------------------------------------------------------------ */
+/* small helpers */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* path made absolute against the current folder (symlinks kept).  malloc'd. */
+static char *absolute_path(const char *path) {
+    if (path[0] == '/') return ldm_xstrdup(path);
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) return ldm_xstrdup(path);
+    while (path[0] == '.' && path[1] == '/') path += 2;
+    size_t n = strlen(cwd) + strlen(path) + 2;
+    char *s = ldm_xmalloc(n);
+    snprintf(s, n, "%s/%s", cwd, path);
+    return s;
+}
+
+/* "/a/b/sd15.ldmb" -> "sd15" (malloc'd). */
+static char *path_stem(const char *path) {
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    char *s = ldm_xstrdup(base);
+    char *dot = strrchr(s, '.');
+    if (dot && dot != s) *dot = 0;
+    return s;
+}
+
+char *ldm_output_name(const char *out, int i, int n) {
+    if (n == 1) return ldm_xstrdup(out);
+    size_t L = strlen(out);
+    const char *slash = strrchr(out, '/');
+    const char *dot = strrchr(out, '.');
+    if (dot && (!slash || dot > slash + 1) && !strcmp(dot, ".png")) L = (size_t)(dot - out);
+    char *s = ldm_xmalloc(L + 16);
+    snprintf(s, L + 16, "%.*s-%04d.png", (int)L, out, i + 1);
+    return s;
+}
+
+/* The folder of `path` must exist and be writable, and path must not be a folder. */
+static int check_output(const char *path) {
+    struct stat st;
+    if (!*path) return ldm_error("output file name is empty");
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return ldm_error("%s: is a folder; give a file name with -o", path);
+    char *dir = ldm_xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) strcpy(dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    int rc = 0;
+    if (stat(dir, &st) != 0)
+        rc = ldm_error("%s: folder %s does not exist", path, dir);
+    else if (!S_ISDIR(st.st_mode))
+        rc = ldm_error("%s: %s is not a folder", path, dir);
+    else if (access(dir, W_OK | X_OK) != 0)
+        rc = ldm_error("%s: folder %s is not writable", path, dir);
+    free(dir);
+    return rc;
+}
+
+static int check_utf8(const char *s, const char *what) {
+    size_t len = strlen(s);
+    for (size_t i = 0; i < len;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i,
+                                              (utf8proc_ssize_t)(len - i), &cp);
+        if (k <= 0)
+            return ldm_error_kind(LDM_USAGE, "%s: invalid UTF-8 at byte %zu (0x%02x)", what, i,
+                                  (unsigned char)s[i]);
+        i += (size_t)k;
+    }
+    return 0;
+}
+
+static uint64_t random_seed(void) {
+    uint32_t r = 0;
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd >= 0) {
+        if (read(fd, &r, sizeof r) != (ssize_t)sizeof r) r = 0;
+        close(fd);
+    }
+    if (!r) r = (uint32_t)time(NULL) ^ (uint32_t)getpid() * 2654435761u;
+    return r;   /* 32 bits: short enough to type back */
+}
+
+static void sha256_hex(const void *data, size_t n, char hex[65]) {
+    uint8_t d[32];
+    ldm_sha256_buf(data, n, d);
+    ldm_sha256_hex(d, hex);
+}
+
+/* Shortest "%g"-style number that reads back as the same double (7.5, 0.5, 12). */
+static void fmt_num(char *out, size_t cap, double v) {
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(out, cap, "%.*g", prec, v);
+        if (strtod(out, NULL) == v) return;
+    }
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* the database: history rows and the embedding cache, both best effort */
+
+typedef struct {
+    ldm_db *db;        /* NULL: none (not wanted, or could not be opened) */
+    int record, cache; /* history / cache wanted */
+    int require;       /* require_history */
+    int *lost;         /* some history was not recorded (warned once) */
+    char lost_msg[512];
+} session;
+
+static void history_lost(session *s, const char *why) {
+    if (!*s->lost) {
+        ldm_warn("history not recorded%s: %s", s->require ? " (--require-history)" : "", why);
+        snprintf(s->lost_msg, sizeof s->lost_msg, "history not recorded: %s", why);
+    }
+    *s->lost = 1;
+}
+
+static void session_open(session *s, ldm_job *j) {
+    memset(s, 0, sizeof *s);
+    s->lost = &j->history_lost;
+    s->record = !j->no_history && j->db_path;
+    s->cache = !j->no_cache && j->db_path;
+    s->require = j->require_history;
+    if (!s->record && !s->cache) return;
+    s->db = ldm_db_open(j->db_path);
+    if (!s->db) {
+        if (s->record) history_lost(s, ldm_last_error());
+        else ldm_log(2, "embedding cache not used: %s\n", ldm_last_error());
+        return;
+    }
+    if (ldm_db_reap_interrupted(s->db) < 0) ldm_log(2, "%s\n", ldm_last_error());
+}
+
+static void rec_begin(session *s, ldm_gen_record *r) {
+    r->id = 0;
+    if (!s->record || !s->db) return;
+    if (ldm_db_begin(s->db, r)) { history_lost(s, ldm_last_error()); r->id = 0; }
+}
+
+static void rec_finish(session *s, ldm_gen_record *r, const char *status, const char *error) {
+    if (!r->id) return;
+    if (ldm_db_finish(s->db, r, status, error)) history_lost(s, ldm_last_error());
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* the job */
+
+/* Everything one run shares: the bundle identity, names, rows and the pipeline. */
+typedef struct {
+    ldm_job *j;
+    session s;
+    ldm_embedder *emb;
+    ldm_backend *be;
+    ldm_pipeline *p;
+    char *hash, *abs_bundle, *model_name;
+    const char *sched_name;
+    int W, H, B;              /* image size, images per generation */
+    int n_cells;              /* grid cells (1 without a grid) */
+    ldm_gen_params *cell;     /* [n_cells] the parameters of each generation */
+    int n_img;                /* PNGs written (a grid is one) */
+    char **names, **lat_names;/* [n_img] */
+    int n_rows;               /* history rows: images, or grid cells */
+    ldm_gen_record *recs;     /* [n_rows] */
+    const char *label;        /* progress label of the generation running */
+    double step_start;
+} run_state;
+
+/* The record of image `idx` of generation prm (a batch of `batch`). */
+static void make_record(const run_state *r, const ldm_gen_params *prm, int idx, int batch,
+                        ldm_gen_record *m) {
+    ldm_record_init(m);
+    ldm_record_set(&m->bundle_hash, r->hash);
+    ldm_record_set(&m->bundle_path, r->abs_bundle);
+    ldm_record_set(&m->model_name, r->model_name);
+    ldm_record_set(&m->prompt, prm->prompt);
+    ldm_record_set(&m->negative_prompt, prm->negative ? prm->negative : "");
+    m->seed = prm->seed + (uint64_t)idx;
+    m->steps = prm->steps;
+    m->guidance = prm->guidance;
+    ldm_record_set(&m->scheduler, r->sched_name);
+    m->karras = prm->karras;
+    m->eta = prm->eta;
+    ldm_record_set(&m->timestep_spacing, prm->spacing >= 0 ? ldm_spacing_name(prm->spacing) : NULL);
+    m->width = r->W;
+    m->height = r->H;
+    m->clip_skip = prm->clip_skip > 1 ? prm->clip_skip : 1;
+    m->batch_size = batch;
+    m->batch_index = idx;
+    m->replay_of = r->j->replay_of;
+    ldm_record_set(&m->backend, r->be ? ldm_backend_name(r->be) : "");
+}
+
+/* PNG bytes of an image with its two chunks, and their SHA-256. */
+static int encode_png(const uint8_t *rgb, int W, int H, const char *params, const char *meta,
+                      uint8_t **png, size_t *len, char sha[65]) {
+    ldm_png_text t[2] = {{"parameters", params}, {"ldm", meta}};
+    if (ldm_png_encode(rgb, W, H, t, meta ? 2 : 1, png, len)) return -1;
+    sha256_hex(*png, *len, sha);
+    return 0;
+}
+
+static void finish_all(run_state *r, int from, const char *status, const char *error) {
+    for (int i = from; i < r->n_rows; i++) rec_finish(&r->s, &r->recs[i], status, error);
+}
+
+/* A failure after the rows began: finish them (from `from`) as failed or interrupted
+ * with the current message and return its status. */
+static ldm_status fail_rows(run_state *r, int from) {
+    ldm_status st = ldm_last_status();
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", ldm_last_error());
+    if (st == LDM_INTERRUPTED) {
+        finish_all(r, from, "interrupted", "interrupted by a signal");
+        ldm_error_kind(LDM_INTERRUPTED, "interrupted; nothing written");
+    } else {
+        finish_all(r, from, "failed", msg);
+        ldm_error_kind(st == LDM_OK ? LDM_RUNTIME : st, "%s", msg);
+    }
+    return ldm_last_status();
+}
+
+static void written(run_state *r, const char *path) {
+    if (r->j->hooks.written) r->j->hooks.written(r->j->hooks.user, path);
+}
+
+static void on_step(void *user, int step, int total) {
+    run_state *r = user;
+    if (step <= 1) r->step_start = now_s();
+    r->j->hooks.progress(r->j->hooks.user, r->label, step, total, now_s() - r->step_start);
+}
+
+/* Embeddings for prm through the cache, then ldm_generate.  On failure the rows are
+ * finished and the status returned. */
+static ldm_status generate(run_state *r, ldm_gen_params *prm, ldm_gen_result *res, const char *label,
+                           float *pos, float *neg) {
+    ldm_job *j = r->j;
+    memset(res, 0, sizeof *res);
+    prm->interrupt = j->interrupt;
+    prm->keep_latents = j->latent_output != NULL;
+    r->label = label;
+    r->step_start = now_s();
+    if (j->hooks.progress) { prm->progress = on_step; prm->progress_user = r; }
+    const int cfg = prm->guidance > 1.0;
+    int trunc = 0;
+    double t0 = now_s();
+    /* the negative prompt uses the last layer, as diffusers' encode_prompt does */
+    if (ldm_embed_text(r->emb, r->p, prm->prompt, prm->clip_skip, "prompt", pos, &trunc)) goto fail;
+    res->prompt_truncated = trunc;
+    if (cfg && ldm_embed_text(r->emb, r->p, prm->negative ? prm->negative : "", 1, "negative prompt",
+                              neg, &trunc))
+        goto fail;
+    if (cfg) res->negative_truncated = trunc;
+    prm->prompt_embeds = pos;
+    prm->negative_embeds = cfg ? neg : NULL;
+    double t_text = now_s() - t0;
+    int pt = res->prompt_truncated, nt = res->negative_truncated;
+    ldm_status st = ldm_generate(r->p, prm, res);
+    res->prompt_truncated = pt;
+    res->negative_truncated = nt;
+    res->t_text += t_text;
+    res->t_total += t_text;
+    if (st == LDM_OK && j->interrupt && *j->interrupt) {
+        ldm_gen_result_free(res);
+        ldm_error_kind(LDM_INTERRUPTED, "interrupted");
+        st = LDM_INTERRUPTED;
+    }
+    if (st == LDM_OK) {
+        ldm_embedder_commit(r->emb);
+        return LDM_OK;
+    }
+fail:
+    ldm_embedder_discard(r->emb);
+    return fail_rows(r, 0);
+}
+
+static void warn_truncated(const run_state *r, const ldm_gen_result *res) {
+    int T = ldm_pipeline_text_length(r->p) - 2;
+    if (res->prompt_truncated) ldm_warn("the prompt is longer than %d tokens; the rest was truncated", T);
+    if (res->negative_truncated)
+        ldm_warn("the negative prompt is longer than %d tokens; the rest was truncated", T);
+}
+
+static void set_times(ldm_gen_record *rec, const ldm_gen_result *res) {
+    rec->t_text_ms = res->t_text * 1e3;
+    rec->t_sampling_ms = res->t_sampling * 1e3;
+    rec->t_decode_ms = res->t_decode * 1e3;
+    rec->t_total_ms = res->t_total * 1e3;
+}
+
+/* The latent picture: mean over channels, enlarged to the image size. */
+static int write_latent(const char *path, const float *lat, const ldm_gen_result *res,
+                        const char *params) {
+    uint8_t *img;
+    int w, h;
+    if (ldm_latent_image(lat, res->latent_channels, res->latent_h, res->latent_w,
+                         res->width / res->latent_w, &img, &w, &h))
+        return -1;
+    char desc[160];
+    snprintf(desc, sizeof desc, "ldm final latent %dx%dx%d, averaged over its %d channels "
+             "(black = lowest, white = highest)", res->latent_channels, res->latent_h,
+             res->latent_w, res->latent_channels);
+    ldm_png_text t[2] = {{"Description", desc}, {"parameters", params}};
+    int rc = ldm_png_write(path, img, w, h, t, 2);
+    free(img);
+    return rc;
+}
+
+/* A plain run: one generation of B images, written as names[]. */
+static ldm_status run_batch(run_state *r, float *pos, float *neg) {
+    ldm_job *j = r->j;
+    ldm_gen_params prm = r->cell[0];
+    ldm_gen_result res;
+    ldm_status rc = generate(r, &prm, &res, "", pos, neg);
+    if (rc) return rc;
+    warn_truncated(r, &res);
+    const size_t img_bytes = (size_t)res.width * res.height * 3;
+    const size_t per = (size_t)res.latent_channels * res.latent_h * res.latent_w;
+    for (int i = 0; i < r->n_img; i++) {
+        int idx = j->only_index >= 0 ? j->only_index : i;
+        char *params = ldm_a1111_parameters(&prm, &res, idx, r->hash, r->model_name);
+        ldm_gen_record *rec = &r->recs[i];
+        char *meta = ldm_record_png_json(rec);
+        uint8_t *png = NULL;
+        size_t len = 0;
+        char sha[65];
+        int bad = encode_png(res.rgb + idx * img_bytes, res.width, res.height, params, meta, &png,
+                             &len, sha) ||
+                  ldm_write_file_atomic(r->names[i], png, len);
+        free(png);
+        free(meta);
+        if (bad) { free(params); rc = fail_rows(r, i); break; }
+        ldm_record_set(&rec->png_sha256, sha);
+        set_times(rec, &res);
+        rec_finish(&r->s, rec, "ok", NULL);
+        snprintf(j->png_sha256, sizeof j->png_sha256, "%s", sha);
+        written(r, r->names[i]);
+        if (j->latent_output) {
+            if (write_latent(r->lat_names[i], res.latents_final + idx * per, &res, params)) {
+                free(params);
+                char msg[1024];
+                snprintf(msg, sizeof msg, "%s", ldm_last_error());
+                finish_all(r, i + 1, "failed", "not written: the latent picture before it failed");
+                ldm_error("%s", msg);
+                rc = LDM_RUNTIME;
+                break;
+            }
+            written(r, r->lat_names[i]);
+        }
+        free(params);
+    }
+    if (!rc) {
+        ldm_log(2, "%s, %d steps (%d UNet evaluations), %dx%d, seed %llu\n",
+                ldm_sched_a1111_name(&res.sched), prm.steps, res.unet_evaluations, res.width,
+                res.height, (unsigned long long)prm.seed);
+        ldm_log(2, "time: text %.2f s, sampling %.2f s, decode %.2f s, total %.2f s\n", res.t_text,
+                res.t_sampling, res.t_decode, res.t_total);
+    }
+    ldm_gen_result_free(&res);
+    return rc;
+}
+
+/* The grid: one generation per cell (same seed), composed with titles. */
+static ldm_status run_grid(run_state *r, float *pos, float *neg) {
+    ldm_job *j = r->j;
+    const int rows = j->grid.rows, cols = j->grid.cols, n = r->n_cells;
+    uint8_t **cells = ldm_xcalloc((size_t)n, sizeof *cells);
+    uint8_t **lcells = ldm_xcalloc((size_t)n, sizeof *lcells);
+    char **labels = ldm_xcalloc((size_t)n, sizeof *labels);
+    char *first_params = NULL, *meta = NULL;
+    uint8_t *grid = NULL, *lgrid = NULL, *png = NULL;
+    ldm_status rc = LDM_OK;
+    int gw, gh;
+    size_t len;
+    ldm_gen_result res;
+    memset(&res, 0, sizeof res);
+    for (int k = 0; k < n && !rc; k++) {
+        ldm_gen_params prm = r->cell[k];
+        char g[32], label[48];
+        fmt_num(g, sizeof g, prm.guidance);
+        snprintf(label, sizeof label, "g=%s n=%d", g, prm.steps);
+        labels[k] = ldm_xstrdup(label);
+        char plabel[32];
+        snprintf(plabel, sizeof plabel, "cell %d/%d ", k + 1, n);
+        if ((rc = generate(r, &prm, &res, plabel, pos, neg))) break;
+        if (k == 0) warn_truncated(r, &res);
+        ldm_log(2, "cell %s: text %.2f s, sampling %.2f s, decode %.2f s\n", label, res.t_text,
+                res.t_sampling, res.t_decode);
+        /* the cell as a PNG of its own (what `ldmgen replay` of its row writes) */
+        char *params = ldm_a1111_parameters(&prm, &res, 0, r->hash, r->model_name);
+        char *cmeta = ldm_record_png_json(&r->recs[k]);
+        char sha[65];
+        if (encode_png(res.rgb, res.width, res.height, params, cmeta, &png, &len, sha)) {
+            free(params); free(cmeta);
+            rc = fail_rows(r, 0);
+            break;
+        }
+        free(png); png = NULL;
+        free(cmeta);
+        if (k == 0) first_params = params;
+        else free(params);
+        ldm_record_set(&r->recs[k].png_sha256, sha);
+        set_times(&r->recs[k], &res);
+        if (j->latent_output) {
+            int lw, lh;
+            if (ldm_latent_image(res.latents_final, res.latent_channels, res.latent_h, res.latent_w,
+                                 res.width / res.latent_w, &lcells[k], &lw, &lh)) {
+                rc = fail_rows(r, 0);
+                break;
+            }
+        }
+        cells[k] = res.rgb;
+        res.rgb = NULL;
+        ldm_gen_result_free(&res);
+    }
+    ldm_gen_result_free(&res);
+    if (!rc && ldm_grid_compose((const uint8_t *const *)cells, rows, cols, r->W, r->H,
+                                (const char *const *)labels, &grid, &gw, &gh))
+        rc = fail_rows(r, 0);
+    if (!rc) {
+        /* A1111 gives a grid the first cell's parameters; ours describe the whole grid */
+        ldm_gen_record m;
+        make_record(r, &j->prm, 0, 1, &m);
+        m.grid = j->grid;
+        meta = ldm_record_png_json(&m);
+        ldm_record_free(&m);
+        char sha[65];
+        if (encode_png(grid, gw, gh, first_params, meta, &png, &len, sha) ||
+            ldm_write_file_atomic(r->names[0], png, len)) {
+            rc = fail_rows(r, 0);
+        } else {
+            snprintf(j->png_sha256, sizeof j->png_sha256, "%s", sha);
+            finish_all(r, 0, "ok", NULL);
+            written(r, r->names[0]);
+        }
+    }
+    if (!rc && j->latent_output) {
+        int lw, lh;
+        char desc[160];
+        snprintf(desc, sizeof desc, "ldm final latents of the grid cells, each averaged over its "
+                 "channels (black = lowest, white = highest)");
+        ldm_png_text t[2] = {{"Description", desc}, {"parameters", first_params}};
+        if (ldm_grid_compose((const uint8_t *const *)lcells, rows, cols, r->W, r->H,
+                             (const char *const *)labels, &lgrid, &lw, &lh) ||
+            ldm_png_write(r->lat_names[0], lgrid, lw, lh, t, 2))
+            rc = LDM_RUNTIME;
+        else
+            written(r, r->lat_names[0]);
+    }
+    for (int k = 0; k < n; k++) { free(cells[k]); free(lcells[k]); free(labels[k]); }
+    free(cells); free(lcells); free(labels);
+    free(first_params); free(meta); free(grid); free(lgrid); free(png);
+    return rc;
+}
+
+void ldm_job_init(ldm_job *j) {
+    memset(j, 0, sizeof *j);
+    j->prm = ldm_gen_params_default();
+    j->output = "out.png";
+    j->cache_max_mb = 256;
+    j->only_index = -1;
+}
+
+/* The backend the job asked for: "cpu", "cuda", or CUDA when usable, else the CPU. */
+static ldm_backend *open_backend(const ldm_job *j) {
+    ldm_backend_opts o = j->backend_opts;
+    if (j->backend) return ldm_backend_new(j->backend, &o);
+    if (ldm_backend_have_cuda()) {
+        ldm_backend *be = ldm_backend_new("cuda", &o);
+        if (be) return be;
+        ldm_log(2, "CUDA not used: %s\n", ldm_last_error());
+    }
+    return ldm_backend_new("cpu", &o);
+}
+
+static char *grid_spec_text(const ldm_grid_spec *g) {
+    char spec[512] = "g=", v[32];
+    for (int i = 0; i < g->rows; i++) {
+        fmt_num(v, sizeof v, g->guidance[i]);
+        snprintf(spec + strlen(spec), sizeof spec - strlen(spec), "%s%s", i ? "," : "", v);
+    }
+    snprintf(spec + strlen(spec), sizeof spec - strlen(spec), " n=");
+    for (int i = 0; i < g->cols; i++)
+        snprintf(spec + strlen(spec), sizeof spec - strlen(spec), "%s%d", i ? "," : "", g->steps[i]);
+    return ldm_xstrdup(spec);
+}
+
+ldm_status ldm_job_run(ldm_job *j) {
+    run_state R, *r = &R;
+    memset(r, 0, sizeof R);
+    r->j = j;
+    j->history_lost = 0;
+    j->png_sha256[0] = 0;
+    ldm_gen_params *base = &j->prm;
+    const int grid = j->grid.rows > 0;
+    ldm_status rc = LDM_RUNTIME;
+    float *pos = NULL, *neg = NULL;
+    if (!base->prompt) return ldm_error_kind(LDM_USAGE, "no prompt given"), LDM_USAGE;
+    if (check_utf8(base->prompt, "prompt") || (base->negative && check_utf8(base->negative, "negative prompt")))
+        return LDM_USAGE;
+    if (grid && base->batch > 1)
+        return ldm_error_kind(LDM_USAGE, "--grid makes one image per cell; -b does not apply"), LDM_USAGE;
+    if (grid && (j->grid.rows > LDM_GRID_MAX || j->grid.cols < 1 || j->grid.cols > LDM_GRID_MAX))
+        return ldm_error_kind(LDM_USAGE, "--grid: too many values"), LDM_USAGE;
+
+    /* ---- plan: the bundle, its configs once, the parameters of every generation ---- */
+    ldm_log(2, "bundle: %s\n", j->bundle_path);
+    ldm_bundle *b = ldm_bundle_open(j->bundle_path);
+    if (!b) return ldm_last_status();
+    r->hash = ldm_xstrdup(ldm_bundle_hash(b));
+    r->p = ldm_pipeline_new(b);   /* owns b, also on failure */
+    if (!r->p) { rc = ldm_last_status(); goto out; }
+    if (j->want_hash && strcmp(j->want_hash, r->hash)) {
+        ldm_error_kind(LDM_DATA, "%s has content hash %s, but the image was made with a bundle "
+                       "of hash %s; give the right file with --bundle", j->bundle_path, r->hash,
+                       j->want_hash);
+        rc = LDM_DATA;
+        goto out;
+    }
+    r->n_cells = grid ? j->grid.rows * j->grid.cols : 1;
+    r->cell = ldm_xcalloc((size_t)r->n_cells, sizeof *r->cell);
+    ldm_sched_config sc;
+    for (int k = 0; k < r->n_cells; k++) {
+        r->cell[k] = *base;
+        if (grid) {
+            r->cell[k].guidance = j->grid.guidance[k / j->grid.cols];
+            r->cell[k].steps = j->grid.steps[k % j->grid.cols];
+            r->cell[k].batch = 1;
+        }
+        if (ldm_gen_check(r->p, &r->cell[k], &sc, &r->W, &r->H)) {
+            rc = ldm_last_status();
+            if (grid) ldm_error_prefix("grid");
+            goto out;
+        }
+    }
+    r->sched_name = ldm_sched_name(sc.kind);
+    r->B = grid ? 1 : (base->batch > 0 ? base->batch : 1);
+    if (j->only_index >= r->B) {
+        ldm_error_kind(LDM_DATA, "image %d of a batch of %d does not exist", j->only_index, r->B);
+        rc = LDM_DATA;
+        goto out;
+    }
+    r->n_img = (grid || j->only_index >= 0) ? 1 : r->B;
+    r->names = ldm_xcalloc((size_t)r->n_img, sizeof *r->names);
+    r->lat_names = ldm_xcalloc((size_t)r->n_img, sizeof *r->lat_names);
+    for (int i = 0; i < r->n_img; i++) {
+        r->names[i] = ldm_output_name(j->output, i, r->n_img);
+        if (j->latent_output) r->lat_names[i] = ldm_output_name(j->latent_output, i, r->n_img);
+        if (check_output(r->names[i]) || (j->latent_output && check_output(r->lat_names[i]))) {
+            rc = ldm_last_status();
+            goto out;
+        }
+        if (j->latent_output && !strcmp(r->names[i], r->lat_names[i])) {
+            ldm_error_kind(LDM_USAGE, "--save-latent names the same file as the image");
+            rc = LDM_USAGE;
+            goto out;
+        }
+    }
+    if (!j->have_seed) {
+        base->seed = random_seed();
+        ldm_log(1, "seed: %llu\n", (unsigned long long)base->seed);
+    }
+    j->seed_used = base->seed;
+    for (int k = 0; k < r->n_cells; k++) r->cell[k].seed = base->seed;
+    r->abs_bundle = absolute_path(j->bundle_path);
+    r->model_name = j->model_name ? ldm_xstrdup(j->model_name) : path_stem(j->bundle_path);
+    if (!(r->be = open_backend(j))) { rc = ldm_last_status(); goto out; }
+    ldm_log(2, "backend: %s\n", ldm_backend_name(r->be));
+
+    /* ---- history rows, 'running' before any heavy work ---- */
+    session_open(&r->s, j);
+    int64_t grid_id = 0;
+    if (grid && r->s.record && r->s.db) {
+        char *spec = grid_spec_text(&j->grid), *abs_out = absolute_path(j->output);
+        grid_id = ldm_db_new_grid(r->s.db, spec, abs_out);
+        free(abs_out);
+        free(spec);
+        if (grid_id < 0) { history_lost(&r->s, ldm_last_error()); grid_id = 0; }
+    }
+    r->n_rows = grid ? r->n_cells : r->n_img;
+    r->recs = ldm_xcalloc((size_t)r->n_rows, sizeof *r->recs);
+    for (int k = 0; k < r->n_rows; k++) {
+        int idx = grid ? 0 : (j->only_index >= 0 ? j->only_index : k);
+        ldm_gen_record *rec = &r->recs[k];
+        make_record(r, &r->cell[grid ? k : 0], idx, r->B, rec);
+        rec->grid_id = grid_id;
+        char *abs_out = absolute_path(r->names[grid ? 0 : k]);
+        ldm_record_set(&rec->output_path, abs_out);
+        free(abs_out);
+        rec_begin(&r->s, rec);
+    }
+
+    /* ---- models ---- */
+    double t_load = now_s();
+    if (ldm_pipeline_load(r->p, r->be)) {
+        rc = fail_rows(r, 0);
+    } else {
+        ldm_log(2, "models loaded in %.2f s\n", now_s() - t_load);
+        r->emb = ldm_embedder_new(r->s.cache ? r->s.db : NULL, r->hash, ldm_backend_name(r->be),
+                                  PRECISION, j->cache_max_mb > 0 ? (size_t)(j->cache_max_mb * 1048576.0) : 0);
+        const size_t TD = (size_t)ldm_pipeline_text_length(r->p) * ldm_pipeline_text_dim(r->p);
+        pos = ldm_xmalloc(sizeof(float) * TD);
+        neg = ldm_xmalloc(sizeof(float) * TD);
+        rc = grid ? run_grid(r, pos, neg) : run_batch(r, pos, neg);
+    }
+    if (rc == LDM_OK && r->s.record && j->history_lost && r->s.require) {
+        ldm_error("%s", r->s.lost_msg);
+        rc = LDM_RUNTIME;
+    }
+out:
+    if (r->be && j->backend_opts.profile && j->hooks.profile) {
+        ldm_op_stat st[LDM_OP_COUNT];
+        int n = ldm_backend_profile(r->be, st);
+        j->hooks.profile(j->hooks.user, ldm_backend_name(r->be), st, n);
+    }
+    free(pos);
+    free(neg);
+    ldm_embedder_free(r->emb);
+    ldm_pipeline_close(r->p);
+    ldm_backend_free(r->be);
+    ldm_db_close(r->s.db);
+    for (int i = 0; i < r->n_img; i++) {
+        if (r->names) free(r->names[i]);
+        if (r->lat_names) free(r->lat_names[i]);
+    }
+    for (int k = 0; k < r->n_rows; k++) ldm_record_free(&r->recs[k]);
+    free(r->names); free(r->lat_names);
+    free(r->recs); free(r->cell);
+    free(r->hash); free(r->abs_bundle); free(r->model_name);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* the replay job */
+
+ldm_status ldm_job_from_record(const ldm_gen_record *m, ldm_job *j) {
+    j->prm.prompt = m->prompt;
+    j->prm.negative = m->negative_prompt;
+    j->prm.steps = m->steps;
+    j->prm.guidance = m->guidance;
+    j->prm.seed = m->seed - (uint64_t)m->batch_index;
+    j->have_seed = 1;
+    j->prm.batch = m->batch_size;
+    j->prm.width = m->width;
+    j->prm.height = m->height;
+    j->prm.clip_skip = m->clip_skip;
+    j->prm.karras = m->karras;
+    j->prm.eta = m->eta;
+    if ((j->prm.scheduler = ldm_sched_kind_from_name(m->scheduler ? m->scheduler : "")) < 0) {
+        char *s = ldm_escape_controls(m->scheduler ? m->scheduler : "");
+        ldm_error_kind(LDM_DATA, "unknown scheduler \"%.60s\"", s);
+        free(s);
+        return LDM_DATA;
+    }
+    j->prm.spacing = -1;
+    if (m->timestep_spacing && (j->prm.spacing = ldm_spacing_from_name(m->timestep_spacing)) < 0) {
+        char *s = ldm_escape_controls(m->timestep_spacing);
+        ldm_error_kind(LDM_DATA, "unknown timestep spacing \"%.60s\"", s);
+        free(s);
+        return LDM_DATA;
+    }
+    if (m->grid.rows > 0) {
+        j->grid = m->grid;
+        j->prm.batch = 1;
+        j->only_index = -1;
+    } else {
+        j->only_index = m->batch_index;
+    }
+    j->want_hash = m->bundle_hash;
+    j->model_name = m->model_name && m->model_name[0] ? m->model_name : NULL;
+    return LDM_OK;
+}

@@ -1,0 +1,85 @@
+/* job.h - one ldmgen job from bundle to PNG files: planning, history rows, embeddings
+ * through the cache, generation, PNG metadata, the guidance-by-steps grid, the latent
+ * pictures, and the replay job made from a record.
+ *
+ *   plan ----> bundle opened, configs read once (ldm_pipeline_new), every generation's
+ *              parameters checked (usage errors before any work), output names checked
+ *   begin ---> 'running' rows in the history (one per image or grid cell)
+ *   load ----> the models on the backend (ldm_pipeline_load)
+ *   generate-> prompt and negative prompt embedded through the cache (app/embed.h) and
+ *              passed down; images; PNG with "parameters" and "ldm" chunks; atomic write
+ *   finish --> rows ok / failed (with the message) / interrupted; new embeddings stored
+ *              in the cache only after their generation succeeded
+ *
+ * The job never prints: files written, progress and per-op profiles go to the hooks,
+ * messages to the log handler (core/common.h), and the outcome is the returned status
+ * with ldm_last_error().  The history is best effort: when the database cannot be
+ * opened or written the images are still made, with one warning (j->history_lost; with
+ * require_history the job then returns LDM_RUNTIME after writing the images).
+ */
+#ifndef LDM_JOB_H
+#define LDM_JOB_H
+
+#include <stdint.h>
+
+#include "app/record.h"
+#include "backend/ops.h"
+#include "core/common.h"
+#include "pipeline/pipeline.h"
+
+typedef struct ldm_job_hooks {
+    void *user;
+    /* a file was written (image, latent picture, grid), in order */
+    void (*written)(void *user, const char *path);
+    /* after each denoising step of a generation: label ("" or "cell 2/6 "), step
+     * 1..total, seconds since the generation's first step began */
+    void (*progress)(void *user, const char *label, int step, int total, double elapsed);
+    /* per-op totals of the backend, once at the end when backend_opts.profile is set */
+    void (*profile)(void *user, const char *backend, const ldm_op_stat *st, int n);
+} ldm_job_hooks;
+
+typedef struct ldm_job {
+    ldm_gen_params prm;         /* prompt, seed, steps, ... */
+    int have_seed;              /* 0: choose a random seed (logged as "seed: N") */
+    const char *bundle_path;
+    const char *output;         /* PNG path; with batch N > 1: stem-0001.png ... */
+    const char *latent_output;  /* --save-latent, or NULL */
+    ldm_grid_spec grid;         /* rows = 0: not a grid */
+    /* database */
+    const char *db_path;        /* NULL: no database (no history, no cache) */
+    int no_history, require_history, no_cache;
+    double cache_max_mb;        /* embedding cache cap */
+    const volatile int *interrupt; /* SIGINT/SIGTERM flag, may be NULL */
+    /* backend */
+    const char *backend;        /* "cpu", "cuda", or NULL: CUDA when usable, else CPU */
+    ldm_backend_opts backend_opts;
+    /* replay */
+    const char *want_hash;      /* refuse a bundle with another content hash */
+    const char *model_name;     /* the A1111 "Model:" name; NULL: the bundle file's stem */
+    int only_index;             /* >= 0: write only this image of the batch, to `output` */
+    int64_t replay_of;          /* history id replayed, 0 = none */
+    ldm_job_hooks hooks;
+    /* results */
+    char png_sha256[65];        /* SHA-256 of the (last) PNG written */
+    uint64_t seed_used;
+    int history_lost;           /* some history was not recorded */
+} ldm_job;
+
+/* Defaults: ldm_gen_params_default, out.png, cache cap 256 MiB, only_index -1. */
+void ldm_job_init(ldm_job *j);
+/* Run the job.  LDM_OK; LDM_USAGE for bad parameters (nothing done); LDM_DATA for a bad
+ * bundle; LDM_RUNTIME when a generation or a write failed (or history was lost with
+ * require_history); LDM_INTERRUPTED.  The message is in ldm_last_error(). */
+ldm_status ldm_job_run(ldm_job *j);
+
+/* The job that regenerates record r (a PNG's "ldm" chunk or a history row): its
+ * parameters, the batch/grid it belonged to and the bundle hash it needs.  The job
+ * points into r, which must outlive it.  Outputs, database and hooks are left to the
+ * caller.  LDM_OK or LDM_DATA (a field that names no scheduler, ...). */
+ldm_status ldm_job_from_record(const ldm_gen_record *r, ldm_job *j);
+
+/* Output name of image i of n: n == 1 -> out; else "<out without .png>-%04d.png".
+ * malloc'd. */
+char *ldm_output_name(const char *out, int i, int n);
+
+#endif
