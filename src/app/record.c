@@ -157,7 +157,7 @@ char *ldm_record_png_json(const ldm_gen_record *r) {
 }
 
 char *ldm_record_json(const ldm_gen_record *r) {
-    return dump(record_object(r, LDM_V_P | LDM_V_H), JSON_REAL_PRECISION(15));
+    return dump(record_object(r, LDM_V_H), JSON_REAL_PRECISION(15));
 }
 
 char *ldm_escape_controls(const char *s) {
@@ -173,7 +173,7 @@ char *ldm_escape_controls(const char *s) {
 }
 
 char *ldm_record_text(const ldm_gen_record *r) {
-    json_t *o = record_object(r, LDM_V_P | LDM_V_H);
+    json_t *o = record_object(r, LDM_V_H);
     size_t cap = 256, len = 0;
     char *out = ldm_xmalloc(cap);
     out[0] = 0;

@@ -8,7 +8,7 @@
  *   - the history row: the columns of table generations (fields marked H), bound on
  *     insert (H, not O: what is known when the run starts) and on finish (O), and read
  *     back (app/db.c);
- *   - `ldmgen history --json` and `ldmgen show` (ldm_record_json: every field);
+ *   - `ldmgen history --json` and `ldmgen show` (ldm_record_json: every H field);
  *   - the replay job (app/job.c ldm_job_from_record: P fields -> parameters).
  * A new parameter is one line here (plus its column in a schema/ migration when it is
  * H).  The AUTOMATIC1111 "parameters" text is written by hand (pipeline/pipeline.c
@@ -119,7 +119,7 @@ char *ldm_record_png_json(const ldm_gen_record *r);
  * its type and within its range; `where` names the chunk in errors (kind LDM_DATA).
  * Unknown keys are ignored (a newer ldm may add fields; replay then says so). */
 int ldm_record_parse_png(const char *json, const char *where, ldm_gen_record *r);
-/* Every field as one JSON object line (history --json, show).  Strings that are not
+/* Every history field (H) as one JSON object line (history --json, show).  Strings that are not
  * valid UTF-8 are shown with U+FFFD in place of each bad byte.  malloc'd. */
 char *ldm_record_json(const ldm_gen_record *r);
 /* The same object as "name value" lines for `ldmgen show`, control characters escaped
