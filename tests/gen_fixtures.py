@@ -601,6 +601,12 @@ TF5_MERGES = 2000
 EXP_TF5 = os.path.join(FIX, "expected_tf5")
 
 
+# special-token text next to punctuation: transformers 5's pattern starts with
+# <\|startoftext\|>|<\|endoftext\|>|, which ends a punctuation run there
+TF5_EXTRA_TEXTS = ["a <|ENDOFTEXT|>!! b", "x<|StartOfText|>y <|endoftext|>. (<|ENDOFTEXT|>)",
+                   "!<|ENDOFTEXT|>? <|startoftext|>, <|STARTOFTEXT|>'s"]
+
+
 def tf5_vocab():
     vocab = json.load(open(os.path.join(CLIP_DIR, "vocab.json"), encoding="utf-8"))
     lines = open(os.path.join(CLIP_DIR, "merges.txt"), encoding="utf-8").read().split("\n")
@@ -683,7 +689,7 @@ def gen_tf5_tokenizer(index):
     compared with the committed transformers 4.36 ids (differences listed in index.json)."""
     rows = [json.loads(l) for f in ("cases.jsonl", "extra_cases.jsonl")
             for l in open(os.path.join(CLIP_DIR, f), encoding="utf-8")]
-    texts = [r["text"] for r in rows]
+    texts = [r["text"] for r in rows] + TF5_EXTRA_TEXTS
     tdir = os.path.join(MODELS, TF5, "tokenizer")
     sd1 = CLIPTokenizer.from_pretrained(tdir)
     vocab, merges = tf5_vocab()
@@ -709,8 +715,10 @@ def gen_tf5_tokenizer(index):
         "texts": len(texts), "small_vocab_merges": TF5_MERGES, "small_vocab_size": len(vocab),
         "files": {
             "tokenizer_cases.jsonl": "ids of models/%s/tokenizer (transformers 5, CLIPTokenizer.from_pretrained) "
-                                     "for every text of clip/cases.jsonl then clip/extra_cases.jsonl; "
-                                     "input_ids_sd2: the same vocabulary with pad_token '!'" % TF5,
+                                     "for every text of clip/cases.jsonl, then clip/extra_cases.jsonl, then "
+                                     "%d texts with special-token text next to punctuation; "
+                                     "input_ids_sd2: the same vocabulary with pad_token '!'"
+                                     % (TF5, len(TF5_EXTRA_TEXTS)),
             "tokenizer_cases_clip.jsonl": "the same texts with transformers 5's CLIPTokenizer(clip/vocab.json, "
                                           "clip/merges.txt) (sd2: pad_token '!')",
             "tokenizer_variants.json": "tokenizer_config.json and tokenizer.json 'added_tokens' that "

@@ -723,7 +723,9 @@ static void bpe_word(const ldm_tokenizer *t, const unsigned char *bytes, size_t 
 }
 
 /* With split_specials, "<|startoftext|>" or "<|endoftext|>" at the start of a match is
- * one word (the first alternatives of transformers 5's pattern).  Returns its length or 0. */
+ * one piece (the first alternatives of transformers 5's pattern); it ends a punctuation
+ * run that the older pattern would have continued ("<|endoftext|>!" gives "|>", "!"
+ * instead of "|>!").  Returns its length or 0. */
 static int special_word(const int32_t *cps, int n) {
     static const char *sp[2] = {"<|startoftext|>", "<|endoftext|>"};
     for (int k = 0; k < 2; k++) {
@@ -743,7 +745,18 @@ static void words(const ldm_tokenizer *t, const int32_t *cps, int n, ibuf *out) 
         if (is_space(c)) { i++; continue; }
         int special_len = t->split_specials ? special_word(cps + i, n - i) : 0;
         if (special_len) {
-            end = i + special_len;
+            /* ByteLevel's own (GPT-2) pattern, applied to each piece after the Split,
+             * cuts "<|endoftext|>" into "<|", "endoftext", "|>": three words.  Every
+             * other CLIP piece is one GPT-2 piece already. */
+            const int cut[4] = {0, 2, special_len - 2, special_len};
+            for (int k = 0; k < 3; k++) {
+                char *utf8;
+                size_t len = encode_utf8(cps + i + cut[k], cut[k + 1] - cut[k], &utf8);
+                bpe_word(t, (const unsigned char *)utf8, len, out);
+                free(utf8);
+            }
+            i += special_len;
+            continue;
         } else if (c == '\'' && i + 1 < n &&
             (cps[i + 1] == 's' || cps[i + 1] == 't' || cps[i + 1] == 'm' || cps[i + 1] == 'd')) {
             end = i + 2;
