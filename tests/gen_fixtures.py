@@ -6,7 +6,15 @@ Regenerate everything under tests/fixtures/ with ONE command, from the repositor
     /opt/refenv/bin/python tests/gen_fixtures.py
 
 (/opt/refenv: torch 1.13 CPU, diffusers 0.25.1, transformers 4.36.2, safetensors; no ftfy,
-no accelerate.)  Options: --models-only (just clip/ and models/), --expected-only (just
+no accelerate.)  The second generation of fixtures, made with the current releases, is
+written by
+
+    /opt/curenv/bin/python tests/gen_fixtures.py --current
+
+(/opt/curenv: python3 -m venv /opt/curenv && /opt/curenv/bin/pip install torch diffusers
+transformers safetensors; committed files from torch 2.15.0, diffusers 0.42.1, transformers
+5.24.0): models/sd1_tf5 and expected_tf5/ only, see the "--current" section below.
+Options: --models-only (just clip/ and models/), --expected-only (just
 expected/, from the committed model folders), --odd-sizes-only (just the odd-size files of
 gen_odd_sizes, added to the committed expected/ and its index.json; a full run writes the
 same bytes).  The output is deterministic: random weights
@@ -18,6 +26,9 @@ What it writes (see tests/fixtures/README.md and tests/fixtures/expected/index.j
   models/sd2 tiny SD 2.x-style diffusers folder: fp32 UNet in 2 shards + index json,
              bf16 text encoder, v-prediction DDIM scheduler
   expected/  reference outputs (safetensors) + index.json describing every file/tensor/run
+  with --current:
+  models/sd1_tf5  tiny SD 1.x-style folder as diffusers 0.42 / transformers 5 write it
+  expected_tf5/   its reference outputs, transformers 5 token ids, index.json
 
 ldm stores weights in fp16 and computes in float32, so every reference output is computed
 from weights rounded to fp16 and back (p.data = p.data.half().float()), in float32.
