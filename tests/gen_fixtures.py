@@ -6,7 +6,15 @@ Regenerate everything under tests/fixtures/ with ONE command, from the repositor
     /opt/refenv/bin/python tests/gen_fixtures.py
 
 (/opt/refenv: torch 1.13 CPU, diffusers 0.25.1, transformers 4.36.2, safetensors; no ftfy,
-no accelerate.)  Options: --models-only (just clip/ and models/), --expected-only (just
+no accelerate.)  The second generation of fixtures, made with the current releases, is
+written by
+
+    /opt/curenv/bin/python tests/gen_fixtures.py --current
+
+(/opt/curenv: python3 -m venv /opt/curenv && /opt/curenv/bin/pip install torch diffusers
+transformers safetensors; committed files from torch 2.15.0, diffusers 0.42.1, transformers
+5.24.0): models/sd1_tf5 and expected_tf5/ only, see the "--current" section below.
+Options: --models-only (just clip/ and models/), --expected-only (just
 expected/, from the committed model folders), --odd-sizes-only (just the odd-size files of
 gen_odd_sizes, added to the committed expected/ and its index.json; a full run writes the
 same bytes).  The output is deterministic: random weights
@@ -18,6 +26,9 @@ What it writes (see tests/fixtures/README.md and tests/fixtures/expected/index.j
   models/sd2 tiny SD 2.x-style diffusers folder: fp32 UNet in 2 shards + index json,
              bf16 text encoder, v-prediction DDIM scheduler
   expected/  reference outputs (safetensors) + index.json describing every file/tensor/run
+  with --current:
+  models/sd1_tf5  tiny SD 1.x-style folder as diffusers 0.42 / transformers 5 write it
+  expected_tf5/   its reference outputs, transformers 5 token ids, index.json
 
 ldm stores weights in fp16 and computes in float32, so every reference output is computed
 from weights rounded to fp16 and back (p.data = p.data.half().float()), in float32.
@@ -154,6 +165,19 @@ def write_sharded(model_dir, n_shards=2):
     os.remove(src)
 
 
+def fix_scheduler_config(folder, sched_cfg):
+    """The scheduler config exactly as in the real SD checkpoints (keeps e.g. clip_sample=false,
+    which PNDMScheduler does not know but DDIM reads through from_config)."""
+    spath = os.path.join(folder, "scheduler", "scheduler_config.json")
+    saved = json.load(open(spath))
+    for k, v in sched_cfg.items():
+        saved.setdefault(k, v)
+    with open(spath, "w") as f:
+        json.dump(dict(sorted(saved.items(), key=lambda kv: (kv[0] != "_class_name", kv[0]))),
+                  f, indent=2)
+        f.write("\n")
+
+
 def build_model(name):
     unet_cfg, text_cfg, sched_cfg, pad = sd1_config() if name == "sd1" else sd2_config()
     base_seed = 1000 if name == "sd1" else 2000
@@ -179,16 +203,7 @@ def build_model(name):
                                    scheduler=sched, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
-    # the scheduler config exactly as in the real SD checkpoints (keeps e.g. clip_sample=false,
-    # which PNDMScheduler does not know but DDIM reads through from_config)
-    spath = os.path.join(folder, "scheduler", "scheduler_config.json")
-    saved = json.load(open(spath))
-    for k, v in sched_cfg.items():
-        saved.setdefault(k, v)
-    with open(spath, "w") as f:
-        json.dump(dict(sorted(saved.items(), key=lambda kv: (kv[0] != "_class_name", kv[0]))),
-                  f, indent=2)
-        f.write("\n")
+    fix_scheduler_config(folder, sched_cfg)
     link_tokenizer_files(folder)
     if name == "sd2":
         write_sharded(os.path.join(folder, "unet"), 2)
@@ -285,20 +300,24 @@ def load_prompts():
     return cases
 
 
-def gen_text(name, comp, cases):
+def gen_text(name, comp, cases, ids_from_tokenizer=False):
+    """ids_from_tokenizer: use the folder tokenizer's ids (the --current folder has its own
+    small vocabulary), else the BPE-correct ids of cases.jsonl."""
     tok, te = comp["tokenizer"], comp["text_encoder"]
     key = "input_ids_" + name
     t, quirks = {}, {}
+    # transformers 5's CLIPTextModel has no .text_model wrapper (its modules are its own)
+    final_ln = getattr(te, "text_model", te).final_layer_norm
     for i, c in enumerate(cases):
         ids_tf = tok(c["text"], padding="max_length", max_length=77, truncation=True).input_ids
-        ids = c[key]  # BPE-correct ids (tests/fixtures/clip/cases.jsonl)
+        ids = ids_tf if ids_from_tokenizer else c[key]  # cases.jsonl: BPE-correct ids
         if ids_tf != ids:
             quirks[str(i)] = ids_tf
         ids = torch.tensor([ids], dtype=torch.int64)
         with torch.no_grad():
             out = te(ids, output_hidden_states=True)
             h1 = out.last_hidden_state
-            h2 = te.text_model.final_layer_norm(out.hidden_states[-2])
+            h2 = final_ln(out.hidden_states[-2])
         t["ids_%d" % i] = ids.to(torch.int32)
         t["hidden_%d_skip1" % i] = h1
         t["hidden_%d_skip2" % i] = h2
@@ -577,13 +596,209 @@ def gen_expected(odd_only=False):
     write_index(index)
 
 
+# ----------------------------------------------------------------------------
+# --current: a folder written by the current releases (diffusers 0.42, transformers 5)
+#
+# transformers 5 saves the tokenizer as tokenizer.json + tokenizer_config.json only (no
+# vocab.json / merges.txt / special_tokens_map.json) and CLIPTextModel weights without the
+# "text_model." prefix.  To stay small the folder uses CLIP's BPE cut to its first
+# TF5_MERGES merges: CLIP's vocab.json is the 256 byte tokens, the same with "</w>", then
+# one token per merge in merge order, then <|startoftext|> <|endoftext|>, so the first
+# 512 + TF5_MERGES tokens keep their CLIP ids and the specials move to 512 + TF5_MERGES
+# and the next id.  The UNet is sd1's with half the channels.
+
+TF5 = "sd1_tf5"
+TF5_MERGES = 2000
+EXP_TF5 = os.path.join(FIX, "expected_tf5")
+
+
+# special-token text next to punctuation: transformers 5's pattern starts with
+# <\|startoftext\|>|<\|endoftext\|>|, which ends a punctuation run there
+TF5_EXTRA_TEXTS = ["a <|ENDOFTEXT|>!! b", "x<|StartOfText|>y <|endoftext|>. (<|ENDOFTEXT|>)",
+                   "!<|ENDOFTEXT|>? <|startoftext|>, <|STARTOFTEXT|>'s"]
+
+
+def tf5_vocab():
+    vocab = json.load(open(os.path.join(CLIP_DIR, "vocab.json"), encoding="utf-8"))
+    lines = open(os.path.join(CLIP_DIR, "merges.txt"), encoding="utf-8").read().split("\n")
+    merges = [tuple(l.split(" ")) for l in lines[1:1 + TF5_MERGES]]
+    inv = {i: t for t, i in vocab.items()}
+    small = {inv[i]: i for i in range(512 + TF5_MERGES)}
+    for i, (a, b) in enumerate(merges):
+        assert small[a + b] == 512 + i, (a, b, i)
+    small["<|startoftext|>"] = 512 + TF5_MERGES
+    small["<|endoftext|>"] = 513 + TF5_MERGES
+    return small, merges
+
+
+def tf5_config():
+    unet, text, sched, pad = sd1_config()
+    unet = dict(unet, block_out_channels=(16, 32), attention_head_dim=4)
+    n = 514 + TF5_MERGES
+    text = dict(text, vocab_size=n, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1)
+    return unet, text, sched, pad
+
+
+def build_model_tf5():
+    unet_cfg, text_cfg, sched_cfg, pad = tf5_config()
+    torch.manual_seed(3001)
+    unet = UNet2DConditionModel(**unet_cfg).half()
+    torch.manual_seed(3002)
+    vae = AutoencoderKL(**VAE_CONFIG).half()
+    torch.manual_seed(3003)
+    text = CLIPTextModel(CLIPTextConfig(**text_cfg)).half()
+    vocab, merges = tf5_vocab()
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad, model_max_length=77)
+    sched = PNDMScheduler.from_config({k: v for k, v in sched_cfg.items() if k != "_class_name"})
+    folder = os.path.join(MODELS, TF5)
+    if os.path.exists(folder):
+        shutil.rmtree(folder)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    fix_scheduler_config(folder, sched_cfg)
+    # what transformers 5 writes (the C side relies on exactly this)
+    assert sorted(os.listdir(os.path.join(folder, "tokenizer"))) == ["tokenizer.json",
+                                                                     "tokenizer_config.json"]
+    from safetensors import safe_open
+    with safe_open(os.path.join(folder, "text_encoder", "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any(k.startswith("text_model.") for k in keys), keys[:3]
+
+
+def tf5_tokenizer_files(tok):
+    """tokenizer_config.json and tokenizer.json's added_tokens as save_pretrained writes them."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        assert sorted(os.listdir(d)) == ["tokenizer.json", "tokenizer_config.json"]
+        cfg = json.load(open(os.path.join(d, "tokenizer_config.json")))
+        added = json.load(open(os.path.join(d, "tokenizer.json"), encoding="utf-8"))["added_tokens"]
+    return {"tokenizer_config": cfg, "added_tokens": added}
+
+
+def tf5_encode_cases(sd1, sd2, texts):
+    out = []
+    for text in texts:
+        enc = lambda tok: tok(text, padding="max_length", max_length=77, truncation=True)["input_ids"]
+        out.append({"text": text, "bpe": sd1(text, add_special_tokens=False)["input_ids"],
+                    "input_ids_sd1": enc(sd1), "input_ids_sd2": enc(sd2)})
+    return out
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def gen_tf5_tokenizer(index):
+    """Token ids from transformers 5 for every text of cases.jsonl and extra_cases.jsonl:
+    tokenizer_cases.jsonl with the folder's small vocabulary (sd2 = the same with pad "!"),
+    tokenizer_cases_clip.jsonl with the full CLIP vocabulary (clip/vocab.json, merges.txt),
+    compared with the committed transformers 4.36 ids (differences listed in index.json)."""
+    rows = [json.loads(l) for f in ("cases.jsonl", "extra_cases.jsonl")
+            for l in open(os.path.join(CLIP_DIR, f), encoding="utf-8")]
+    texts = [r["text"] for r in rows] + TF5_EXTRA_TEXTS
+    tdir = os.path.join(MODELS, TF5, "tokenizer")
+    sd1 = CLIPTokenizer.from_pretrained(tdir)
+    vocab, merges = tf5_vocab()
+    sd2 = CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=77)
+    write_jsonl(os.path.join(EXP_TF5, "tokenizer_cases.jsonl"), tf5_encode_cases(sd1, sd2, texts))
+    cv, cm = os.path.join(CLIP_DIR, "vocab.json"), os.path.join(CLIP_DIR, "merges.txt")
+    c1 = CLIPTokenizer(cv, cm, model_max_length=77)
+    c2 = CLIPTokenizer(cv, cm, pad_token="!", model_max_length=77)
+    clip_rows = tf5_encode_cases(c1, c2, texts)
+    write_jsonl(os.path.join(EXP_TF5, "tokenizer_cases_clip.jsonl"), clip_rows)
+    variants = {"sd2": tf5_tokenizer_files(sd2), "clip_sd1": tf5_tokenizer_files(c1),
+                "clip_sd2": tf5_tokenizer_files(c2)}
+    with open(os.path.join(EXP_TF5, "tokenizer_variants.json"), "w", encoding="utf-8") as f:
+        json.dump(variants, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    diffs = []
+    for old, new in zip(rows, clip_rows):
+        for k in ("bpe", "input_ids_sd1", "input_ids_sd2"):
+            if old[k] != new[k]:
+                diffs.append({"text": old["text"], "field": k, "transformers_4_36": old[k],
+                              "transformers_5": new[k]})
+    index["tokenizer"] = {
+        "texts": len(texts), "small_vocab_merges": TF5_MERGES, "small_vocab_size": len(vocab),
+        "files": {
+            "tokenizer_cases.jsonl": "ids of models/%s/tokenizer (transformers 5, CLIPTokenizer.from_pretrained) "
+                                     "for every text of clip/cases.jsonl, then clip/extra_cases.jsonl, then "
+                                     "%d texts with special-token text next to punctuation; "
+                                     "input_ids_sd2: the same vocabulary with pad_token '!'"
+                                     % (TF5, len(TF5_EXTRA_TEXTS)),
+            "tokenizer_cases_clip.jsonl": "the same texts with transformers 5's CLIPTokenizer(clip/vocab.json, "
+                                          "clip/merges.txt) (sd2: pad_token '!')",
+            "tokenizer_variants.json": "tokenizer_config.json and tokenizer.json 'added_tokens' that "
+                                       "save_pretrained writes for the other tokenizers (sd2: small vocabulary, "
+                                       "pad '!'; clip_sd1 / clip_sd2: full CLIP vocabulary)"},
+        "clip_vs_cases": "transformers 5 (full CLIP vocabulary, from vocab.json/merges.txt) against the "
+                         "committed clip/*.jsonl ids: %d of %d texts x 3 encodings differ (listed; the "
+                         "cases.jsonl sd2 line with '!' is the known transformers quirk, see clip/README)"
+                         % (len(diffs), len(texts)),
+        "clip_differences": diffs,
+    }
+    print("tokenizer: %d texts, %d differences from the committed 4.36 ids" % (len(texts), len(diffs)))
+
+
+def gen_current():
+    global EXP, INDEX
+    import safetensors
+    import tokenizers
+    EXP = EXP_TF5
+    INDEX = {"files": {}, "runs": {}}
+    build_model_tf5()
+    if os.path.exists(EXP):
+        shutil.rmtree(EXP)
+    os.makedirs(EXP)
+    index = {}
+    gen_tf5_tokenizer(index)
+    cases = load_prompts()
+    comp = load_components(TF5)
+    gen_text(TF5, comp, cases, ids_from_tokenizer=True)
+    gen_unet(TF5, comp, 13)
+    gen_vae(TF5, comp, 14)
+    for r in ("pndm", "euler_a"):
+        gen_run(TF5, comp, r, r)
+    merge_index(False)
+    out = {
+        "generator": "tests/gen_fixtures.py --current (run: /opt/curenv/bin/python tests/gen_fixtures.py "
+                     "--current, a venv with pip install torch diffusers transformers safetensors)",
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+                     "safetensors": safetensors.__version__, "numpy": np.__version__,
+                     "python": sys.version.split()[0]},
+        "model": "models/%s: sd1's configs written by the current releases, with a UNet of half the "
+                 "channels (block_out_channels (16, 32), attention_head_dim 4) and CLIP's BPE cut to "
+                 "its first %d merges (vocab_size %d)" % (TF5, TF5_MERGES, 514 + TF5_MERGES),
+        "weights": "every output is computed from the model folder's weights rounded to fp16 and back "
+                   "(p.data = p.data.half().float()), in float32, as ldm computes",
+        "tolerances": TOLERANCES,
+        "prompts": [c["text"] for c in cases],
+        "run_prompt": RUN_PROMPT,
+    }
+    out.update(index)
+    out.update(INDEX)
+    write_index(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models-only", action="store_true")
     ap.add_argument("--expected-only", action="store_true")
     ap.add_argument("--odd-sizes-only", action="store_true",
                     help="only the odd-size files (gen_odd_sizes), added to the committed expected/")
+    ap.add_argument("--current", action="store_true",
+                    help="only models/%s and expected_tf5/, with the current releases" % TF5)
     args = ap.parse_args()
+    if args.current:
+        torch.set_num_threads(1)
+        gen_current()
+        print("current-release fixtures written")
+        return
     if args.odd_sizes_only:
         torch.set_num_threads(1)
         gen_expected(odd_only=True)

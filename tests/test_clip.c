@@ -1,7 +1,9 @@
 /* test_clip.c - the CLIP text encoder against transformers (tests/fixtures/expected/
- * {sd1,sd2}_text.safetensors): every fixture prompt at clip_skip 1 and 2, a batch of two,
- * argument checks, and loader errors for broken configs (unsupported hidden_act, missing
- * field, weight of the wrong shape) that must name the field or tensor.
+ * {sd1,sd2}_text.safetensors, and expected_tf5/sd1_tf5_text.safetensors for the folder
+ * transformers 5 wrote, whose weights have no "text_model." prefix): every fixture prompt
+ * at clip_skip 1 and 2, a batch of two, argument checks, and loader errors for broken
+ * configs (unsupported hidden_act, missing field, weight of the wrong shape) that must
+ * name the field or tensor.
  */
 #include <string.h>
 
@@ -23,9 +25,9 @@ static void ids_from(const ldm_safetensors *st, int i, int32_t *ids, int T) {
     free(f);
 }
 
-static void test_model(const char *tag, const char *bundle_path) {
+static void test_model(const char *tag, const char *expected_dir, int layers, const char *bundle_path) {
     char path[256];
-    snprintf(path, sizeof path, "tests/fixtures/expected/%s_text.safetensors", tag);
+    snprintf(path, sizeof path, "tests/fixtures/%s/%s_text.safetensors", expected_dir, tag);
     ldm_safetensors *st = ldm_st_open(path);
     CHECK(st != NULL, "%s", ldm_last_error());
     ldm_bundle *b = ldm_bundle_open(bundle_path);
@@ -83,7 +85,6 @@ static void test_model(const char *tag, const char *bundle_path) {
     /* Out-of-range clip_skip and token ids are errors that name them. */
     CHECK(ldm_clip_encode(m, &a, ids, 1, 0, out) != 0 &&
               strstr(ldm_last_error(), "clip_skip"), "skip 0: %s", ldm_last_error());
-    int layers = !strcmp(tag, "sd1") ? 3 : 2;
     CHECK(ldm_clip_encode(m, &a, ids, 1, layers, out) == 0, "%s", ldm_last_error());
     CHECK(ldm_clip_encode(m, &a, ids, 1, layers + 1, out) != 0 &&
               strstr(ldm_last_error(), "clip_skip"), "skip N+1: %s", ldm_last_error());
@@ -123,16 +124,26 @@ static void expect_config_error(const char *tmp, const char *field, const char *
 int main(void) {
     const char *tmp = mt_tmpdir();
     char log[4096];
-    const char *tags[2] = {"sd1", "sd2"};
-    for (int k = 0; k < 2; k++) {
+    const char *tags[3] = {"sd1", "sd2", "sd1_tf5"};
+    const char *exp_dirs[3] = {"expected", "expected", "expected_tf5"};
+    const int layers[3] = {3, 2, 3};
+    for (int k = 0; k < 3; k++) {
         char folder[256], bundle[512];
         snprintf(folder, sizeof folder, "tests/fixtures/models/%s", tags[k]);
         snprintf(bundle, sizeof bundle, "%s/%s.ldmb", tmp, tags[k]);
         int rc = mt_pack(folder, bundle, log, sizeof log);
         CHECK(rc == 0, "packing %s failed: %s", folder, log);
         if (rc) continue;
-        test_model(tags[k], bundle);
+        test_model(tags[k], exp_dirs[k], layers[k], bundle);
         test_dry_load(bundle);
+        if (k == 2) { /* packed under the transformers 4 names */
+            ldm_bundle *b = ldm_bundle_open(bundle);
+            CHECK(b && ldm_bundle_tensor(b, "text_encoder.text_model.embeddings.token_embedding.weight") &&
+                      ldm_bundle_tensor(b, "text_encoder.text_model.final_layer_norm.weight") &&
+                      !ldm_bundle_tensor(b, "text_encoder.embeddings.token_embedding.weight"),
+                  "sd1_tf5: text encoder tensors not under text_encoder.text_model.");
+            ldm_bundle_close(b);
+        }
     }
 
     expect_config_error(tmp, "hidden_act", "\"relu\"", "hidden_act");

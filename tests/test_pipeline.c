@@ -6,6 +6,9 @@
  *   - latents_final: rel L2 <= 1e-4 (measured: <= 2e-6 for every run; a wrong scheduler
  *     or a wrong guidance/negative/clip-skip handling is off by > 1e-2),
  *   - the 8-bit image: max |diff| <= 2 levels and mean |diff| <= 0.5 (the project's bound).
+ * The runs of tests/fixtures/expected_tf5/index.json (the folder diffusers 0.42 and
+ * transformers 5 wrote: tokenizer.json only, text encoder weights without "text_model.")
+ * are checked the same way, with the same bounds.
  * Also: the pipeline API around a run (progress callback, interrupt flag, encode hook,
  * parameter checks, A1111 parameters text).
  */
@@ -25,14 +28,16 @@
 #include "pipeline/scheduler.h"
 
 #define EXP "tests/fixtures/expected/"
+#define EXP_TF5 "tests/fixtures/expected_tf5/"
 
-static ldm_pipeline *pipes[2];   /* sd1, sd2 */
+static ldm_pipeline *pipes[3];   /* sd1, sd2, sd1_tf5 */
+static const char *pipe_names[3] = {"sd1", "sd2", "sd1_tf5"};
 
 static ldm_pipeline *pipeline_for(const char *model) {
-    int k = strstr(model, "sd2") ? 1 : 0;
+    int k = strstr(model, "_tf5") ? 2 : strstr(model, "sd2") ? 1 : 0;
     if (pipes[k]) return pipes[k];
     char bundle[512], log[4096];
-    snprintf(bundle, sizeof bundle, "%s/%s.ldmb", mt_tmp, k ? "sd2" : "sd1");
+    snprintf(bundle, sizeof bundle, "%s/%s.ldmb", mt_tmp, pipe_names[k]);
     char folder[256];
     snprintf(folder, sizeof folder, "tests/fixtures/%s", model);
     int rc = mt_pack(folder, bundle, log, sizeof log);
@@ -69,7 +74,7 @@ static int run_params(json_t *run, ldm_gen_params *g) {
     return g->prompt && cls && g->steps ? 0 : -1;
 }
 
-static void check_run(const char *name, json_t *run) {
+static void check_run(const char *exp_dir, const char *name, json_t *run) {
     ldm_gen_params g;
     CHECK(run_params(run, &g) == 0, "%s: incomplete index entry", name);
     const char *model = json_string_value(json_object_get(run, "model"));
@@ -84,7 +89,7 @@ static void check_run(const char *name, json_t *run) {
           r.unet_evaluations, evals);
 
     char path[256];
-    snprintf(path, sizeof path, EXP "%s", json_string_value(json_object_get(run, "file")));
+    snprintf(path, sizeof path, "%s%s", exp_dir, json_string_value(json_object_get(run, "file")));
     ldm_safetensors *st = ldm_st_open(path);
     CHECK(st != NULL, "%s: %s", name, ldm_last_error());
     if (!st) { ldm_gen_result_free(&r); return; }
@@ -312,18 +317,31 @@ int main(void) {
         int n = 0;
         json_object_foreach(json_object_get(idx, "runs"), name, run) {
             if (only && strcmp(only, name)) continue;
-            check_run(name, run);
+            check_run(EXP, name, run);
             n++;
         }
         CHECK(only || n >= 21, "index.json lists %d runs, expected 21", n);
         json_decref(idx);
     }
+    json_t *idx5 = json_load_file(EXP_TF5 "index.json", 0, &e);
+    CHECK(idx5 != NULL, EXP_TF5 "index.json: %s", e.text);
+    if (idx5) {
+        const char *name;
+        json_t *run;
+        int n = 0;
+        json_object_foreach(json_object_get(idx5, "runs"), name, run) {
+            if (only && strcmp(only, name)) continue;
+            check_run(EXP_TF5, name, run);
+            n++;
+        }
+        CHECK(only || n >= 2, EXP_TF5 "index.json lists %d runs, expected 2", n);
+        json_decref(idx5);
+    }
     if (!only || !strcmp(only, "api")) {
         check_api();
         check_bad_scheduler_bundle();
     }
-    ldm_pipeline_close(pipes[0]);
-    ldm_pipeline_close(pipes[1]);
+    for (int k = 0; k < 3; k++) ldm_pipeline_close(pipes[k]);
     mt_cleanup();
     TEST_END();
 }

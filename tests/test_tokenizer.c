@@ -8,6 +8,14 @@
  * the SD 1.x ones, but transformers 4.36 (CLIPTokenizer and CLIPTokenizerFast, with
  * pad_token="!") makes "!" a special added token and encodes each "!" of the prompt as 0.
  * We follow transformers: that line's SD 2.x ids are checked from extra_cases.jsonl.
+ *
+ * transformers 5 writes tokenizer.json only (tests/fixtures/models/sd1_tf5/tokenizer,
+ * a CLIP vocabulary cut to 2000 merges): tests/fixtures/expected_tf5/tokenizer_cases.jsonl
+ * has transformers 5's ids for the same texts with that folder (sd2: pad "!", the
+ * added_tokens and config of tokenizer_variants.json), and tokenizer_cases_clip.jsonl
+ * with the full CLIP vocabulary, checked here through a tokenizer.json made of that
+ * folder's file with the full vocab.json / merges.txt put in (merges once as pairs,
+ * once as "a b" strings).  Malformed tokenizer.json files name the field.
  */
 #include <jansson.h>
 #include <stdlib.h>
@@ -19,6 +27,8 @@
 
 #define CLIP_DIR "tests/fixtures/clip/"
 #define MODELS_DIR "tests/fixtures/models/"
+#define TF5_TOK MODELS_DIR "sd1_tf5/tokenizer/"
+#define EXP5 "tests/fixtures/expected_tf5/"
 
 static char *vocab, *merges;
 static size_t vocab_len, merges_len;
@@ -42,7 +52,8 @@ static void print_ids(const char *what, const int32_t *ids, int n) {
     printf("\n");
 }
 
-/* Check every case of a .jsonl file; returns the number of cases read. */
+/* Check every case of a .jsonl file; returns the number of cases read.  The SD 2.x ids
+ * of cases.jsonl lines with "!" are skipped (see the top of this file). */
 static int check_cases(const char *path, const ldm_tokenizer *sd1, const ldm_tokenizer *sd2) {
     size_t len;
     char *text = ldm_read_file(path, &len);
@@ -73,7 +84,7 @@ static int check_cases(const char *path, const ldm_tokenizer *sd1, const ldm_tok
             CHECK(trunc == (n > 75), "%s: truncated=%d for %d BPE ids", path, trunc, n);
             CHECK(used == (n > 75 ? 77 : n + 2), "%s: %d ids used", path, used);
 
-            int skip_sd2 = strstr(path, "extra_cases") == NULL && strchr(s, '!') != NULL;
+            int skip_sd2 = strstr(path, "clip/cases.jsonl") != NULL && strchr(s, '!') != NULL;
             if (!skip_sd2) {
                 ldm_tokenize(sd2, s, full, 77, NULL);
                 ok = ids_equal(full, 77, json_object_get(c, "input_ids_sd2"));
@@ -165,6 +176,262 @@ static void test_errors(void) {
     CHECK(!b && strstr(ldm_last_error(), "tokenizer_config.json"), "bad config: %s", ldm_last_error());
 }
 
+
+/* ---- tokenizer.json (transformers 5) -------------------------------------------- */
+
+static char *tj_text;      /* models/sd1_tf5/tokenizer/tokenizer.json */
+static json_t *variants;   /* expected_tf5/tokenizer_variants.json */
+
+static ldm_tokenizer *make_json(const char *tj, const char *config, const char *special, const char *dir) {
+    ldm_tokenizer_files f = {0};
+    f.tokenizer_json = tj;
+    f.tokenizer_json_len = tj ? strlen(tj) : 0;
+    f.config_json = config;
+    f.special_json = special;
+    f.dir = dir;
+    return ldm_tokenizer_load(&f);
+}
+
+/* The folder's tokenizer.json with `edit` applied to its parsed root, as text. */
+typedef void (*json_edit)(json_t *root, void *arg);
+static char *edited(json_edit edit, void *arg) {
+    json_error_t e;
+    json_t *root = json_loads(tj_text, 0, &e);
+    if (!root) return NULL;
+    if (edit) edit(root, arg);
+    char *s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return s;
+}
+
+static json_t *variant(const char *name, const char *what) {
+    return json_object_get(json_object_get(variants, name), what);
+}
+
+/* added_tokens and tokenizer_config.json of a tokenizer_variants.json entry; with
+ * `clip`, also the full CLIP vocabulary and merges (as pairs or "a b" strings). */
+typedef struct { const char *name; int clip, string_merges; } variant_arg;
+static void apply_variant(json_t *root, void *arg) {
+    const variant_arg *v = arg;
+    json_object_set(root, "added_tokens", variant(v->name, "added_tokens"));
+    if (!v->clip) return;
+    json_t *model = json_object_get(root, "model");
+    json_object_set_new(model, "vocab", json_loadb(vocab, vocab_len, 0, NULL));
+    json_t *arr = json_array();
+    char *text = ldm_xstrdup(merges), *save = NULL;
+    int line = 0;
+    for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        if (line++ == 0 && !strncmp(l, "#version", 8)) continue;
+        char *sp = strchr(l, ' ');
+        if (!sp) continue;
+        if (v->string_merges) {
+            json_array_append_new(arr, json_string(l));
+        } else {
+            *sp = 0;
+            json_array_append_new(arr, json_pack("[ss]", l, sp + 1));
+        }
+    }
+    free(text);
+    json_object_set_new(model, "merges", arr);
+}
+
+static ldm_tokenizer *make_variant(const char *name, int clip, int string_merges) {
+    variant_arg a = {name, clip, string_merges};
+    char *tj = edited(apply_variant, &a);
+    char *cfg = json_dumps(variant(name, "tokenizer_config"), 0);
+    ldm_tokenizer *t = tj && cfg ? make_json(tj, cfg, NULL, NULL) : NULL;
+    CHECK(t != NULL, "tokenizer.json variant %s%s: %s", name, clip ? " (full CLIP vocabulary)" : "",
+          ldm_last_error());
+    free(tj);
+    free(cfg);
+    return t;
+}
+
+static void test_tf5(void) {
+    tj_text = ldm_read_file(TF5_TOK "tokenizer.json", NULL);
+    char *config = ldm_read_file(TF5_TOK "tokenizer_config.json", NULL);
+    json_error_t e;
+    variants = json_load_file(EXP5 "tokenizer_variants.json", 0, &e);
+    CHECK(tj_text && config && variants, "tf5 fixtures: %s %s", ldm_last_error(), e.text);
+    if (!tj_text || !config || !variants) goto out;
+
+    /* the folder as transformers 5 wrote it: tokenizer.json + tokenizer_config.json */
+    ldm_tokenizer *sd1 = make_json(tj_text, config, NULL, NULL);
+    CHECK(sd1 != NULL, "sd1_tf5 tokenizer: %s", ldm_last_error());
+    ldm_tokenizer *sd2 = make_variant("sd2", 0, 0);
+    if (sd1) {
+        ldm_tokenizer_info info = ldm_tokenizer_get_info(sd1);
+        CHECK(info.bos == 2512 && info.eos == 2513 && info.pad == 2513 && info.unk == 2513 &&
+                  info.max_length == 77, "sd1_tf5: bos %d eos %d pad %d unk %d max %d", info.bos, info.eos,
+              info.pad, info.unk, info.max_length);
+    }
+    if (sd2) {
+        ldm_tokenizer_info info = ldm_tokenizer_get_info(sd2);
+        CHECK(info.pad == 0 && info.eos == 2513, "sd2 variant: pad %d eos %d", info.pad, info.eos);
+    }
+    if (sd1 && sd2) {
+        int n = check_cases(EXP5 "tokenizer_cases.jsonl", sd1, sd2);
+        CHECK(n >= 31, "tokenizer_cases.jsonl: %d cases", n);
+    }
+    ldm_tokenizer_free(sd2);
+
+    /* the full CLIP vocabulary in transformers 5's tokenizer.json */
+    ldm_tokenizer *c1 = make_variant("clip_sd1", 1, 0), *c2 = make_variant("clip_sd2", 1, 1);
+    if (c1 && c2) {
+        int n = check_cases(EXP5 "tokenizer_cases_clip.jsonl", c1, c2);
+        CHECK(n >= 31, "tokenizer_cases_clip.jsonl: %d cases", n);
+        ldm_tokenizer_info info = ldm_tokenizer_get_info(c2);
+        CHECK(info.bos == 49406 && info.eos == 49407 && info.pad == 0, "clip_sd2: bos %d eos %d pad %d",
+              info.bos, info.eos, info.pad);
+    }
+    ldm_tokenizer_free(c1);
+    ldm_tokenizer_free(c2);
+
+    /* given both, vocab.json + merges.txt win over tokenizer.json (real vocabulary ids) */
+    ldm_tokenizer_files f = {0};
+    f.vocab_json = vocab;
+    f.vocab_len = vocab_len;
+    f.merges = merges;
+    f.merges_len = merges_len;
+    f.tokenizer_json = tj_text;
+    f.tokenizer_json_len = strlen(tj_text);
+    ldm_tokenizer *both = ldm_tokenizer_load(&f);
+    CHECK(both && ldm_tokenizer_get_info(both).eos == 49407, "vocab.json + merges.txt first: %s",
+          both ? "eos differs" : ldm_last_error());
+    ldm_tokenizer_free(both);
+    f.merges = NULL;   /* vocab.json alone does not count: tokenizer.json is used */
+    both = ldm_tokenizer_load(&f);
+    CHECK(both && ldm_tokenizer_get_info(both).eos == 2513, "vocab.json alone: %s",
+          both ? "not tokenizer.json" : ldm_last_error());
+    ldm_tokenizer_free(both);
+    f.tokenizer_json = NULL;
+    both = ldm_tokenizer_load(&f);
+    CHECK(!both && strstr(ldm_last_error(), "tokenizer/merges.txt: missing"), "vocab.json alone: %s",
+          ldm_last_error());
+
+    /* a tokenizer.json with the pattern older converters wrote (no special-token
+     * alternatives) is read too */
+    if (sd1) {
+        char *old = NULL;
+        const char *needle = "<\\\\|startoftext\\\\|>|<\\\\|endoftext\\\\|>|";
+        char *at = strstr(tj_text, needle);
+        CHECK(at != NULL, "pattern not found in the fixture's tokenizer.json");
+        if (at) {
+            size_t k = (size_t)(at - tj_text), nl = strlen(needle);
+            old = ldm_xmalloc(strlen(tj_text) + 1);
+            memcpy(old, tj_text, k);
+            strcpy(old + k, at + nl);
+        }
+        ldm_tokenizer *t = old ? make_json(old, config, NULL, NULL) : NULL;
+        CHECK(t != NULL, "old pattern: %s", ldm_last_error());
+        if (t) {
+            int32_t a[16], b[16];
+            const char *txt = "a <|ENDOFTEXT|>!! photo";
+            int na = ldm_tokenize_bpe(t, txt, a, 16), nb = ldm_tokenize_bpe(sd1, txt, b, 16);
+            CHECK(na > 0 && nb > 0 && (na != nb || memcmp(a, b, (size_t)na * sizeof *a)),
+                  "the two patterns split \"<|endoftext|>!!\" alike");
+            na = ldm_tokenize_bpe(t, "a photo of a cat", a, 16);
+            nb = ldm_tokenize_bpe(sd1, "a photo of a cat", b, 16);
+            CHECK(na == nb && !memcmp(a, b, (size_t)na * sizeof *a), "old pattern: other ids");
+        }
+        ldm_tokenizer_free(t);
+        free(old);
+    }
+    ldm_tokenizer_free(sd1);
+out:
+    free(config);
+}
+
+/* One edit of the folder's tokenizer.json: loading must fail with `needle` in the error. */
+typedef struct { const char *path; const char *value; } set_arg;  /* "model.vocab", JSON text or NULL */
+static void set_field(json_t *root, void *arg) {
+    const set_arg *a = arg;
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", a->path);
+    json_t *obj = root;
+    char *key = buf, *dot;
+    while ((dot = strchr(key, '.')) != NULL) {
+        *dot = 0;
+        obj = json_object_get(obj, key);
+        key = dot + 1;
+    }
+    char *br = strchr(key, '[');
+    if (br) { /* "merges[5]" */
+        *br = 0;
+        json_t *arr = json_object_get(obj, key);
+        size_t i = (size_t)atoi(br + 1);
+        json_array_set_new(arr, i, json_loads(a->value, JSON_DECODE_ANY, NULL));
+    } else if (a->value) {
+        json_object_set_new(obj, key, json_loads(a->value, JSON_DECODE_ANY, NULL));
+    } else {
+        json_object_del(obj, key);
+    }
+}
+
+static void expect_json_error(const char *path, const char *value, const char *needle) {
+    set_arg a = {path, value};
+    char *tj = edited(set_field, &a);
+    ldm_tokenizer *t = tj ? make_json(tj, NULL, NULL, NULL) : NULL;
+    CHECK(!t && strstr(ldm_last_error(), "tokenizer/tokenizer.json") && strstr(ldm_last_error(), needle),
+          "%s = %s: error lacks \"%s\": %s", path, value ? value : "(deleted)", needle,
+          t ? "(loaded)" : ldm_last_error());
+    ldm_tokenizer_free(t);
+    free(tj);
+}
+
+static void test_tf5_errors(void) {
+    if (!tj_text) return;
+    expect_json_error("model.vocab", NULL, "field model.vocab: missing");
+    expect_json_error("model.vocab", "[\"a\", \"b\"]", "field model.vocab: expected a JSON object");
+    expect_json_error("model.vocab", "{\"a\": 0}", "field model.vocab: no token for byte");
+    expect_json_error("model.vocab", "{\"a\": -3}", "field model.vocab: token \"a\"");
+    expect_json_error("model.merges", NULL, "field model.merges: missing");
+    expect_json_error("model.merges", "{}", "field model.merges: expected an array");
+    expect_json_error("model.merges[5]", "\"abc\"", "field model.merges[5]: expected \"a b\"");
+    expect_json_error("model.merges[5]", "\"a b c\"", "field model.merges[5]");
+    expect_json_error("model.merges[3]", "[\"a\", \"b\", \"c\"]", "field model.merges[3]");
+    expect_json_error("model.merges[3]", "[\"a\", 7]", "field model.merges[3]");
+    expect_json_error("model.merges[3]", "42", "field model.merges[3]");
+    expect_json_error("model.merges[0]", "[\"zzqq\", \"x\"]",
+                      "field model.merges[0]: token \"zzqq\" is not in model.vocab");
+    expect_json_error("model.merges[1]", "\"i qqqq\"", "field model.merges[1]: token \"qqqq\" is not in model.vocab");
+    expect_json_error("model", NULL, "field model: missing");
+    expect_json_error("model.type", "\"WordPiece\"", "field model.type: \"WordPiece\"");
+    expect_json_error("model.end_of_word_suffix", NULL, "field model.end_of_word_suffix");
+    expect_json_error("model.continuing_subword_prefix", "\"##\"", "field model.continuing_subword_prefix");
+    expect_json_error("pre_tokenizer", "null", "field pre_tokenizer: no Split");
+    expect_json_error("pre_tokenizer", "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\w+\"}}",
+                      "field pre_tokenizer.pattern.Regex");
+    expect_json_error("added_tokens", "[{\"content\": \"x\"}]", "field added_tokens[0]");
+    expect_json_error("added_tokens", "{}", "field added_tokens: expected an array");
+    expect_json_error("added_tokens",
+                      "[{\"id\": 2513, \"content\": \"<|endoftext|>\", \"lstrip\": true, \"special\": true}]",
+                      "field added_tokens[0].lstrip");
+
+    /* the pattern inside the Sequence names its index */
+    json_error_t e;
+    json_t *root = json_loads(tj_text, 0, &e);
+    json_t *split = json_array_get(json_object_get(json_object_get(root, "pre_tokenizer"), "pretokenizers"), 0);
+    json_object_set_new(json_object_get(split, "pattern"), "Regex", json_string("[a-z]+"));
+    char *tj = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    ldm_tokenizer *t = make_json(tj, NULL, NULL, "some/dir");
+    CHECK(!t && strstr(ldm_last_error(), "some/dir/tokenizer.json: field pre_tokenizer.pretokenizers[0].pattern.Regex: "
+                                         "\"[a-z]+\" is not CLIP's pattern"),
+          "bad pattern: %s", ldm_last_error());
+    free(tj);
+
+    t = make_json("{\"model\": ", NULL, NULL, NULL);
+    CHECK(!t && strstr(ldm_last_error(), "tokenizer/tokenizer.json line 1"), "not JSON: %s", ldm_last_error());
+    t = make_json("[1]", NULL, NULL, NULL);
+    CHECK(!t && strstr(ldm_last_error(), "tokenizer/tokenizer.json: expected a JSON object"), "array: %s",
+          ldm_last_error());
+    t = make_json(tj_text, "{\"pad_token\": \"<pad>\"}", NULL, NULL);
+    CHECK(!t && strstr(ldm_last_error(), "pad_token \"<pad>\" is not in model.vocab"), "pad: %s", ldm_last_error());
+    t = make_json(NULL, NULL, NULL, NULL);
+    CHECK(!t && strstr(ldm_last_error(), "missing"), "nothing: %s", ldm_last_error());
+}
+
 int main(void) {
     vocab = ldm_read_file(CLIP_DIR "vocab.json", &vocab_len);
     merges = ldm_read_file(CLIP_DIR "merges.txt", &merges_len);
@@ -182,6 +449,10 @@ int main(void) {
     ldm_tokenizer_free(sd2);
     test_model_configs();
     test_errors();
+    test_tf5();
+    test_tf5_errors();
+    free(tj_text);
+    json_decref(variants);
     free(vocab);
     free(merges);
     TEST_END();

@@ -1,5 +1,6 @@
 /* test_unet.c - the UNet against diffusers (tests/fixtures/expected/{sd1,sd2}_unet.safetensors):
- * x [2,4,8,8], ctx [2,77,C] at t = 981 and t = 1 -> out [2,4,8,8]; batch independence; the
+ * x [2,4,8,8], ctx [2,77,C] at t = 981 and t = 1 -> out [2,4,8,8] (also for the diffusers 0.42
+ * folder, expected_tf5/sd1_tf5_unet.safetensors); batch independence; the
  * arena sizing; odd latent sizes ({sd1,sd2}_unet_odd.safetensors); refused configs (at pack
  * time by ldm_pack, and by the loader directly) naming the field; a weight of the wrong shape naming the tensor; and the arena an
  * SD-1.5-sized UNet needs at 64x64 latents (a weightless model from its config).
@@ -27,9 +28,9 @@ static ldm_unet *open_unet(const char *bundle_path, ldm_bundle **pb) {
 }
 
 /* One model against its fixture: both timesteps, then batch element 1 alone. */
-static void test_fixture(const char *tag, const char *bundle_path, int ctx_dim) {
+static void test_fixture(const char *tag, const char *expected_dir, const char *bundle_path, int ctx_dim) {
     char path[256];
-    snprintf(path, sizeof path, "tests/fixtures/expected/%s_unet.safetensors", tag);
+    snprintf(path, sizeof path, "tests/fixtures/%s/%s_unet.safetensors", expected_dir, tag);
     ldm_safetensors *st = ldm_st_open(path);
     CHECK(st != NULL, "%s", ldm_last_error());
     ldm_bundle *b = NULL;
@@ -240,8 +241,14 @@ int main(void) {
     CHECK(rc1 == 0, "ldmpack sd1: %s", log);
     int rc2 = mt_pack("tests/fixtures/models/sd2", sd2, log, sizeof log);
     CHECK(rc2 == 0, "ldmpack sd2: %s", log);
-    if (!rc1) test_fixture("sd1", sd1, 32);
-    if (!rc2) test_fixture("sd2", sd2, 24);
+    if (!rc1) test_fixture("sd1", "expected", sd1, 32);
+    if (!rc2) test_fixture("sd2", "expected", sd2, 24);
+    /* the folder diffusers 0.42 / transformers 5 wrote (expected_tf5/) */
+    char tf5[600];
+    snprintf(tf5, sizeof tf5, "%s/sd1_tf5.ldmb", tmp);
+    int rc3 = mt_pack("tests/fixtures/models/sd1_tf5", tf5, log, sizeof log);
+    CHECK(rc3 == 0, "ldmpack sd1_tf5: %s", log);
+    if (!rc3) test_fixture("sd1_tf5", "expected_tf5", tf5, 32);
     static const int odd1[][2] = {{9, 9}, {5, 7}, {8, 3}};   /* 2 levels: up factor 2 */
     static const int odd2[][2] = {{9, 9}, {10, 6}, {8, 6}};  /* 3 levels: up factor 4 */
     if (!rc1) test_odd("sd1", sd1, 32, 3, odd1);

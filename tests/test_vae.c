@@ -1,5 +1,6 @@
 /* test_vae.c - the VAE decoder against diffusers (tests/fixtures/expected/
- * {sd1,sd2}_vae.safetensors): z [1,4,8,8] -> img [1,3,64,64]; a batch of two; a
+ * {sd1,sd2}_vae.safetensors, and expected_tf5/sd1_tf5_vae.safetensors for the folder
+ * diffusers 0.42 wrote): z [1,4,8,8] -> img [1,3,64,64]; a batch of two; a
  * non-square latent; checkpoints with the older attention names (query/key/value/
  * proj_attn); and loader errors for broken configs that must name the field or tensor.
  */
@@ -27,7 +28,8 @@ static ldm_vae *open_vae(const char *bundle_path, ldm_bundle **pb) {
 static double decode_vs_expected(const char *tag, const char *bundle_path, int batch_test) {
     char path[256];
     double err = 1e9;
-    snprintf(path, sizeof path, "tests/fixtures/expected/%s_vae.safetensors", tag);
+    snprintf(path, sizeof path, "tests/fixtures/%s/%s_vae.safetensors",
+             strstr(tag, "_tf5") ? "expected_tf5" : "expected", tag);
     ldm_safetensors *st = ldm_st_open(path);
     CHECK(st != NULL, "%s", ldm_last_error());
     ldm_bundle *b = NULL;
@@ -174,8 +176,8 @@ static void expect_config_error(const char *tmp, const char *field, const char *
 int main(void) {
     const char *tmp = mt_tmpdir();
     char log[4096];
-    const char *tags[2] = {"sd1", "sd2"};
-    for (int k = 0; k < 2; k++) {
+    const char *tags[3] = {"sd1", "sd2", "sd1_tf5"};
+    for (int k = 0; k < 3; k++) {
         char folder[256], bundle[512];
         snprintf(folder, sizeof folder, "tests/fixtures/models/%s", tags[k]);
         snprintf(bundle, sizeof bundle, "%s/%s.ldmb", tmp, tags[k]);

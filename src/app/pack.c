@@ -17,6 +17,7 @@
 #include "core/fp16.h"
 #include "format/ldmb.h"
 #include "model/model.h"
+#include "model/tokenizer.h"
 #include "backend/ops.h"
 #include "format/safetensors.h"
 
@@ -216,8 +217,20 @@ static int cmp_pack_tensor(const void *a, const void *b) {
     return strcmp(((const pack_tensor *)a)->name, ((const pack_tensor *)b)->name);
 }
 
+/* A CLIPTextModel state-dict key: 0 = "text_model.*" (transformers 4), 1 = one of the
+ * text model's own modules without that prefix (transformers 5), -1 = neither (such as
+ * a projection: left as it is, and refused as unused by the model check). */
+static int text_key_kind(const char *key) {
+    if (strncmp(key, "text_model.", 11) == 0) return 0;
+    static const char *mods[3] = {"embeddings.", "encoder.", "final_layer_norm."};
+    for (int i = 0; i < 3; i++)
+        if (strncmp(key, mods[i], strlen(mods[i])) == 0) return 1;
+    return -1;
+}
+
 /* Collect the tensors of the three weight components, sorted by full name. */
 static int collect_tensors(packer *p) {
+    const ldm_st_tensor *te_first[2] = {NULL, NULL};   /* first prefixed / unprefixed */
     size_t total = 0;
     for (int c = 0; c < 3; c++) if (p->st[c]) total += ldm_st_count(p->st[c]);
     p->t = ldm_xcalloc(total ? total : 1, sizeof *p->t);
@@ -236,10 +249,24 @@ static int collect_tensors(packer *p) {
             if (s->ndim > LDMB_MAX_DIMS)
                 return ldm_error("%s: tensor '%s': %d dimensions, at most %d supported", s->file,
                                  s->name, s->ndim, LDMB_MAX_DIMS);
+            /* transformers 5 saves CLIPTextModel without the "text_model." prefix of
+             * transformers 4; the bundle keeps the transformers 4 names. */
+            const char *pfx = "";
+            if (c == C_TEXT) {
+                int kind = text_key_kind(s->name);
+                if (kind == 1) pfx = "text_model.";
+                if (kind >= 0 && !te_first[kind]) te_first[kind] = s;
+                if (te_first[0] && te_first[1])
+                    return ldm_error("%s: text encoder tensor names mix two layouts: '%s' (%s) has the "
+                                     "\"text_model.\" prefix that transformers 4 writes, '%s' (%s) has "
+                                     "not (transformers 5); a checkpoint must use one", p->dir[C_TEXT],
+                                     te_first[0]->name, te_first[0]->file, te_first[1]->name,
+                                     te_first[1]->file);
+            }
             pack_tensor *t = &p->t[p->nt++];
-            size_t n = strlen(COMP_NAME[c]) + strlen(s->name) + 2;
+            size_t n = strlen(COMP_NAME[c]) + strlen(pfx) + strlen(s->name) + 2;
             t->name = ldm_xmalloc(n);
-            snprintf(t->name, n, "%s.%s", COMP_NAME[c], s->name);
+            snprintf(t->name, n, "%s.%s%s", COMP_NAME[c], pfx, s->name);
             t->src = s;
             t->nbytes = (uint64_t)s->numel * 2;
             if (t->nbytes > p->max_nbytes) p->max_nbytes = (size_t)t->nbytes;
@@ -512,20 +539,50 @@ static int resolve_dirs(packer *p) {
     return 0;
 }
 
+/* The tokenizer files: vocab.json + merges.txt when both exist (transformers 4 and every
+ * SD checkpoint), else tokenizer.json (transformers 5 writes only that); then the
+ * optional configs.  The files must make a tokenizer: errors name the source file. */
+static int gather_tokenizer(packer *p, const char *d) {
+    char *vp = path_join(d, "vocab.json"), *mp = path_join(d, "merges.txt"), *jp = path_join(d, "tokenizer.json");
+    int pair = is_file(vp) && is_file(mp), json = !pair && is_file(jp);
+    if (!pair && !json) {
+        ldm_error("%s: missing (a tokenizer needs vocab.json and merges.txt, or tokenizer.json)",
+                  is_file(vp) ? mp : vp);
+        free(vp); free(mp); free(jp);
+        return -1;
+    }
+    free(vp); free(mp); free(jp);
+    size_t first = p->nm;
+    if (json ? add_file(p, d, "tokenizer.json", "tokenizer/tokenizer.json", 1)
+             : add_file(p, d, "vocab.json", "tokenizer/vocab.json", 1) ||
+                   add_file(p, d, "merges.txt", "tokenizer/merges.txt", 1))
+        return -1;
+    if (add_file(p, d, "tokenizer_config.json", "tokenizer/tokenizer_config.json", 0) ||
+        add_file(p, d, "special_tokens_map.json", "tokenizer/special_tokens_map.json", 0))
+        return -1;
+    ldm_tokenizer_files f = {0};
+    f.dir = d;
+    for (size_t i = first; i < p->nm; i++) {
+        const cfg_member *m = &p->m[i];
+        if (!strcmp(m->name, "tokenizer/vocab.json")) { f.vocab_json = m->data; f.vocab_len = m->len; }
+        else if (!strcmp(m->name, "tokenizer/merges.txt")) { f.merges = m->data; f.merges_len = m->len; }
+        else if (!strcmp(m->name, "tokenizer/tokenizer.json")) { f.tokenizer_json = m->data; f.tokenizer_json_len = m->len; }
+        else if (!strcmp(m->name, "tokenizer/tokenizer_config.json")) f.config_json = m->data;
+        else if (!strcmp(m->name, "tokenizer/special_tokens_map.json")) f.special_json = m->data;
+    }
+    ldm_tokenizer *t = ldm_tokenizer_load(&f);
+    if (!t) return -1;
+    ldm_tokenizer_free(t);
+    return 0;
+}
+
 static int gather(packer *p) {
     if (resolve_dirs(p)) return -1;
     if (p->o->model_dir && add_file(p, p->o->model_dir, "model_index.json", "model_index.json", 0)) return -1;
     static const char *cfg_member[3] = { "unet/config.json", "vae/config.json", "text_encoder/config.json" };
     for (int c = 0; c < 3; c++)
         if (p->dir[c] && add_file(p, p->dir[c], "config.json", cfg_member[c], 1)) return -1;
-    if (p->dir[C_TOKENIZER]) {
-        const char *d = p->dir[C_TOKENIZER];
-        if (add_file(p, d, "vocab.json", "tokenizer/vocab.json", 1) ||
-            add_file(p, d, "merges.txt", "tokenizer/merges.txt", 1) ||
-            add_file(p, d, "tokenizer_config.json", "tokenizer/tokenizer_config.json", 0) ||
-            add_file(p, d, "special_tokens_map.json", "tokenizer/special_tokens_map.json", 0))
-            return -1;
-    }
+    if (p->dir[C_TOKENIZER] && gather_tokenizer(p, p->dir[C_TOKENIZER])) return -1;
     if (p->dir[C_SCHEDULER] &&
         add_file(p, p->dir[C_SCHEDULER], "scheduler_config.json", "scheduler/scheduler_config.json", 1))
         return -1;
@@ -657,6 +714,17 @@ static json_t *component_info(const ldm_bundle *b, int c) {
             if (strncmp(l, "#version", 8) != 0 && (e ? e - l : (long)strlen(l)) > 0) merges++;
             l = e ? e + 1 : l + strlen(l);
         }
+        if (!vocab || !m) {   /* the vocabulary and merges inside tokenizer.json */
+            json_t *tj = member_json(b, "tokenizer/tokenizer.json");
+            json_t *model = json_object_get(tj, "model");
+            if (json_is_object(json_object_get(model, "vocab"))) {
+                json_decref(vocab);
+                vocab = json_incref(json_object_get(model, "vocab"));
+                merges = json_array_size(json_object_get(model, "merges"));
+                json_object_set_new(o, "source", json_string("tokenizer/tokenizer.json"));
+            }
+            json_decref(tj);
+        }
         if (vocab) json_object_set_new(o, "vocab_size", json_integer((json_int_t)json_object_size(vocab)));
         json_object_set_new(o, "merges", json_integer((json_int_t)merges));
         if (cfg && sp) json_object_update_missing(cfg, sp);
@@ -741,6 +809,8 @@ int ldm_pack_info(const char *path, int as_json, FILE *out) {
             if (json_object_get(ci, "vocab_size")) {
                 fprintf(out, "%lld tokens, %lld merges", (long long)json_integer_value(json_object_get(ci, "vocab_size")),
                         (long long)json_integer_value(json_object_get(ci, "merges")));
+                if (json_object_get(ci, "source"))
+                    fprintf(out, " (from %s)", json_string_value(json_object_get(ci, "source")));
                 counted = 1;
             }
             json_t *cfg = json_object_get(ci, "config");

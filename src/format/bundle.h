@@ -10,7 +10,8 @@
  *   text_encoder.text_model.embeddings.token_embedding.weight
  * Members other than weights.bin keep their diffusers paths, for example
  *   unet/config.json, vae/config.json, text_encoder/config.json,
- *   tokenizer/vocab.json, tokenizer/merges.txt, tokenizer/tokenizer_config.json,
+ *   tokenizer/vocab.json, tokenizer/merges.txt (or tokenizer/tokenizer.json),
+ *   tokenizer/tokenizer_config.json,
  *   scheduler/scheduler_config.json, model_index.json, manifest.json.
  */
 #ifndef LDM_BUNDLE_H

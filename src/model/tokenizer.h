@@ -6,13 +6,21 @@
  *      (per character, full mapping: no final-sigma rule);
  *   3. normalized added tokens (<|startoftext|>, <|endoftext|>) are cut out;
  *   4. the CLIP pattern 's|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+ picks the
- *      words (whitespace is dropped);
+ *      words (whitespace is dropped); a tokenizer.json whose pattern starts with
+ *      <\|startoftext\|>|<\|endoftext\|>| (as transformers 5 writes it) also makes each of
+ *      those two strings one word;
  *   5. each word's UTF-8 bytes are mapped to GPT-2's printable byte alphabet, "</w>" is
  *      appended to the last symbol, and BPE merges are applied by rank.
  * The full encoding is BOS + ids + EOS, cut to max_len keeping EOS last, padded with the
  * pad token of tokenizer_config.json / special_tokens_map.json (read as transformers
  * 4.36 reads them: with "added_tokens_decoder" the config alone counts, otherwise
  * special_tokens_map.json overrides it).  SD 1.x pads with <|endoftext|>, SD 2.x with "!".
+ *
+ * The vocabulary and merges come from vocab.json + merges.txt (transformers 4 and older,
+ * and every real SD checkpoint), or from tokenizer.json (all that transformers 5 writes):
+ * model.vocab, model.merges ("a b" strings or ["a", "b"] pairs), and, when the config
+ * has no added_tokens_decoder, the added tokens of its "added_tokens" list; special
+ * tokens named by plain strings are then special, not normalized (transformers 5 rules).
  */
 #ifndef LDM_TOKENIZER_H
 #define LDM_TOKENIZER_H
@@ -21,6 +29,25 @@
 #include <stdint.h>
 
 typedef struct ldm_tokenizer ldm_tokenizer;
+
+/* The tokenizer files, as texts (JSON texts NUL-terminated).  vocab.json + merges.txt
+ * are used when both are given, else tokenizer.json; tokenizer_config.json and
+ * special_tokens_map.json are optional (NULL).  `dir` is the folder errors name the
+ * files in ("DIR/tokenizer.json: field model.vocab: ..."); NULL = "tokenizer", the
+ * bundle's member folder. */
+typedef struct ldm_tokenizer_files {
+    const char *vocab_json;
+    size_t vocab_len;
+    const char *merges;
+    size_t merges_len;
+    const char *tokenizer_json;
+    size_t tokenizer_json_len;
+    const char *config_json, *special_json;
+    const char *dir;
+} ldm_tokenizer_files;
+
+/* NULL + ldm_error (naming the file and field) on failure. */
+ldm_tokenizer *ldm_tokenizer_load(const ldm_tokenizer_files *files);
 
 /* vocab.json and merges.txt texts, and the optional tokenizer_config.json /
  * special_tokens_map.json texts (NULL when absent).  NULL + ldm_error on failure. */

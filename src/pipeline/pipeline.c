@@ -57,17 +57,19 @@ static double now_s(void) {
 /* opening */
 
 ldm_tokenizer *ldm_bundle_tokenizer(const ldm_bundle *b) {
-    size_t vlen = 0, mlen = 0;
-    const char *vocab = ldm_bundle_member(b, "tokenizer/vocab.json", &vlen);
-    const char *merges = ldm_bundle_member(b, "tokenizer/merges.txt", &mlen);
-    if (!vocab || !merges) {
-        ldm_error("%s: missing member %s", ldm_bundle_path(b),
-                  vocab ? "tokenizer/merges.txt" : "tokenizer/vocab.json");
+    ldm_tokenizer_files f = {0};
+    f.vocab_json = ldm_bundle_member(b, "tokenizer/vocab.json", &f.vocab_len);
+    f.merges = ldm_bundle_member(b, "tokenizer/merges.txt", &f.merges_len);
+    f.tokenizer_json = ldm_bundle_member(b, "tokenizer/tokenizer.json", &f.tokenizer_json_len);
+    if (!(f.vocab_json && f.merges) && !f.tokenizer_json) {
+        ldm_error("%s: missing member %s (a tokenizer needs tokenizer/vocab.json and "
+                  "tokenizer/merges.txt, or tokenizer/tokenizer.json)", ldm_bundle_path(b),
+                  f.vocab_json ? "tokenizer/merges.txt" : "tokenizer/vocab.json");
         return NULL;
     }
-    const char *cfg = ldm_bundle_member(b, "tokenizer/tokenizer_config.json", NULL);
-    const char *special = ldm_bundle_member(b, "tokenizer/special_tokens_map.json", NULL);
-    ldm_tokenizer *t = ldm_tokenizer_new(vocab, vlen, merges, mlen, cfg, special);
+    f.config_json = ldm_bundle_member(b, "tokenizer/tokenizer_config.json", NULL);
+    f.special_json = ldm_bundle_member(b, "tokenizer/special_tokens_map.json", NULL);
+    ldm_tokenizer *t = ldm_tokenizer_load(&f);
     if (!t) ldm_error_prefix("%s: tokenizer", ldm_bundle_path(b));
     return t;
 }
