@@ -134,13 +134,15 @@ static inline void mt_expect_config_error(const char *tmp, const char *member, m
 }
 
 /* A float32 copy of tensor `name` of st, which must have n elements (NULL otherwise). */
+/* An expected tensor as floats.  Missing or of the wrong size counts as a failed check
+ * (the comparisons that would have used it cannot run) and gives NULL. */
 static float *mt_f32(const ldm_safetensors *st, const char *name, size_t n) {
     const ldm_st_tensor *t = ldm_st_find(st, name);
-    if (!t) { printf("expected tensor %s missing\n", name); return NULL; }
-    if ((size_t)t->numel != n) {
-        printf("expected tensor %s has %lld elements, want %zu\n", name, (long long)t->numel, n);
-        return NULL;
-    }
+    CHECK(t != NULL, "expected tensor %s missing", name);
+    if (!t) return NULL;
+    CHECK((size_t)t->numel == n, "expected tensor %s has %lld elements, want %zu", name,
+          (long long)t->numel, n);
+    if ((size_t)t->numel != n) return NULL;
     return ldm_st_to_f32(t);
 }
 
