@@ -11,7 +11,7 @@ DESTDIR ?=
 BUILD   ?= build
 CC      ?= cc
 NVCC    ?= nvcc
-PKGS    := libarchive zlib sqlite3 libpng jansson libutf8proc openblas
+PKGS    := libarchive zlib sqlite3 libpng jansson libutf8proc openblas libjpeg
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)

@@ -1114,6 +1114,27 @@ static int cuda_add_positional(ldm_backend *be, float *out, const ldm_tensor *ta
     return DONE;
 }
 
+/* out[nc][y][x] = x[nc][y - top][x - left] inside, 0 outside. */
+__global__ void k_pad2d(float *out, const float *x, size_t rows, int H, int W, int Ho, int Wo, int top,
+                        int left) {
+    for (size_t r = blockIdx.y; r < rows; r += gridDim.y) {   /* r = nc * Ho + y */
+        size_t nc = r / (size_t)Ho;
+        int y = (int)(r % (size_t)Ho) - top;
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < Wo; c += gridDim.x * blockDim.x) {
+            int xx = c - left;
+            out[r * Wo + c] = (y >= 0 && y < H && xx >= 0 && xx < W) ? x[(nc * H + y) * W + xx] : 0.0f;
+        }
+    }
+}
+static int cuda_pad2d(ldm_backend *be, float *out, const float *x, int N, int C, int H, int W, int top,
+                      int bottom, int left, int right) {
+    const int Ho = H + top + bottom, Wo = W + left + right;
+    size_t rows = (size_t)N * C * Ho;
+    k_pad2d<<<row_grid(rows, (size_t)Wo), EW_THREADS>>>(out, x, rows, H, W, Ho, Wo, top, left);
+    launchCheck("k_pad2d");
+    return DONE;
+}
+
 /* ------------------------------------------------------------------------------
  * The handle: device 0, its cuBLAS and cuDNN handles. */
 

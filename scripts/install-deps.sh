@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages ldm needs to build and test, when they are missing.
 set -e
-PKGS="build-essential pkg-config libarchive-dev libarchive-tools zlib1g-dev libsqlite3-dev sqlite3 libpng-dev libjansson-dev libutf8proc-dev libopenblas-dev"
+PKGS="build-essential pkg-config libarchive-dev libarchive-tools zlib1g-dev libsqlite3-dev sqlite3 libpng-dev libjansson-dev libutf8proc-dev libopenblas-dev libjpeg62-turbo-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -386,6 +386,14 @@ static void test_layout(int N, int C, int H, int W) {
     compare(what, got, ref, 4 * n, 0.0);
     free(got);
 
+    /* zero padding (the VAE encoder's downsampler pads right and bottom by one) */
+    size_t np_ = (size_t)N * C * (H + 1) * (W + 1);
+    RUN_BOTH(be, ldm_op_pad2d(be, PICK(ref, dout), PICK(x, dx), N, C, H, W, 0, 1, 0, 1));
+    got = from_dev(dout, np_);
+    snprintf(what, sizeof what, "pad2d [%d,%d,%d,%d] (0,1,0,1)", N, C, H, W);
+    compare(what, got, ref, np_, 0.0);
+    free(got);
+
     /* explicit size, odd in both directions (the UNet's up path at odd latent sizes) */
     int Ho = 2 * H - 1, Wo = 2 * W - 1;
     size_t nu = (size_t)N * C * Ho * Wo;

@@ -407,6 +407,24 @@ static void test_embedding(void) {
     free(out); free_weight(&tab); free_weight(&pos);
 }
 
+/* ---- pad2d against the rule ---- */
+static void test_pad2d(int N, int C, int H, int W, int t, int b, int l, int r) {
+    const int Ho = H + t + b, Wo = W + l + r;
+    float *x = rand_vec((size_t)N * C * H * W, 1.0f), *out = rand_vec((size_t)N * C * Ho * Wo, 1.0f);
+    ldm_op_pad2d(be, out, x, N, C, H, W, t, b, l, r);
+    int ok = ldm_backend_status(be) == 0;
+    for (int nc = 0; nc < N * C && ok; nc++)
+        for (int y = 0; y < Ho; y++)
+            for (int xx = 0; xx < Wo; xx++) {
+                int iy = y - t, ix = xx - l;
+                float want = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[((size_t)nc * H + iy) * W + ix] : 0.0f;
+                if (out[((size_t)nc * Ho + y) * Wo + xx] != want) ok = 0;
+            }
+    CHECK(ok, "pad2d %dx%dx%dx%d pad %d %d %d %d", N, C, H, W, t, b, l, r);
+    free(x);
+    free(out);
+}
+
 /* ---- dry backend, the front (checks, status, fault injection, profile) and arena ---- */
 static void test_dry(void) {
     ldm_backend *d = ldm_backend_new("dry", NULL);
@@ -446,11 +464,12 @@ static void test_dry(void) {
     rc |= ldm_op_nhwc_to_nchw(d, fake + 64, fake, 1, 4, 9);
     rc |= ldm_op_embedding(d, fake, &w.t, ids, 1, 4);
     rc |= ldm_op_add_positional(d, fake, &w.t, 1, 4, 4);
+    rc |= ldm_op_pad2d(d, fake + 64, fake, 1, 4, 3, 3, 0, 1, 0, 1);
     CHECK(rc == 0 && ldm_backend_status(d) == 0, "dry ops succeed: %s", d->error);
     ldm_be_free(d, p);
     CHECK(memcmp(wcopy, w.t.f16, wbytes) == 0, "dry ops left the weight untouched");
     /* the op list: one name per op, in order */
-    CHECK(LDM_OP_COUNT == 21 && !strcmp(ldm_op_names[LDM_OP_linear], "linear") &&
+    CHECK(LDM_OP_COUNT == 22 && !strcmp(ldm_op_names[LDM_OP_linear], "linear") &&
           !strcmp(ldm_op_names[LDM_OP_fill], "fill"), "op names (%d ops)", (int)LDM_OP_COUNT);
     ldm_backend_free(d);
     free(wcopy);
@@ -616,6 +635,9 @@ int main(void) {
     test_upsample_nearest(2, 64, 37, 29, 74, 57); /* parallel size */
     test_upsample_nearest_torch();
     test_embedding();
+    test_pad2d(1, 3, 4, 5, 0, 1, 0, 1);   /* the VAE encoder's downsampler: (0, 1, 0, 1) */
+    test_pad2d(2, 7, 9, 3, 2, 0, 3, 1);
+    test_pad2d(1, 64, 100, 90, 0, 1, 0, 1);   /* parallel size */
     /* dry backend, arena, CUDA fallback */
     test_dry();
     test_front();

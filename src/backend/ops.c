@@ -263,6 +263,14 @@ static int check_add_positional(why *y, float *out, const ldm_tensor *table, int
          (long long)table->shape[0], T);
     return want_shape(y, table, "table", 2, table->shape[0], C, 0, 0);
 }
+static int check_pad2d(why *y, float *out, const float *x, int N, int C, int H, int W, int top,
+                       int bottom, int left, int right) {
+    PTRS2(out, x);
+    NEED(N > 0 && C > 0 && H > 0 && W > 0, "sizes N=%d C=%d H=%d W=%d must be positive", N, C, H, W);
+    NEED(top >= 0 && bottom >= 0 && left >= 0 && right >= 0, "negative padding");
+    NEED(out != x, "out overlaps x");
+    return 0;
+}
 static int check_copy(why *y, float *dst, const float *src, size_t n) {
     (void)n;
     PTRS2(dst, src);

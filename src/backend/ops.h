@@ -101,6 +101,10 @@ typedef struct ldm_backend ldm_backend;
     /* out[b,T,C] += table[0..T-1, :] for each of B sequences (learned positions). */            \
     X(add_positional, (float *out, const ldm_tensor *table, int B, int T, int C),                  \
       (out, table, B, T, C))                                                                       \
+    /* out[N,C,H+top+bottom,W+left+right] = x[N,C,H,W] with zeros around it (F.pad). */        \
+    X(pad2d, (float *out, const float *x, int N, int C, int H, int W, int top, int bottom,         \
+              int left, int right),                                                                \
+      (out, x, N, C, H, W, top, bottom, left, right))                                              \
     /* Backend memory: dst[n] = src[n]; dst[n] = value. */                                      \
     X(copy, (float *dst, const float *src, size_t n), (dst, src, n))                               \
     X(fill, (float *dst, float value, size_t n), (dst, value, n))

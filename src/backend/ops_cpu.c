@@ -710,6 +710,26 @@ static int cpu_add_positional(ldm_backend *be, float *out, const ldm_tensor *tab
     return 0;
 }
 
+static int cpu_pad2d(ldm_backend *be, float *out, const float *x, int N, int C, int H, int W, int top,
+                     int bottom, int left, int right) {
+    (void)be;
+    const int Ho = H + top + bottom, Wo = W + left + right;
+#pragma omp parallel for schedule(static) if ((size_t)N * C * Ho * Wo >= PAR_MIN)
+    for (int nc = 0; nc < N * C; nc++) {
+        float *o = out + (size_t)nc * Ho * Wo;
+        const float *xi = x + (size_t)nc * H * W;
+        memset(o, 0, (size_t)top * Wo * sizeof(float));
+        for (int r = 0; r < H; r++) {
+            float *orow = o + (size_t)(top + r) * Wo;
+            memset(orow, 0, (size_t)left * sizeof(float));
+            memcpy(orow + left, xi + (size_t)r * W, (size_t)W * sizeof(float));
+            memset(orow + left + W, 0, (size_t)right * sizeof(float));
+        }
+        memset(o + (size_t)(top + H) * Wo, 0, (size_t)bottom * Wo * sizeof(float));
+    }
+    return 0;
+}
+
 static int cpu_synchronize(ldm_backend *be) { (void)be; return 0; }
 
 const ldm_backend_ops ldm_backend_ops_cpu = {

@@ -216,8 +216,14 @@ static int decode_png(read_ctx *c, const char *path, int want_texts) {
     if ((uint64_t)w * h > (1u << 28)) return ldm_error("%s: image %ux%u is too large", path, w, h);
     int color = png_get_color_type(c->png, c->info);
     png_set_expand(c->png); /* palette -> RGB, gray < 8 bits -> 8, tRNS -> alpha */
+    /* alpha is composited on white (as AUTOMATIC1111 flattens an init image), before the
+     * reduction to 8 bits (16-bit samples keep their high byte, as PIL reads them) */
+    png_color_16 white = {0, 65535, 65535, 65535, 65535};
+    if ((color & PNG_COLOR_MASK_ALPHA) || png_get_valid(c->png, c->info, PNG_INFO_tRNS)) {
+        if (png_get_bit_depth(c->png, c->info) < 16) white.red = white.green = white.blue = white.gray = 255;
+        png_set_background(c->png, &white, PNG_BACKGROUND_GAMMA_FILE, 1, 1.0);
+    }
     png_set_strip_16(c->png);
-    png_set_strip_alpha(c->png);
     if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(c->png);
     png_set_interlace_handling(c->png);
     png_read_update_info(c->png, c->info);

@@ -27,7 +27,8 @@ int ldm_png_write(const char *path, const uint8_t *rgb, int width, int height, c
 int ldm_png_encode(const uint8_t *rgb, int width, int height, const ldm_png_text *texts, int n_texts,
                    uint8_t **png, size_t *png_len);
 
-/* Read any PNG as 8-bit RGB (palette, gray and 16-bit are converted, alpha dropped).
+/* Read any PNG as 8-bit RGB: palette and gray become RGB, 16-bit samples keep their high
+ * byte (as PIL reads them), alpha (or tRNS) is composited on white.
  * *rgb and *texts (keys and texts as UTF-8, tEXt/zTXt/iTXt in file order) are malloc'd;
  * free with free() and ldm_png_texts_free().  texts/n_texts may be NULL. */
 int ldm_png_read(const char *path, uint8_t **rgb, int *width, int *height, ldm_png_text **texts,

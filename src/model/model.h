@@ -54,5 +54,11 @@ size_t ldm_vae_arena_bytes(const ldm_vae *m, int B, int h, int w);
 /* z[B, latent_channels, h, w] (already divided by scaling_factor)
  * -> img[B, 3, h*f, w*f] in [-1, 1] (not clamped). */
 int ldm_vae_decode(ldm_vae *m, ldm_arena *a, const float *z, int B, int h, int w, float *img);
+/* The encoder (image to image): present when the bundle has vae.encoder.* weights.
+ * img[3, H, W] in [-1, 1] (H, W multiples of the downscale) -> moments[2 * latent, H/f,
+ * W/f]: the latent distribution's mean, then its log-variance (after quant_conv). */
+int ldm_vae_has_encoder(const ldm_vae *m);
+size_t ldm_vae_encode_arena_bytes(const ldm_vae *m, int H, int W);
+int ldm_vae_encode(ldm_vae *m, ldm_arena *a, const float *img, int H, int W, float *moments);
 
 #endif

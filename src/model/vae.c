@@ -1,4 +1,5 @@
-/* vae.c - the decoder half of diffusers' AutoencoderKL on the ops interface.
+/* vae.c - diffusers' AutoencoderKL on the ops interface: the decoder, and the encoder
+ * for image-to-image (loaded when the bundle has its weights).
  *
  *   z [B, latent, h, w] -> post_quant_conv (1x1) -> decoder.conv_in (3x3)
  *   -> mid_block: resnet, attention (one head over all channels), resnet
@@ -11,6 +12,10 @@
  * Batch items are decoded one at a time (nothing in the decoder mixes them), so the
  * arena holds one image's activations: three ping-pong buffers of the largest
  * activation plus the mid-block attention's q/k/v at latent resolution.
+ * Encoder: img [3, H, W] -> conv_in -> down_blocks (layers_per_block resnets each, then
+ * (except the last) zero padding right and bottom by one and a 3x3 stride-2 conv)
+ * -> mid_block (resnet, attention, resnet) -> GroupNorm + SiLU -> conv_out (2 * latent
+ * channels: mean and log-variance) -> quant_conv (1x1) -> moments [2 * latent, H/f, W/f].
  * Tensor names are "vae." + the diffusers state-dict key; the mid-block attention may use
  * either current (to_q/to_k/to_v/to_out.0) or older (query/key/value/proj_attn) names.
  */
@@ -43,6 +48,23 @@ typedef struct {
     ldm_tensor *up_w, *up_b; /* NULL for the last block */
 } vae_up;
 
+typedef struct {
+    int n_res;
+    vae_resnet *res;
+    ldm_tensor *down_w, *down_b; /* NULL for the last block */
+} vae_down;
+
+typedef struct {
+    int present;             /* the bundle has the encoder's weights */
+    int in_ch, use_qc;
+    ldm_tensor *in_w, *in_b;
+    vae_down down[MAX_BLOCKS];
+    vae_resnet mid_res[2];
+    vae_attn mid_attn;
+    ldm_tensor *norm_out_w, *norm_out_b, *out_w, *out_b;
+    ldm_tensor *qc_w, *qc_b; /* NULL when use_quant_conv is false */
+} vae_encoder;
+
 struct ldm_vae {
     ldm_backend *be;
     void *weights;           /* the backend's copy of the weights, or NULL */
@@ -55,6 +77,7 @@ struct ldm_vae {
     vae_attn mid_attn;
     vae_up up[MAX_BLOCKS];
     ldm_tensor *norm_out_w, *norm_out_b, *out_w, *out_b;
+    vae_encoder enc;
 };
 
 /* ---- loading ---- */
@@ -167,6 +190,83 @@ static void load_attn(ldm_loader *L, vae_attn *t, int C, const char *pfx) {
     t->o_b = ldm_load_weight(L, LDM_VEC(C), "%s.%s.bias", pfx, o);
 }
 
+/* The encoder's own config fields and weights, when the bundle has them (a decoder-only
+ * bundle can still generate from text).  0, or -1 with the loader failed. */
+static int load_encoder(ldm_vae *m, const ldm_bundle *b, ldm_loader *L) {
+    vae_encoder *e = &m->enc;
+    if (!ldm_bundle_tensor(b, "vae.encoder.conv_in.weight")) return 0;
+    json_t *j = cfg_load(b, MEMBER);
+    if (!j) { L->failed = 1; return -1; }
+    const char *types[MAX_BLOCKS];
+    int n_types = 0, double_z = 1, rc = -1;
+    if (cfg_int_or(j, MEMBER, "in_channels", 3, &e->in_ch) ||
+        cfg_bool_or(j, MEMBER, "use_quant_conv", 1, &e->use_qc) ||
+        cfg_bool_or(j, MEMBER, "double_z", 1, &double_z) ||
+        cfg_str_list(j, MEMBER, "down_block_types", types, MAX_BLOCKS, &n_types))
+        goto out;
+    if (n_types != m->n_blocks) {
+        ldm_error("%s: field \"down_block_types\" has %d entries but \"block_out_channels\" has %d",
+                  MEMBER, n_types, m->n_blocks);
+        goto out;
+    }
+    for (int i = 0; i < n_types; i++)
+        if (strcmp(types[i], "DownEncoderBlock2D")) {
+            ldm_error("%s: field \"down_block_types[%d]\": \"%s\" is not supported (expected "
+                      "\"DownEncoderBlock2D\")", MEMBER, i, types[i]);
+            goto out;
+        }
+    if (e->in_ch != 3) {
+        ldm_error("%s: field \"in_channels\": %d is not supported (expected 3)", MEMBER, e->in_ch);
+        goto out;
+    }
+    rc = 0;
+out:
+    json_decref(j);
+    if (rc) { L->failed = 1; return -1; }
+    const int Z2 = 2 * m->latent, c0 = m->block_out[0], top = m->block_out[m->n_blocks - 1];
+    char pfx[256];
+    e->in_w = ldm_load_weight(L, LDM_CONV(c0, 3, 3), "vae.encoder.conv_in.weight");
+    e->in_b = ldm_load_weight(L, LDM_VEC(c0), "vae.encoder.conv_in.bias");
+    int cin = c0;
+    for (int i = 0; i < m->n_blocks && !L->failed; i++) {
+        vae_down *d = &e->down[i];
+        const int cout = m->block_out[i];
+        d->n_res = m->layers;
+        d->res = ldm_xcalloc((size_t)(d->n_res ? d->n_res : 1), sizeof *d->res);
+        for (int r = 0; r < d->n_res; r++) {
+            snprintf(pfx, sizeof pfx, "vae.encoder.down_blocks.%d.resnets.%d", i, r);
+            load_resnet(L, &d->res[r], r == 0 ? cin : cout, cout, pfx);
+        }
+        if (i < m->n_blocks - 1) {
+            d->down_w = ldm_load_weight(L, LDM_CONV(cout, cout, 3),
+                                        "vae.encoder.down_blocks.%d.downsamplers.0.conv.weight", i);
+            d->down_b = ldm_load_weight(L, LDM_VEC(cout),
+                                        "vae.encoder.down_blocks.%d.downsamplers.0.conv.bias", i);
+        }
+        cin = cout;
+    }
+    for (int i = 0; i < 2; i++) {
+        snprintf(pfx, sizeof pfx, "vae.encoder.mid_block.resnets.%d", i);
+        load_resnet(L, &e->mid_res[i], top, top, pfx);
+    }
+    if (m->has_attn) load_attn(L, &e->mid_attn, top, "vae.encoder.mid_block.attentions.0");
+    e->norm_out_w = ldm_load_weight(L, LDM_VEC(top), "vae.encoder.conv_norm_out.weight");
+    e->norm_out_b = ldm_load_weight(L, LDM_VEC(top), "vae.encoder.conv_norm_out.bias");
+    e->out_w = ldm_load_weight(L, LDM_CONV(double_z ? Z2 : m->latent, top, 3), "vae.encoder.conv_out.weight");
+    e->out_b = ldm_load_weight(L, LDM_VEC(double_z ? Z2 : m->latent), "vae.encoder.conv_out.bias");
+    if (!double_z && !L->failed) {
+        ldm_error("%s: field \"double_z\": false is not supported (the encoder must give mean and "
+                  "log-variance)", MEMBER);
+        L->failed = 1;
+    }
+    if (e->use_qc) {
+        e->qc_w = ldm_load_weight(L, LDM_CONV(Z2, Z2, 1), "vae.quant_conv.weight");
+        e->qc_b = ldm_load_weight(L, LDM_VEC(Z2), "vae.quant_conv.bias");
+    }
+    e->present = !L->failed;
+    return L->failed ? -1 : 0;
+}
+
 ldm_vae *ldm_vae_load(const ldm_bundle *b, ldm_backend *be) {
     ldm_vae *m = ldm_xcalloc(1, sizeof *m);
     m->be = be;
@@ -208,13 +308,17 @@ ldm_vae *ldm_vae_load(const ldm_bundle *b, ldm_backend *be) {
     m->norm_out_b = ldm_load_weight(&L, LDM_VEC(c0), "vae.decoder.conv_norm_out.bias");
     m->out_w = ldm_load_weight(&L, LDM_CONV(m->out_ch, c0, 3), "vae.decoder.conv_out.weight");
     m->out_b = ldm_load_weight(&L, LDM_VEC(m->out_ch), "vae.decoder.conv_out.bias");
+    if (!L.failed) load_encoder(m, b, &L);
     if (ldm_loader_finish(&L, &m->weights)) { ldm_vae_free(m); return NULL; }
     return m;
 }
 
 void ldm_vae_free(ldm_vae *m) {
     if (!m) return;
-    for (int i = 0; i < MAX_BLOCKS; i++) free(m->up[i].res);
+    for (int i = 0; i < MAX_BLOCKS; i++) {
+        free(m->up[i].res);
+        free(m->enc.down[i].res);
+    }
     ldm_be_release_weights(m->be, m->weights);
     free(m);
 }
@@ -348,5 +452,100 @@ int ldm_vae_decode(ldm_vae *m, ldm_arena *a, const float *z, int B, int h, int w
     if (B <= 0 || h <= 0 || w <= 0)
         return ldm_error("vae decode: invalid latent shape [%d, %d, %d, %d]", B, m->latent, h, w);
     vae_forward(m, m->be, a, z, B, h, w, img);
+    return ldm_backend_status(m->be);
+}
+
+/* ---- encoder ---- */
+
+int ldm_vae_has_encoder(const ldm_vae *m) { return m->enc.present; }
+
+/* Largest activation (floats) of the encoder for an H x W image. */
+static size_t enc_max_activation(const ldm_vae *m, int H, int W) {
+    size_t best = (size_t)3 * H * W;
+    int h = H, w = W;
+    for (int i = 0; i < m->n_blocks; i++) {
+        size_t c = (size_t)m->block_out[i];
+        if (c * h * w > best) best = c * h * w;
+        if (i < m->n_blocks - 1) {
+            /* the padded input of the downsampler */
+            if (c * (h + 1) * (w + 1) > best) best = c * (h + 1) * (w + 1);
+            h /= 2, w /= 2;
+        }
+    }
+    if ((size_t)2 * m->latent * h * w > best) best = (size_t)2 * m->latent * h * w;
+    return best;
+}
+
+/* img [3, H, W] (backend memory) -> moments [2 * latent, h, w] (host). */
+static void encode_one(const ldm_vae *m, ldm_backend *be, ldm_arena *a, const float *img, int H,
+                       int W, float *moments) {
+    const vae_encoder *e = &m->enc;
+    const size_t big = enc_max_activation(m, H, W), mark = ldm_arena_mark(a);
+    float *cur = ldm_arena_alloc(a, big), *nxt = ldm_arena_alloc(a, big);
+    float *tmp = ldm_arena_alloc(a, big), *sw;
+#define SWAP() (sw = cur, cur = nxt, nxt = sw)
+    const int G = m->groups, Z2 = 2 * m->latent;
+    int C = m->block_out[0];
+    ldm_op_conv2d(be, cur, img, e->in_w, e->in_b, 1, 3, H, W, C, 3, 1, 1);   /* [C0, H, W] */
+    for (int i = 0; i < m->n_blocks; i++) {
+        const vae_down *d = &e->down[i];
+        for (int r = 0; r < d->n_res; r++) {
+            resnet_forward(be, &d->res[r], nxt, cur, tmp, G, H, W);
+            SWAP();
+        }
+        C = m->block_out[i];
+        if (d->down_w) {   /* F.pad(x, (0, 1, 0, 1)) then 3x3 stride 2: [C, H/2, W/2] */
+            ldm_op_pad2d(be, tmp, cur, 1, C, H, W, 0, 1, 0, 1);
+            ldm_op_conv2d(be, cur, tmp, d->down_w, d->down_b, 1, C, H + 1, W + 1, C, 3, 2, 0);
+            H = (H + 1 - 3) / 2 + 1;
+            W = (W + 1 - 3) / 2 + 1;
+        }
+    }
+    resnet_forward(be, &e->mid_res[0], nxt, cur, tmp, G, H, W);
+    SWAP();
+    if (m->has_attn) {
+        attn_forward(be, a, &e->mid_attn, nxt, cur, tmp, C, H * W, G);
+        SWAP();
+    }
+    resnet_forward(be, &e->mid_res[1], nxt, cur, tmp, G, H, W);
+    SWAP();
+    ldm_op_group_norm(be, tmp, cur, e->norm_out_w, e->norm_out_b, 1, C, H * W, G, GN_EPS, 1);
+    ldm_op_conv2d(be, nxt, tmp, e->out_w, e->out_b, 1, C, H, W, Z2, 3, 1, 1);   /* [2Z, h, w] */
+    if (e->qc_w) {
+        ldm_op_conv2d(be, cur, nxt, e->qc_w, e->qc_b, 1, Z2, H, W, Z2, 1, 1, 0);
+        SWAP();
+    }
+    if (moments) ldm_be_download(be, moments, nxt, (size_t)Z2 * H * W);
+#undef SWAP
+    ldm_arena_reset(a, mark);
+}
+
+static void enc_forward(const ldm_vae *m, ldm_backend *be, ldm_arena *a, const float *img, int H,
+                        int W, float *moments) {
+    const size_t mark = ldm_arena_mark(a);
+    float *x = ldm_arena_alloc(a, (size_t)3 * H * W);
+    if (img) ldm_be_upload(be, x, img, (size_t)3 * H * W);
+    encode_one(m, be, a, x, H, W, moments);
+    ldm_arena_reset(a, mark);
+}
+
+size_t ldm_vae_encode_arena_bytes(const ldm_vae *m, int H, int W) {
+    if (!m->enc.present) return 0;
+    ldm_arena a;
+    ldm_arena_measure(&a);
+    ldm_backend *dry = ldm_backend_new("dry", NULL);
+    enc_forward(m, dry, &a, NULL, H, W, NULL);
+    ldm_backend_free(dry);
+    return a.peak;
+}
+
+int ldm_vae_encode(ldm_vae *m, ldm_arena *a, const float *img, int H, int W, float *moments) {
+    if (!m->enc.present)
+        return ldm_error_kind(LDM_DATA, "this bundle has no VAE encoder (vae.encoder.* weights): "
+                              "image to image needs one; pack the model with its full VAE");
+    const int f = ldm_vae_downscale(m);
+    if (H <= 0 || W <= 0 || H % f || W % f)
+        return ldm_error("vae encode: image %dx%d is not a multiple of %d", W, H, f);
+    enc_forward(m, m->be, a, img, H, W, moments);
     return ldm_backend_status(m->be);
 }

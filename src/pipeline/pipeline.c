@@ -25,7 +25,7 @@
 
 /* Arena sizes measured by dry runs, per UNet batch and latent size. */
 #define PLAN_CACHE 8
-typedef struct { int nb, h, w; size_t bytes; } arena_plan;
+typedef struct { int nb, h, w, encode; size_t bytes; } arena_plan;
 
 struct ldm_pipeline {
     ldm_bundle *bundle;
@@ -189,6 +189,7 @@ ldm_gen_params ldm_gen_params_default(void) {
     g.batch = 1;
     g.scheduler = -1;
     g.spacing = -1;
+    g.strength = 0.8;
     return g;
 }
 
@@ -308,22 +309,66 @@ static int tokenize(ldm_pipeline *p, const char *text, int32_t *ids, int T, int 
 
 /* Activation bytes for the three models at UNet batch nb and latent h x w: the largest
  * of their dry runs, measured once per (nb, h, w). */
-static size_t arena_need(ldm_pipeline *p, int nb, int h, int w) {
+static size_t arena_need(ldm_pipeline *p, int nb, int h, int w, int encode) {
     for (int i = 0; i < p->n_plans; i++)
-        if (p->plans[i].nb == nb && p->plans[i].h == h && p->plans[i].w == w) return p->plans[i].bytes;
+        if (p->plans[i].nb == nb && p->plans[i].h == h && p->plans[i].w == w &&
+            p->plans[i].encode == encode)
+            return p->plans[i].bytes;
     const int T = ldm_clip_max_length(p->clip);
     size_t need = ldm_clip_arena_bytes(p->clip, 2);
     size_t u = ldm_unet_arena_bytes(p->unet, nb, h, w, T);
     size_t v = ldm_vae_arena_bytes(p->vae, 1, h, w);
     if (u > need) need = u;
     if (v > need) need = v;
-    arena_plan e = {nb, h, w, need};
+    if (encode) {
+        const int f = ldm_vae_downscale(p->vae);
+        size_t e = ldm_vae_encode_arena_bytes(p->vae, h * f, w * f);
+        if (e > need) need = e;
+    }
+    arena_plan e = {nb, h, w, encode, need};
     if (p->n_plans < PLAN_CACHE) p->plans[p->n_plans++] = e;
     else {
         memmove(p->plans, p->plans + 1, sizeof p->plans[0] * (PLAN_CACHE - 1));
         p->plans[PLAN_CACHE - 1] = e;
     }
     return need;
+}
+
+static int check_finite(const float *x, size_t n, const char *what);
+
+/* Image to image: x[B, C, h, w] = add_noise(scaling_factor * sample(encode(image)), randn)
+ * at timestep i0, each image's two draws (the encoder's sample, then the noise) from its
+ * own generator, in diffusers' order (prepare_latents). */
+static int init_latents(ldm_pipeline *p, const ldm_gen_params *prm, const ldm_sched *s, int i0,
+                        ldm_rng *rngs, int B, size_t per, int h, int w, float *x, ldm_gen_result *res) {
+    const int f = ldm_vae_downscale(p->vae);
+    float *mom = ldm_xmalloc(sizeof(float) * 2 * per), *eps = ldm_xmalloc(sizeof(float) * per);
+    int rc = ldm_vae_encode(p->vae, &p->arena, prm->init_image, h * f, w * f, mom);
+    if (rc) {
+        ldm_error_prefix("vae encode");
+    } else if (check_finite(mom, 2 * per, "encoded image")) {
+        rc = -1;
+    } else {
+        /* DiagonalGaussianDistribution: logvar clamped to [-30, 20], std = exp(0.5 logvar) */
+        const float *mean = mom, *logvar = mom + per;
+        const float sf = ldm_vae_scaling_factor(p->vae);
+        if (prm->keep_latents) res->latents_init = ldm_xmalloc(sizeof(float) * B * per);
+        for (int b = 0; b < B; b++) {
+            float *xb = x + (size_t)b * per;
+            ldm_rng_randn(&rngs[b], eps, per);
+            for (size_t k = 0; k < per; k++) {
+                float lv = logvar[k] < -30.0f ? -30.0f : logvar[k] > 20.0f ? 20.0f : logvar[k];
+                float sd = expf(0.5f * lv), t = sd * eps[k];
+                xb[k] = sf * (mean[k] + t);
+            }
+            ldm_rng_randn(&rngs[b], eps, per);
+            if (prm->keep_latents) memcpy(res->latents_init + (size_t)b * per, eps, sizeof(float) * per);
+            ldm_sched_add_noise(s, i0, xb, eps, per);
+        }
+    }
+    free(mom);
+    free(eps);
+    return rc;
 }
 
 /* All finite?  Names what and where when not. */
@@ -359,7 +404,13 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
     int rc = -1;
 
     /* one arena for the three models at this size (dry runs cached per batch and size) */
-    if (arena_reserve(p, arena_need(p, NB, h, w))) goto done;
+    const int img2img = prm->init_image != NULL;
+    if (img2img && !ldm_vae_has_encoder(p->vae)) {
+        ldm_error_kind(LDM_DATA, "%s: this bundle has no VAE encoder (vae.encoder.* weights); image "
+                       "to image needs one", ldm_bundle_path(p->bundle));
+        return LDM_DATA;
+    }
+    if (arena_reserve(p, arena_need(p, NB, h, w, img2img))) goto done;
 
     /* ---- text: the caller's embeddings (prompt_embeds / negative_prompt_embeds), else
      * tokenize and encode here ---- */
@@ -401,24 +452,28 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
 
     /* ---- latents ---- */
     if (!(s = ldm_sched_new(&res->sched, prm->steps))) goto done;
-    res->unet_evaluations = s->n_timesteps;
+    int i0 = 0;   /* the first timestep run: 0, or where image to image starts */
+    if (img2img && ldm_sched_start_index(s, prm->strength, &i0)) goto done;
+    res->unet_evaluations = s->n_timesteps - i0;
     rngs = ldm_xcalloc((size_t)B, sizeof *rngs);
     x = ldm_xmalloc(sizeof(float) * n);
-    for (int b = 0; b < B; b++) {
-        ldm_rng_seed(&rngs[b], prm->seed + (uint64_t)b);
-        ldm_rng_randn(&rngs[b], x + b * per, per);
+    for (int b = 0; b < B; b++) ldm_rng_seed(&rngs[b], prm->seed + (uint64_t)b);
+    if (!img2img) {
+        for (int b = 0; b < B; b++) ldm_rng_randn(&rngs[b], x + b * per, per);
+        if (prm->keep_latents) {
+            res->latents_init = ldm_xmalloc(sizeof(float) * n);
+            memcpy(res->latents_init, x, sizeof(float) * n);
+        }
+        for (size_t k = 0; k < n; k++) x[k] = x[k] * s->init_noise_sigma;
+    } else if (init_latents(p, prm, s, i0, rngs, B, per, h, w, x, res)) {
+        goto done;
     }
-    if (prm->keep_latents) {
-        res->latents_init = ldm_xmalloc(sizeof(float) * n);
-        memcpy(res->latents_init, x, sizeof(float) * n);
-    }
-    for (size_t k = 0; k < n; k++) x[k] = x[k] * s->init_noise_sigma;
 
     /* ---- denoising loop ---- */
     xin = ldm_xmalloc(sizeof(float) * NB * per);
     eps = ldm_xmalloc(sizeof(float) * NB * per);
     const float g = (float)prm->guidance;
-    for (int i = 0; i < s->n_timesteps; i++) {
+    for (int i = i0; i < s->n_timesteps; i++) {
         if (prm->interrupt && *prm->interrupt) {
             res->interrupted = 1;
             ldm_error_kind(LDM_INTERRUPTED, "interrupted after %d of %d steps", i, s->n_timesteps);
@@ -437,10 +492,11 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
         }
         if (ldm_sched_step(s, i, eps, x, B, per, rngs)) goto done;
         /* denoising steps, not UNet evaluations (PNDM evaluates steps + 1 times) */
-        if (prm->progress)
+        if (prm->progress) {
+            const int run = s->n_timesteps - i0, todo = img2img ? (run < prm->steps ? run : prm->steps) : prm->steps;
             prm->progress(prm->progress_user,
-                          (int)(((int64_t)(i + 1) * prm->steps + s->n_timesteps - 1) / s->n_timesteps),
-                          prm->steps);
+                          (int)(((int64_t)(i - i0 + 1) * todo + run - 1) / run), todo);
+        }
     }
     if (check_finite(x, n, "final latents")) goto done;
     if (prm->keep_latents) {

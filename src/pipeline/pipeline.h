@@ -86,6 +86,11 @@ typedef struct ldm_gen_params {
      * NULL to tokenize and encode prompt/negative here (negative_embeds is needed when
      * guidance > 1) */
     const float *prompt_embeds, *negative_embeds;
+    /* image to image (StableDiffusionImg2ImgPipeline): the preprocessed image [3, H, W] in
+     * [-1, 1] on the host (H, W = height, width), and the strength in (0, 1]; NULL for
+     * text to image */
+    const float *init_image;
+    double strength;
     ldm_progress_fn progress;  /* called after each step (step 1..total), may be NULL */
     void *progress_user;
     const volatile int *interrupt; /* when it becomes non-zero, stop between steps */
@@ -93,7 +98,7 @@ typedef struct ldm_gen_params {
 } ldm_gen_params;
 
 /* A zeroed parameter struct with the defaults: 50 steps, guidance 7.5, batch 1,
- * scheduler -1, spacing -1. */
+ * scheduler -1, spacing -1, strength 0.8 (used with an init image). */
 ldm_gen_params ldm_gen_params_default(void);
 
 typedef struct ldm_gen_result {
@@ -102,7 +107,7 @@ typedef struct ldm_gen_result {
     float *latents_init;       /* [batch, 4, h, w] raw randn (keep_latents) */
     float *latents_final;      /* [batch, 4, h, w] after the last step (keep_latents) */
     int latent_channels, latent_h, latent_w;
-    int unet_evaluations;      /* timesteps run (PNDM: steps + 1) */
+    int unet_evaluations;      /* timesteps run (PNDM: steps + 1; image to image: the cut schedule) */
     double t_text, t_sampling, t_decode, t_total;   /* seconds */
     int prompt_truncated, negative_truncated;
     int interrupted;           /* stopped by the interrupt flag (the call returned -1) */

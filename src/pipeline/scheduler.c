@@ -897,3 +897,54 @@ int ldm_sched_step(ldm_sched *s, int i, const float *mo, float *x, int B, size_t
     }
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------ */
+/* image to image: where to start, and the noise for that start (diffusers' get_timesteps
+ * and add_noise) */
+
+int ldm_sched_start_index(const ldm_sched *s, double strength, int *i0) {
+    if (!(strength > 0 && strength <= 1))
+        return ldm_error_kind(LDM_USAGE, "strength %g: expected a number above 0 and at most 1", strength);
+    const int steps = s->num_inference_steps;
+    int init_timestep = (int)(steps * strength);   /* int(num_inference_steps * strength) */
+    if (init_timestep > steps) init_timestep = steps;
+    int t_start = steps - init_timestep;
+    if (t_start < 0) t_start = 0;
+    int start = t_start * 1;   /* scheduler.order is 1 for every scheduler ldm has */
+    if (start >= s->n_timesteps)
+        return ldm_error_kind(LDM_USAGE, "strength %g with %d steps runs no denoising step "
+                              "(int(steps * strength) is 0): raise --strength or -n", strength, steps);
+    *i0 = start;
+    return 0;
+}
+
+void ldm_sched_add_noise(const ldm_sched *s, int i0, float *x, const float *noise, size_t n) {
+    switch (s->cfg.kind) {
+    case LDM_SCHED_EULER: case LDM_SCHED_EULER_A: {
+        const float sigma = s->sigmas[i0];
+        for (size_t k = 0; k < n; k++) {
+            float t = noise[k] * sigma;
+            x[k] = x[k] + t;
+        }
+        break;
+    }
+    case LDM_SCHED_DPMPP_2M: {
+        /* _sigma_to_alpha_sigma_t: alpha = 1 / sqrt(sigma^2 + 1), sigma_t = sigma * alpha */
+        const float sigma = s->sigmas[i0];
+        const float alpha = 1.0f / sqrtf(sigma * sigma + 1.0f), sigma_t = sigma * alpha;
+        for (size_t k = 0; k < n; k++) {
+            float a = alpha * x[k], b = sigma_t * noise[k];
+            x[k] = a + b;
+        }
+        break;
+    }
+    default: {   /* DDIM, DDPM, PNDM: sqrt(alpha_prod) x + sqrt(1 - alpha_prod) noise */
+        const float ac = s->alphas_cumprod[s->t_int[i0]];
+        const float sa = sqrtf(ac), sb = sqrtf(1.0f - ac);   /* torch: x ** 0.5 is sqrt */
+        for (size_t k = 0; k < n; k++) {
+            float a = sa * x[k], b = sb * noise[k];
+            x[k] = a + b;
+        }
+    }
+    }
+}

@@ -116,6 +116,13 @@ void ldm_sched_scale_model_input(const ldm_sched *s, int i, float *out, const fl
 int ldm_sched_step(ldm_sched *s, int i, const float *model_output, float *x, int B,
                    size_t per_image, ldm_rng *rngs);
 
+/* Image to image (diffusers' get_timesteps): the index of the first timestep run for
+ * strength in (0, 1]; a usage error when no step would run. */
+int ldm_sched_start_index(const ldm_sched *s, double strength, int *i0);
+/* x[n] = scheduler.add_noise(x, noise, timesteps[i0]) in float32, as the scheduler
+ * class does it (alphas for DDIM/DDPM/PNDM, sigmas for Euler/Euler a/DPM++). */
+void ldm_sched_add_noise(const ldm_sched *s, int i0, float *x, const float *noise, size_t n);
+
 /* Whether the sampler draws noise at its steps (DDPM, DDIM with eta > 0, Euler a). */
 int ldm_sched_is_ancestral(const ldm_sched_config *c);
 
