@@ -53,6 +53,11 @@ def main():
     os.makedirs(EXP, exist_ok=True)
     drawing(64, 64).save(os.path.join(IMG, "init64.png"))
     drawing(70, 61).save(os.path.join(IMG, "init70x61.png"))
+    drawing(64, 64).save(os.path.join(IMG, "init64.jpg"), quality=90)
+    drawing(64, 64).convert("L").save(os.path.join(IMG, "init64_gray.png"))
+    rgba = drawing(64, 64).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((64, 64)))
+    rgba.save(os.path.join(IMG, "init64_rgba.png"))
     init = Image.open(os.path.join(IMG, "init64.png")).convert("RGB")
     comp = gf.load_components("sd1")
     index = {"versions": {"diffusers": diffusers.__version__, "torch": torch.__version__,
@@ -81,6 +86,11 @@ def main():
     save_file({"image": xo.contiguous()}, os.path.join(EXP, "preprocess_70x61.safetensors"))
     index["files"]["preprocess_70x61.safetensors"] = "image: init70x61.png preprocessed (%dx%d)" % (
         xo.shape[3], xo.shape[2])
+
+    # a JPEG as PIL decodes it (ldm uses the same libjpeg-turbo defaults)
+    xj = pipe.image_processor.preprocess(Image.open(os.path.join(IMG, "init64.jpg")).convert("RGB"))
+    save_file({"image": xj.contiguous()}, os.path.join(EXP, "preprocess_jpeg.safetensors"))
+    index["files"]["preprocess_jpeg.safetensors"] = "image: init64.jpg preprocessed"
 
     for sched_name, strength in RUNS:
         cls_name, overrides = gf.SCHEDULERS[sched_name]

@@ -158,6 +158,24 @@ int main(void) {
     float *x = check_preprocess("init64.png", "vae_encode.safetensors", 64, 64);
     float *xo = check_preprocess("init70x61.png", "preprocess_70x61.safetensors", 64, 56);
     free(xo);
+    xo = check_preprocess("init64.jpg", "preprocess_jpeg.safetensors", 64, 64);
+    free(xo);
+    /* grey and RGBA pictures read as RGB (alpha composited on white) */
+    uint8_t *rgb = NULL;
+    int w, h;
+    CHECK(ldm_image_read(IMG "init64_gray.png", &rgb, &w, &h) == 0 && w == 64 &&
+          rgb[0] == rgb[1] && rgb[1] == rgb[2], "grey PNG as RGB: %s", ldm_last_error());
+    free(rgb);
+    rgb = NULL;
+    CHECK(ldm_image_read(IMG "init64_rgba.png", &rgb, &w, &h) == 0 && w == 64, "RGBA PNG: %s", ldm_last_error());
+    /* pixel (0, 0) is (128, 255, 40) with alpha 2: c*a/255 + 255*(1 - a/255), rounded */
+    CHECK(rgb && rgb[0] == 254 && rgb[1] == 255 && rgb[2] == 253, "alpha composited on white: %d %d %d",
+          rgb ? rgb[0] : -1, rgb ? rgb[1] : -1, rgb ? rgb[2] : -1);
+    free(rgb);
+    CHECK(ldm_image_read("tests/fixtures/img/none.png", &rgb, &w, &h) == -1 && strstr(ldm_last_error(), "none.png"),
+          "missing file named");
+    CHECK(ldm_image_read("tests/fixtures/expected_img2img/index.json", &rgb, &w, &h) == -1 &&
+          ldm_last_status() == LDM_DATA && strstr(ldm_last_error(), "not a PNG or JPEG"), "not an image: %s", ldm_last_error());
     ldm_pipeline *p = open_sd1();
     if (p && x) {
         check_encoder(p, x);

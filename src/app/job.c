@@ -29,7 +29,9 @@
 #include "app/grid.h"
 #include "core/sha256.h"
 #include "format/bundle.h"
+#include "format/image.h"
 #include "format/png_io.h"
+#include "pipeline/imageproc.h"
 #include "pipeline/scheduler.h"
 
 #define PRECISION "fp32"
@@ -204,6 +206,10 @@ typedef struct {
     ldm_gen_record *recs;     /* [n_rows] */
     const char *label;        /* progress label of the generation running */
     double step_start;
+    /* image to image */
+    float *init;              /* preprocessed [3, H, W] */
+    char *init_abs;           /* the path given, made absolute */
+    char init_sha[65];        /* SHA-256 of the decoded 8-bit RGB pixels */
 } run_state;
 
 /* The record of image `idx` of generation prm (a batch of `batch`). */
@@ -229,6 +235,11 @@ static void make_record(const run_state *r, const ldm_gen_params *prm, int idx, 
     m->batch_index = idx;
     m->replay_of = r->j->replay_of;
     ldm_record_set(&m->backend, r->be ? ldm_backend_name(r->be) : "");
+    if (r->init) {
+        m->strength = prm->strength;
+        ldm_record_set(&m->init_image_sha256, r->init_sha);
+        ldm_record_set(&m->init_image, r->init_abs);
+    }
 }
 
 /* PNG bytes of an image with its two chunks, and their SHA-256. */
@@ -493,6 +504,60 @@ static ldm_status run_grid(run_state *r, float *pos, float *neg) {
     return rc;
 }
 
+char *ldm_image_copy_path(const char *db_path, const char *sha) {
+    const char *slash = strrchr(db_path, '/');
+    int dl = slash ? (int)(slash - db_path) : 1;
+    const char *dir = slash ? db_path : ".";
+    size_t n = (size_t)dl + strlen(sha) + 16;
+    char *p = ldm_xmalloc(n);
+    snprintf(p, n, "%.*s/images/%s.png", dl, dir, sha);
+    return p;
+}
+
+/* The init image: decoded, hashed, checked against the recorded hash (replay),
+ * preprocessed to the size the generation will use. */
+static ldm_status load_init(run_state *r) {
+    ldm_job *j = r->j;
+    uint8_t *rgb;
+    int w, h, W, H;
+    if (ldm_image_read(j->init_image, &rgb, &w, &h)) return ldm_last_status();
+    sha256_hex(rgb, (size_t)w * h * 3, r->init_sha);
+    if (j->init_image_sha256 && strcmp(j->init_image_sha256, r->init_sha)) {
+        free(rgb);
+        ldm_error_kind(LDM_DATA, "%s: its pixels have SHA-256 %s, the generation used %s", j->init_image,
+                       r->init_sha, j->init_image_sha256);
+        return LDM_DATA;
+    }
+    int rc = ldm_image_preprocess(rgb, w, h, j->prm.width, j->prm.height,
+                                  ldm_pipeline_size_multiple(r->p), &r->init, &W, &H);
+    if (rc) {
+        free(rgb);
+        return ldm_error_prefix("%s", j->init_image), LDM_USAGE;
+    }
+    j->prm.width = W;
+    j->prm.height = H;
+    j->prm.init_image = r->init;
+    r->init_abs = absolute_path(j->init_image);
+    /* the copy beside the database, named by the pixels' hash (so replay works when the
+     * original has been moved or edited); best effort */
+    if (j->db_path && !j->no_image_copy && !j->no_history) {
+        char *cp = ldm_image_copy_path(j->db_path, r->init_sha);
+        struct stat st;
+        if (stat(cp, &st) != 0) {
+            char *dir = ldm_xstrdup(cp);
+            *strrchr(dir, '/') = 0;
+            if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+                ldm_log(2, "image copy not kept: %s: %s\n", dir, strerror(errno));
+            else if (ldm_png_write(cp, rgb, w, h, NULL, 0))
+                ldm_log(2, "image copy not kept: %s\n", ldm_last_error());
+            free(dir);
+        }
+        free(cp);
+    }
+    free(rgb);
+    return LDM_OK;
+}
+
 void ldm_job_init(ldm_job *j) {
     memset(j, 0, sizeof *j);
     j->prm = ldm_gen_params_default();
@@ -557,6 +622,7 @@ ldm_status ldm_job_run(ldm_job *j) {
         rc = LDM_DATA;
         goto out;
     }
+    if (j->init_image && (rc = load_init(r)) != LDM_OK) goto out;
     r->n_cells = grid ? j->grid.rows * j->grid.cols : 1;
     r->cell = ldm_xcalloc((size_t)r->n_cells, sizeof *r->cell);
     ldm_sched_config sc;
@@ -667,6 +733,7 @@ out:
     free(r->names); free(r->lat_names);
     free(r->recs); free(r->cell);
     free(r->hash); free(r->abs_bundle); free(r->model_name);
+    free(r->init); free(r->init_abs);
     return rc;
 }
 
@@ -708,5 +775,10 @@ ldm_status ldm_job_from_record(const ldm_gen_record *m, ldm_job *j) {
     }
     j->want_hash = m->bundle_hash;
     j->model_name = m->model_name && m->model_name[0] ? m->model_name : NULL;
+    if (m->init_image_sha256) {   /* the caller finds the picture (ldm_image_copy_path) */
+        j->prm.strength = m->strength;
+        j->init_image_sha256 = m->init_image_sha256;
+        j->init_image = m->init_image;   /* a history row's path; the caller may override */
+    }
     return LDM_OK;
 }

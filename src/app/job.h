@@ -44,6 +44,11 @@ typedef struct ldm_job {
     const char *bundle_path;
     const char *output;         /* PNG path; with batch N > 1: stem-0001.png ... */
     const char *latent_output;  /* --save-latent, or NULL */
+    /* image to image: the picture (PNG or JPEG), prm.strength; its size is the picture's
+     * unless prm.width/height are set (then resized as diffusers does) */
+    const char *init_image;
+    const char *init_image_sha256; /* replay: the pixels must have this hash */
+    int no_image_copy;          /* do not keep a copy under images/ beside the database */
     ldm_grid_spec grid;         /* rows = 0: not a grid */
     /* database */
     const char *db_path;        /* NULL: no database (no history, no cache) */
@@ -77,6 +82,10 @@ ldm_status ldm_job_run(ldm_job *j);
  * points into r, which must outlive it.  Outputs, database and hooks are left to the
  * caller.  LDM_OK or LDM_DATA (a field that names no scheduler, ...). */
 ldm_status ldm_job_from_record(const ldm_gen_record *r, ldm_job *j);
+
+/* Where the copy of an init image with pixel hash `sha` is kept for the database at
+ * db_path: <folder of the database>/images/<sha>.png.  malloc'd. */
+char *ldm_image_copy_path(const char *db_path, const char *sha);
 
 /* Output name of image i of n: n == 1 -> out; else "<out without .png>-%04d.png".
  * malloc'd. */

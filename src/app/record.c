@@ -239,6 +239,7 @@ static int parse_grid(json_t *g, const char *where, ldm_grid_spec *out) {
 static int parse_field(json_t *o, const char *where, const ldm_field *f, ldm_gen_record *r) {
     json_t *v = json_object_get(o, f->name);
     char msg[128];
+    if (!v && (f->views & LDM_V_A)) return 0;   /* a field newer than the image: its default */
     switch (f->type) {
     case LDM_FT_STR: case LDM_FT_OSTR:
         if (f->type == LDM_FT_OSTR && (!v || json_is_null(v))) {

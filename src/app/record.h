@@ -22,7 +22,8 @@
  *         BOOL 0/1 (JSON true/false)    ID   int64, 0 = none (SQL NULL, JSON null)
  *         GRID a guidance-by-steps grid spec (PNG only)
  *   views P = "ldm" PNG chunk, H = history column, O = written when the run ends,
- *         R = read-only column (set by the database)
+ *         R = read-only column (set by the database), A = may be absent from a PNG chunk
+ *         (fields added after images were made: absent reads as 0 / NULL)
  */
 #ifndef LDM_RECORD_H
 #define LDM_RECORD_H
@@ -38,7 +39,7 @@ typedef struct ldm_grid_spec {
     int steps[LDM_GRID_MAX];          /* per column */
 } ldm_grid_spec;
 
-enum { LDM_V_P = 1, LDM_V_H = 2, LDM_V_O = 4, LDM_V_R = 8 };
+enum { LDM_V_P = 1, LDM_V_H = 2, LDM_V_O = 4, LDM_V_R = 8, LDM_V_A = 16 };
 #define LDM_RECORD_FIELDS(X)                                                          \
     X(ID, id, LDM_V_H | LDM_V_R, 0, 0)                                                \
     X(ID, grid_id, LDM_V_H, 0, 0)                                                     \
@@ -64,6 +65,9 @@ enum { LDM_V_P = 1, LDM_V_H = 2, LDM_V_O = 4, LDM_V_R = 8 };
     X(INT, clip_skip, LDM_V_P | LDM_V_H, 1, 12)                                       \
     X(INT, batch_size, LDM_V_P | LDM_V_H, 1, 64)                                      \
     X(INT, batch_index, LDM_V_P | LDM_V_H, 0, 63)                                     \
+    X(DBL, strength, LDM_V_P | LDM_V_H | LDM_V_A, 0, 1)                              \
+    X(OSTR, init_image_sha256, LDM_V_P | LDM_V_H, 0, 0)                              \
+    X(OSTR, init_image, LDM_V_H, 0, 0)                                               \
     X(GRID, grid, LDM_V_P, 0, 0)                                                      \
     X(ID, replay_of, LDM_V_H, 0, 0)                                                   \
     X(STR, backend, LDM_V_H, 0, 0)                                                    \

@@ -65,6 +65,10 @@ static const char USAGE[] =
     "      --clip-skip N        use the text encoder's N-th last layer, 1..12 (default 1)\n"
     "      --grid g=LIST        guidance values along the rows of a grid image, e.g. g=1,3,7.5\n"
     "      --grid n=LIST        step counts along its columns, e.g. n=10,25 (one seed for all)\n"
+    "      --init-img FILE      image to image from this PNG or JPEG (alpha is composited\n"
+    "                           on white); its size unless -W/-H, rounded down to 8\n"
+    "      --strength S         how much of the image is repainted, 0 < S <= 1 (default 0.8)\n"
+    "      --no-image-copy      do not keep a copy of the init image beside the history\n"
     "      --save-latent FILE   also write the final latent (mean of its channels) as a\n"
     "                           grayscale PNG; numbered like the images with -b N\n"
     "      --db PATH            history database (default: $LDM_DB, else\n"
@@ -204,7 +208,8 @@ int main(int argc, char **argv) {
     }
 
     enum { O_BUNDLE = 256, O_SEED, O_NEG, O_SCHED, O_KARRAS, O_ETA, O_SPACING, O_CLIPSKIP,
-           O_NOHIST, O_VERSION, O_DB, O_NOCACHE, O_CACHEMAX, O_REQHIST, O_GRID, O_LATENT };
+           O_NOHIST, O_VERSION, O_DB, O_NOCACHE, O_CACHEMAX, O_REQHIST, O_GRID, O_LATENT,
+           O_INIT, O_STRENGTH, O_NOCOPY };
     static const struct option opts[] = {
         {"bundle", required_argument, 0, O_BUNDLE},   {"output", required_argument, 0, 'o'},
         {"guidance", required_argument, 0, 'g'},      {"steps", required_argument, 0, 'n'},
@@ -219,13 +224,15 @@ int main(int argc, char **argv) {
         {"version", no_argument, 0, O_VERSION},       {"db", required_argument, 0, O_DB},
         {"no-cache", no_argument, 0, O_NOCACHE},      {"cache-max-mb", required_argument, 0, O_CACHEMAX},
         {"require-history", no_argument, 0, O_REQHIST}, {"grid", required_argument, 0, O_GRID},
-        {"save-latent", required_argument, 0, O_LATENT}, {0, 0, 0, 0},
+        {"save-latent", required_argument, 0, O_LATENT},
+        {"init-img", required_argument, 0, O_INIT},   {"strength", required_argument, 0, O_STRENGTH},
+        {"no-image-copy", no_argument, 0, O_NOCOPY},  {0, 0, 0, 0},
     };
     ldm_job job;
     ldm_job_init(&job);
     ldm_gen_params *prm = &job.prm;
     const char *bundle_opt = NULL;
-    int have_g = 0, have_n = 0, c;
+    int have_g = 0, have_n = 0, have_strength = 0, c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":o:g:n:W:H:b:qvh", opts, NULL)) != -1) {
         const char *name = argv[optind - 1];
@@ -306,6 +313,16 @@ int main(int argc, char **argv) {
             }
             break;
         }
+        case O_INIT:
+            if (!*optarg) return usage_error("--init-img: empty file name");
+            job.init_image = optarg;
+            break;
+        case O_STRENGTH:
+            if (parse_double(optarg, 0, 1, &prm->strength) || !(prm->strength > 0))
+                return usage_error("strength \"%s\": expected a number above 0 and at most 1", optarg);
+            have_strength = 1;
+            break;
+        case O_NOCOPY: job.no_image_copy = 1; break;
         case O_LATENT:
             if (!*optarg) return usage_error("--save-latent: empty file name");
             job.latent_output = optarg;
@@ -325,6 +342,8 @@ int main(int argc, char **argv) {
         return usage_error("expected one prompt argument, got %d (quote the prompt)",
                            argc - optind);
     prm->prompt = argv[optind];
+    if (have_strength && !job.init_image)
+        return usage_error("--strength goes with --init-img (image to image)");
     if (job.no_history && job.require_history)
         return usage_error("--no-history and --require-history contradict each other");
     /* one grid axis alone: the other takes the -g / -n value */

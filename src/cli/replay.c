@@ -30,6 +30,8 @@ static const char REPLAY_USAGE[] =
     "      --db PATH         history database (default as for ldmgen)\n"
     "      --no-history      do not record the replay\n"
     "      --no-cache        do not use the prompt-embedding cache\n"
+    "      --init-img FILE   the init image of an image-to-image generation (default: its\n"
+    "                        copy beside the history, else its recorded path)\n"
     "  -q, --quiet           print errors only;  -v, --verbose  print details\n"
     "Exit status: 0 identical, 1 different or error, 2 usage error, 130 interrupted.\n";
 
@@ -113,9 +115,9 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         {"db", required_argument, 0, 'D'},     {"no-history", no_argument, 0, 'N'},
         {"no-cache", no_argument, 0, 'C'},     {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},      {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+        {"init-img", required_argument, 0, 'I'}, {0, 0, 0, 0},
     };
-    const char *out = NULL, *bundle = NULL, *db_opt = NULL;
+    const char *out = NULL, *bundle = NULL, *db_opt = NULL, *init_opt = NULL;
     int no_history = 0, no_cache = 0, c;
     optind = 1;
     opterr = 0;
@@ -126,6 +128,7 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         case 'D': db_opt = optarg; break;
         case 'N': no_history = 1; break;
         case 'C': no_cache = 1; break;
+        case 'I': init_opt = optarg; break;
         case 'q': cli_verbosity = 0; break;
         case 'v': cli_verbosity = 2; break;
         case 'h': fputs(REPLAY_USAGE, stdout); return 0;
@@ -218,6 +221,24 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         }
         j.bundle_path = bundle_buf;
     }
+    /* the init image of an image-to-image generation: --init-img, else the copy beside
+     * the database, else the recorded path; its pixels must have the recorded hash */
+    char *copy = NULL;
+    if (m.init_image_sha256) {
+        if (init_opt) j.init_image = init_opt;
+        else {
+            copy = have_db ? ldm_image_copy_path(db_path, m.init_image_sha256) : NULL;
+            if (copy && file_exists(copy)) j.init_image = copy;
+            else if (!j.init_image || !file_exists(j.init_image)) {
+                fprintf(stderr, "ldmgen replay: the init image (pixels SHA-256 %s) is neither in %s "
+                        "nor at %s; give it with --init-img FILE\n", m.init_image_sha256,
+                        copy ? copy : "the history's images folder", j.init_image ? j.init_image : "its recorded path");
+                free(copy);
+                goto done;
+            }
+        }
+        j.no_image_copy = 1;
+    }
     j.output = out ? out : default_out;
     j.db_path = have_db ? db_path : NULL;
     j.no_history = no_history;
@@ -230,6 +251,7 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         ldm_log(1, "note: the image was made by ldm %s, this is ldm %s\n", m.ldm_version, LDM_VERSION);
     st = ldm_job_run(&j);
     cli_job_done(&j);
+    free(copy);
     if (st) { rc = err(NULL, st); goto done; }
 
     /* ---- the verdict ---- */

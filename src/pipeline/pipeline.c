@@ -282,8 +282,9 @@ int ldm_gen_check(ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_config *
     /* build it once: schedules that do not fit (e.g. too many steps) fail here */
     ldm_sched *s = ldm_sched_new(sc, prm->steps);
     if (!s) return ldm_error_set_kind(LDM_USAGE);
+    int i0, rc = prm->init_image ? ldm_sched_start_index(s, prm->strength, &i0) : 0;
     ldm_sched_free(s);
-    return 0;
+    return rc;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -592,6 +593,10 @@ char *ldm_a1111_parameters(const ldm_gen_params *prm, const ldm_gen_result *res,
            (unsigned long long)(prm->seed + (uint64_t)i), res->width, res->height);
     if (model_hash && model_hash[0]) sb_add(&b, ", Model hash: %.10s", model_hash);
     if (model_name && model_name[0]) sb_add(&b, ", Model: %s", model_name);
+    if (prm->init_image) {   /* A1111's key for img2img */
+        fmt_num(g, sizeof g, prm->strength);
+        sb_add(&b, ", Denoising strength: %s", g);
+    }
     if (res->batch > 1) sb_add(&b, ", Batch size: %d, Batch pos: %d", res->batch, i);
     if (prm->clip_skip > 1) sb_add(&b, ", Clip skip: %d", prm->clip_skip);
     if (res->sched.kind == LDM_SCHED_DDIM && res->sched.eta > 0) {
