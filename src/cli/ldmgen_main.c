@@ -211,6 +211,7 @@ static int cmd_tokenize(int argc, char **argv) {
 /* ---- ldmgen ---- */
 
 int main(int argc, char **argv) {
+    signal(SIGXFSZ, SIG_IGN);   /* a file size limit: write() fails with EFBIG, reported */
     if (argc > 1 && !strcmp(argv[1], "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "history")) return ldm_cmd_history(argc - 1, argv + 1, NULL);
     if (argc > 1 && !strcmp(argv[1], "show")) return ldm_cmd_show(argc - 1, argv + 1, NULL);
