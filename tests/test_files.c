@@ -213,7 +213,7 @@ static size_t chunk(uint8_t *p, const uint8_t *type_data, size_t n) {
 /* PNG chunks libpng would allocate in full before reading them. */
 static void test_png_limits(void) {
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    uint8_t png[64];
+    uint8_t png[128];
     memcpy(png, sig, 8);
     /* IHDR 1x1 RGB, then a zTXt chunk that claims 2^31 - 1 bytes (CRCs are not reached) */
     static const uint8_t ihdr[] = {0, 0, 0, 13, 'I', 'H', 'D', 'R', 0, 0, 0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0,
