@@ -267,14 +267,6 @@ int cfg_count_list(const json_t *j, const char *member, const char *field, int *
     return 0;
 }
 
-int cfg_count_or_list_or(const json_t *j, const char *member, const char *field, int n, int def,
-                         int min, int max, int *out) {
-    if (cfg_int_or_list_or(j, member, field, n, def, out)) return -1;
-    for (int i = 0; i < n; i++)
-        if (in_range(out[i], member, field, min, max)) return -1;
-    return 0;
-}
-
 ldm_tensor *ldm_load_weight(ldm_loader *L, int ndim, int64_t d0, int64_t d1, int64_t d2,
                             int64_t d3, const char *fmt, ...) {
     if (L->failed || !L->b) return NULL;   /* !b: a weightless model (shapes only) */

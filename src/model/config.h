@@ -63,16 +63,14 @@ int cfg_str_list(const json_t *j, const char *member, const char *field, const c
  * has an explicit maximum from core/limits.h and is read with one of these, so that no
  * value can reach an allocation or a multiplication unchecked.  A value outside [min, max]
  * is an error naming member and field:
- *   "unet/config.json: field "layers_per_block": 2147483647 is out of range (expected 1..64)". */
+ *   text_encoder/config.json: field "num_hidden_layers": 2147483647 is out of range
+ *   (expected 1..64) */
 int cfg_count(const json_t *j, const char *member, const char *field, int min, int max, int *out);
 int cfg_count_or(const json_t *j, const char *member, const char *field, int def, int min,
                  int max, int *out);
 /* A list of at most `maxn` counts, each in [min, max] (entries named "field[i]"). */
 int cfg_count_list(const json_t *j, const char *member, const char *field, int *out, int maxn,
                    int *n, int min, int max);
-/* An integer or a list of exactly n counts (cfg_int_or_list_or), each in [min, max]. */
-int cfg_count_or_list_or(const json_t *j, const char *member, const char *field, int n, int def,
-                         int min, int max, int *out);
 
 /* ---- Weights: look up, check the shape, prepare for the backend ----
  * The first failure is kept (its message names the tensor) and every later call returns
