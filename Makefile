@@ -128,7 +128,7 @@ fuzz-build: $(FUZZ_BIN)
 fuzz: fuzz-build
 	tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_NAMES)
 
-fuzz-ci:
+fuzz-ci: $(PROGS)
 	LDM_BUILD=$(BUILD) tests/cli_fuzz.sh
 
 install: $(PROGS)
