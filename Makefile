@@ -5,6 +5,10 @@
 #   make asan            the same tests under AddressSanitizer + UBSan (build-asan/)
 #   make install PREFIX=/usr/local DESTDIR=
 #   make CUDA=0          force a CPU-only build
+#   make fuzz            build the libFuzzer harnesses (clang, build-fuzz/) and fuzz each for
+#                        FUZZ_SECONDS (default 60), one after the other; see tests/fuzz/README.md
+#   make fuzz-ci         build them, run each over its committed corpus, then FUZZ_CI_SECONDS
+#                        (default 4) of fuzzing each (what `make test` runs, tests/cli_fuzz.sh)
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -56,7 +60,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 PROGS   := $(BUILD)/ldmpack $(BUILD)/ldmgen
 
-.PHONY: all test asan install clean deps
+.PHONY: all test asan install clean deps fuzz fuzz-build fuzz-ci
 all: $(PROGS)
 
 $(BUILD)/obj/%.o: src/%.c $(HDRS) | $(BUILD)/obj
@@ -86,6 +90,47 @@ test: $(PROGS) $(TEST_BIN)
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 CUDA=0 SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
 
+# ---- Fuzzing: libFuzzer harnesses (tests/fuzz/fuzz_*.c), clang with ASan + UBSan.
+# The library is compiled again into build-fuzz/ with coverage instrumentation and with
+# tests/fuzz/fuzz_mmap.h forced in (file mappings become exact-size heap copies, so ASan
+# sees any read past the end of a file).
+FUZZ_CC      ?= clang
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_NAMES   := safetensors bundle png tokenizer config
+FUZZ_FLAGS   := -O1 -g -std=c11 -D_GNU_SOURCE -DLDM_NO_CPU_BACKEND -Wall -Wextra -Isrc $(PKG_CFLAGS) \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+# The harnesses need the dry backend only: the CPU backend (OpenMP, F16C builtins clang 14
+# does not take) stays out.
+FUZZ_SRC     := $(filter-out src/backend/ops_cpu.c,$(LIB_SRC))
+FUZZ_OBJ     := $(FUZZ_SRC:src/%.c=$(FUZZ_BUILD)/obj/%.o) $(FUZZ_BUILD)/obj/schema_sql.o
+FUZZ_BIN     := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
+
+$(FUZZ_BUILD)/obj/%.o: src/%.c $(HDRS) tests/fuzz/fuzz_mmap.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -include tests/fuzz/fuzz_mmap.h -c $< -o $@
+$(FUZZ_BUILD)/obj/schema_sql.c: $(sort $(wildcard schema/*.sql)) scripts/embed-sql.sh
+	@mkdir -p $(dir $@)
+	scripts/embed-sql.sh $(sort $(wildcard schema/*.sql)) > $@
+$(FUZZ_BUILD)/obj/schema_sql.o: $(FUZZ_BUILD)/obj/schema_sql.c
+	$(FUZZ_CC) $(FUZZ_FLAGS) -c $< -o $@
+$(FUZZ_BUILD)/libldm.a: $(FUZZ_OBJ)
+	rm -f $@ && ar rcs $@ $^
+$(FUZZ_BUILD)/fuzz_mmap.o: tests/fuzz/fuzz_mmap.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -c $< -o $@
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h $(FUZZ_BUILD)/fuzz_mmap.o $(FUZZ_BUILD)/libldm.a
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer $< $(FUZZ_BUILD)/fuzz_mmap.o $(FUZZ_BUILD)/libldm.a \
+	    $(PKG_LIBS) -lm -lpthread -o $@
+
+fuzz-build: $(FUZZ_BIN)
+
+fuzz: fuzz-build
+	tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_NAMES)
+
+fuzz-ci: $(PROGS)
+	LDM_BUILD=$(BUILD) tests/cli_fuzz.sh
+
 install: $(PROGS)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/ldm
 	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin/
@@ -98,4 +143,4 @@ deps:
 	scripts/install-deps.sh
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

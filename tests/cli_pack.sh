@@ -7,7 +7,9 @@
 M=$FIX/models
 OUT=$TMP/out.ldmb
 
-no_output() { [ ! -e "$OUT" ] && ! ls "$OUT".tmp.* >/dev/null 2>&1; }
+# temporaries are "$TMP/.ldm-XXXXXX" (before: OUT.tmp.PID)
+no_temp() { ! ls "$TMP"/.ldm-* >/dev/null 2>&1 && ! ls "$TMP"/*.tmp.* >/dev/null 2>&1; }
+no_output() { [ ! -e "$OUT" ] && no_temp; }
 # fail_pack DESC REGEX ARGS...: ldmpack ARGS -o OUT must exit 1 with REGEX on stderr, leaving nothing.
 fail_pack() {
     d=$1; re=$2; shift 2
@@ -43,7 +45,7 @@ check "pack sd1 (fp16)" "$PACK" -q "$M/sd1" -o "$TMP/sd1.ldmb"
 check "pack sd2 (fp32 shards, bf16)" "$PACK" -q "$M/sd2" -o "$TMP/sd2.ldmb"
 check "pack sd1 again" "$PACK" -q "$M/sd1" -o "$TMP/sd1b.ldmb"
 check "same model, same bytes" cmp -s "$TMP/sd1.ldmb" "$TMP/sd1b.ldmb"
-check "no temp files after packing" sh -c "! ls '$TMP'/*.tmp.* >/dev/null 2>&1"
+check "no temp files after packing" no_temp
 "$PACK" --verify "$TMP/sd1.ldmb" >"$TMP/v1" 2>&1; rc=$?
 check "verify sd1 exits 0" [ "$rc" -eq 0 ]
 check "verify sd1 says OK" grep -q "OK" "$TMP/v1"
@@ -184,7 +186,7 @@ head -c 67108864 /dev/zero >>"$TMP/huge/diffusion_pytorch_model.safetensors"
 "$PACK" -q --no-check --vae "$TMP/huge" -o "$OUT" 2>/dev/null &
 pid=$!
 i=0
-while [ $i -lt 2000 ] && ! ls "$OUT".tmp.* >/dev/null 2>&1 && kill -0 $pid 2>/dev/null; do
+while [ $i -lt 2000 ] && no_temp && kill -0 $pid 2>/dev/null; do
     sleep 0.005; i=$((i + 1))
 done
 kill -TERM $pid 2>/dev/null

@@ -7,6 +7,7 @@
 #ifndef LDM_MODEL_TEST_UTIL_H
 #define LDM_MODEL_TEST_UTIL_H
 
+#include <dirent.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +101,19 @@ static int mt_edit_json(const char *path, const char *field, const char *value) 
     return rc;
 }
 
+/* 1 if `dir` holds `out` or a temporary file (".ldm-XXXXXX", or an older "*.tmp.*"). */
+static int mt_leftovers(const char *dir, const char *out) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int found = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (!strcmp(e->d_name, out) || !strncmp(e->d_name, ".ldm-", 5) || strstr(e->d_name, ".tmp."))
+            found = 1;
+    closedir(d);
+    return found;
+}
+
 /* Loads one model from a bundle on the CPU backend and frees it again: 1 if it loaded,
  * 0 with ldm_last_error() set if it was refused. */
 typedef int (*mt_load_fn)(const ldm_bundle *b);
@@ -119,9 +133,17 @@ static inline void mt_expect_config_error(const char *tmp, const char *member, m
         return;
     }
     remove(bundle);
-    if (mt_pack(dir, bundle, log, sizeof log) != 0) {
+    int rc = mt_pack(dir, bundle, log, sizeof log);
+    if (rc != 0) {
         CHECK(strstr(log, needle) != NULL, "%s=%s: ldmpack output lacks \"%s\": %s", field,
               value ? value : "(deleted)", needle, log);
+        /* a refusal, not a crash (abort "out of memory", a sanitizer report), and nothing
+         * left behind: no bundle, no temporary */
+        CHECK(rc == 1 && !strstr(log, "Sanitizer") && !strstr(log, "runtime error") &&
+                  !strstr(log, "out of memory"),
+              "%s=%s: ldmpack exit %d: %s", field, value ? value : "(deleted)", rc, log);
+        CHECK(!mt_leftovers(tmp, "bad.ldmb"), "%s=%s: output or temporary file left in %s", field,
+              value ? value : "(deleted)", tmp);
         return;
     }
     ldm_bundle *b = ldm_bundle_open(bundle);

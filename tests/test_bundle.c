@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SD1 "tests/fixtures/models/sd1"
@@ -44,7 +45,7 @@ static int has_error(const char *want) {
     return 0;
 }
 
-/* No OUTPUT.tmp.* left next to `out`. */
+/* No temporary file (".ldm-XXXXXX", or the old OUTPUT.tmp.PID) left next to `out`. */
 static int no_temp_files(const char *out) {
     const char *base = strrchr(out, '/') + 1;
     char prefix[256];
@@ -53,7 +54,8 @@ static int no_temp_files(const char *out) {
     struct dirent *e;
     int found = 0;
     while ((e = readdir(d)) != NULL)
-        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) found = 1;
+        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0 || strncmp(e->d_name, ".ldm-", 5) == 0)
+            found = 1;
     closedir(d);
     return !found;
 }
@@ -584,6 +586,78 @@ static void test_pack_errors(void) {
     CHECK(access(out, F_OK) != 0 && no_temp_files(out), "no output after input errors");
 }
 
+/* ---------------------------------------------------------------- hardening */
+
+/* The crafted bundles of the fuzz corpus (tests/fuzz/make_seeds.py): each must be refused
+ * with a message naming the file and the problem (the first two read past the mapping). */
+static void test_crafted(void) {
+    static const char *cases[][2] = {
+        {"crash-pax-size-wrap.ldmb", "says 18446744073709551104 bytes"},
+        {"crash-pax-record-length.ldmb", "malformed pax header at offset 0"},
+        {"numel-wrap.ldmb", "'vae.decoder.conv_in.bias': shape has more than 2^40 elements"},
+        {"tensor-twice.ldmb", "tensor 'vae.decoder.conv_in.bias' listed twice"},
+        {"manifest-second.ldmb", "manifest.json must be the first member, but 'vae/config.json' comes first"},
+        {"weights-not-last.ldmb", "weights.bin must be the last member"},
+        {"duplicate.ldmb", "duplicate member 'vae/config.json'"},
+        {"truncated.ldmb", "truncated"},
+    };
+    char path[512];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(path, sizeof path, "tests/fuzz/corpus/bundle/%s", cases[i][0]);
+        expect_open_fails(path, cases[i][1], cases[i][0]);
+        CHECK(has_error(path), "%s: message does not name the file", cases[i][0]);
+    }
+    static const char *good[] = {"vae-tiny.ldmb", "scheduler-only.ldmb", "pax-long-name.ldmb"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "tests/fuzz/corpus/bundle/%s", good[i]);
+        ldm_bundle *b = ldm_bundle_open(path);
+        CHECK(b != NULL, "%s: %s", good[i], ldm_last_error());
+        CHECK(b && ldm_bundle_verify(b) == 0, "%s verify: %s", good[i], ldm_last_error());
+        if (b && i == 0) CHECK(ldm_pack_check_models(b) == 0, "vae-tiny models: %s", ldm_last_error());
+        ldm_bundle_close(b);
+    }
+
+    /* a FIFO given as a bundle is refused at once (open() used to block) */
+    const char *fifo = tmp("pipe.ldmb");
+    mkfifo(fifo, 0644);
+    alarm(20);
+    expect_open_fails(fifo, "not a regular file (a FIFO)", "FIFO bundle");
+    alarm(0);
+    unlink(fifo);
+}
+
+/* 50,000 members: the duplicate check is O(n log n) (it was quadratic: 2.5 s). */
+static void test_many_members(void) {
+    entry es[16];
+    int n = read_entries(tmp("sd1.ldmb"), es, 16);
+    if (n != 11) { CHECK(0, "read %d entries", n); free_entries(es, n); return; }
+    const int N = 50000;
+    entry *all = ldm_xcalloc((size_t)N + 16, sizeof *all);
+    all[0] = es[0];
+    for (int i = 0; i < N; i++) {
+        snprintf(all[1 + i].name, sizeof all[1 + i].name, "pad/%05d", (i * 7919) % N);
+        all[1 + i].data = "";
+    }
+    for (int i = 1; i < n; i++) all[N + i] = es[i];
+    write_entries(tmp("many.ldmb"), all, N + n);
+    clock_t t0 = clock();
+    ldm_bundle *b = ldm_bundle_open(tmp("many.ldmb"));
+    double cpu = (double)(clock() - t0) / CLOCKS_PER_SEC;
+    CHECK(b != NULL, "50,000 members: %s", ldm_last_error());
+    CHECK(b && ldm_bundle_member_count(b) == (size_t)N + 11, "member count");
+    CHECK(b && ldm_bundle_member(b, "unet/config.json", NULL) != NULL, "lookup among 50,000");
+    ldm_bundle_close(b);
+    printf("opening a bundle of 50,011 members: %.2f s CPU\n", cpu);
+    CHECK(cpu < 1.5, "opening 50,011 members took %.2f s CPU", cpu);
+    /* and a duplicate among them is found, by name */
+    snprintf(all[N].name, sizeof all[N].name, "pad/%05d", 12345);
+    write_entries(tmp("many.ldmb"), all, N + n);
+    expect_open_fails(tmp("many.ldmb"), "duplicate member 'pad/12345'", "duplicate among 50,000");
+    unlink(tmp("many.ldmb"));
+    free(all);
+    free_entries(es, n);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "%s/ldmbundle.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
@@ -595,6 +669,8 @@ int main(void) {
         test_damage();
         test_bad_bundles();
         test_pack_errors();
+        test_crafted();
+        test_many_members();
     }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -109,6 +109,24 @@ static void test_dry_load(const char *bundle_path) {
     ldm_bundle_close(b);
 }
 
+/* ldm_clip_from_config: the weightless model (dry backend) of the config text alone. */
+static void test_from_config(void) {
+    size_t len;
+    char *cfg = ldm_read_file("tests/fixtures/models/sd1/text_encoder/config.json", &len);
+    ldm_clip *m = cfg ? ldm_clip_from_config(cfg) : NULL;
+    CHECK(m && ldm_clip_hidden_size(m) == 32 && ldm_clip_max_length(m) == 77, "from config: %s",
+          ldm_last_error());
+    CHECK(m && ldm_clip_arena_bytes(m, 2) > 0, "arena bytes");
+    ldm_clip_free(m);
+    free(cfg);
+    m = ldm_clip_from_config("{\"hidden_size\": 32, \"intermediate_size\": 64, \"num_hidden_layers\": "
+                             "2147483647, \"num_attention_heads\": 4, \"max_position_embeddings\": 77, "
+                             "\"hidden_act\": \"quick_gelu\"}");
+    CHECK(!m && strstr(ldm_last_error(), "text_encoder/config.json: field \"num_hidden_layers\""),
+          "2^31 - 1 layers: %s", ldm_last_error());
+    ldm_clip_free(m);
+}
+
 static int load_clip(const ldm_bundle *b) {
     ldm_clip *m = ldm_clip_load(b, mt_cpu());
     ldm_clip_free(m);
@@ -156,6 +174,16 @@ int main(void) {
     /* more layers than the checkpoint has */
     expect_config_error(tmp, "num_hidden_layers", "4",
                         "text_encoder.text_model.encoder.layers.3.");
+    /* counts beyond core/limits.h: refused naming the field (they used to allocate
+     * hundreds of GB and abort "out of memory", leaving OUT.tmp.PID behind) */
+    expect_config_error(tmp, "num_hidden_layers", "2147483647",
+                        "field \"num_hidden_layers\": 2147483647 is out of range (expected 1..64)");
+    expect_config_error(tmp, "hidden_size", "1e9", "field \"hidden_size\": 1000000000 is out of range");
+    expect_config_error(tmp, "intermediate_size", "2147483647", "intermediate_size");
+    expect_config_error(tmp, "max_position_embeddings", "100000", "max_position_embeddings");
+    expect_config_error(tmp, "vocab_size", "2147483647", "vocab_size");
+    expect_config_error(tmp, "num_attention_heads", "0", "num_attention_heads");
+    test_from_config();
 
     mt_cleanup();
     TEST_END();

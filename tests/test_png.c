@@ -126,7 +126,7 @@ static void test_errors(void) {
     mkdir(path, 0755);
     CHECK(ldm_png_write(path, img, 4, 4, NULL, 0) == -1 && strstr(ldm_last_error(), path),
           "target is a folder: %s", ldm_last_error());
-    CHECK(count_files("isdir.png.tmp") == 0, "temporary file left behind");
+    CHECK(count_files("isdir.png.tmp") == 0 && count_files(".ldm-") == 0, "temporary file left behind");
     rmdir(path);
 
     /* bad arguments: no file under the final name */

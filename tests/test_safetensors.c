@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char tmpdir[256];
@@ -355,6 +356,52 @@ static void test_fixtures(void) {
     }
 }
 
+/* Sizes computed from a header must not overflow; an empty header is valid; a FIFO is
+ * refused without blocking.  The inputs are the fuzz corpus's (tests/fuzz/make_seeds.py). */
+static void test_st_hardening(void) {
+    const char *D = "tests/fuzz/corpus/safetensors/";
+    char p[512];
+    snprintf(p, sizeof p, "%scrash-shape-2e62.safetensors", D);
+    ldm_safetensors *st = ldm_st_open(p);   /* [2^62] F32 with offsets [0, 0] was accepted */
+    CHECK(st == NULL && strstr(ldm_last_error(), p) && strstr(ldm_last_error(), "'a'") &&
+          strstr(ldm_last_error(), "shape too large"), "shape [2^62] F32: %s", ldm_last_error());
+    ldm_st_close(st);
+    snprintf(p, sizeof p, "%sshape-zero-dim-huge.safetensors", D);
+    st = ldm_st_open(p);
+    CHECK(st == NULL && strstr(ldm_last_error(), "shape too large"), "shape [2^62, 0]: %s", ldm_last_error());
+    ldm_st_close(st);
+    snprintf(p, sizeof p, "%scrash-no-tensors.safetensors", D);   /* qsort(NULL) under UBSan */
+    st = ldm_st_open(p);
+    CHECK(st && ldm_st_count(st) == 0 && ldm_st_find(st, "a") == NULL, "no tensors: %s", ldm_last_error());
+    ldm_st_close(st);
+    snprintf(p, sizeof p, "%smetadata-only.safetensors", D);
+    st = ldm_st_open(p);
+    CHECK(st && ldm_st_count(st) == 0 && ldm_st_metadata(st, "k") && !strcmp(ldm_st_metadata(st, "k"), "v"),
+          "metadata only: %s", ldm_last_error());
+    ldm_st_close(st);
+    snprintf(p, sizeof p, "%sf32-f16-bf16.safetensors", D);
+    st = ldm_st_open(p);
+    const ldm_st_tensor *t = st ? ldm_st_find(st, "a") : NULL;
+    float *f = t ? ldm_st_to_f32(t) : NULL;
+    CHECK(f && f[0] == 1.0f && f[1] == -2.0f && f[3] == 65504.0f, "F32 values: %s", ldm_last_error());
+    free(f);
+    t = st ? ldm_st_find(st, "d") : NULL;   /* [0, 5]: no elements */
+    f = t ? ldm_st_to_f32(t) : NULL;
+    CHECK(t && t->numel == 0 && t->nbytes == 0 && f, "empty tensor");
+    free(f);
+    ldm_st_close(st);
+
+    char fifo[400];
+    snprintf(fifo, sizeof fifo, "%s/model.safetensors", tmpdir);
+    mkfifo(fifo, 0644);
+    alarm(20);
+    st = ldm_st_open(fifo);
+    CHECK(st == NULL && strstr(ldm_last_error(), fifo) && strstr(ldm_last_error(), "not a regular file"),
+          "FIFO: %s", ldm_last_error());
+    alarm(0);
+    unlink(fifo);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "%s/ldmst.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
@@ -364,6 +411,7 @@ int main(void) {
     test_st_bad();
     test_st_sharded();
     test_fixtures();
+    test_st_hardening();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) printf("warning: could not remove %s\n", tmpdir);

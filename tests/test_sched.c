@@ -294,6 +294,12 @@ static void check_config(void) {
     CHECK(parse("{\"_class_name\": \"DPMSolverMultistepScheduler\", \"lambda_min_clipped\": "
                 "-Infinity, \"variance_type\": null, \"note\": \"-Infinity NaN\"}", -1, &c) == 0,
           "DPM config with -Infinity: %s", ldm_last_error());
+    /* NaN (3 characters) becomes null (4): a text of NaNs outgrew its copy (heap overflow
+     * found by tests/fuzz/fuzz_config; make asan catches a regression here) */
+    CHECK(parse("{\"_class_name\": \"DDIMScheduler\", \"beta_start\": NaN, \"a\": [NaN,NaN,NaN,NaN,NaN,"
+                "NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN]}", -1, &c) == 0,
+          "NaN everywhere: %s", ldm_last_error());
+    expect_refused("NaNNaNNaNNaNNaNNaNNaNNaNNaNNaNNaNNaNNaNNaNNaNNaN", -1, "scheduler/scheduler_config.json");
     /* refused, by name */
     expect_refused("{\"_class_name\": \"LMSDiscreteScheduler\"}", -1, "LMSDiscreteScheduler");
     expect_refused("{\"beta_schedule\": \"squaredcos_cap_v2\"}", LDM_SCHED_DDIM, "squaredcos_cap_v2");

@@ -187,6 +187,7 @@ static void test_refuses(const char *tmp, int check, const char *field, const ch
         CHECK(rc != 0, "ldm_pack accepted %s = %s", field, value);
         CHECK(rc == 0 || strstr(ldm_last_error(), must) != NULL, "pack message lacks '%s': %s",
               must, ldm_last_error());
+        CHECK(!mt_leftovers(tmp, "edited.ldmb"), "%s = %s: output or temporary file left", field, value);
         return;
     }
     CHECK(rc == 0, "pack: %s", ldm_last_error());
@@ -200,6 +201,50 @@ static void test_refuses(const char *tmp, int check, const char *field, const ch
           ldm_last_error());
     ldm_unet_free(m);
     ldm_bundle_close(b);
+}
+
+/* ldm_unet_from_config on the fixture config with one field replaced by `value`. */
+static ldm_unet *from_edited(const char *field, const char *value) {
+    size_t len;
+    char *text = ldm_read_file("tests/fixtures/models/sd1/unet/config.json", &len);
+    json_t *j = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    if (!j) return NULL;
+    json_object_set_new(j, field, json_loads(value, JSON_DECODE_ANY, NULL));
+    char *cfg = json_dumps(j, 0);
+    json_decref(j);
+    ldm_unet *m = ldm_unet_from_config(cfg);
+    free(cfg);
+    return m;
+}
+
+/* The limits at their edges, on the weightless model (no packing: fast). */
+static void test_limits(void) {
+    ldm_unet *m = from_edited("layers_per_block", "64");
+    CHECK(m != NULL, "64 layers: %s", ldm_last_error());
+    ldm_unet_free(m);
+    m = from_edited("layers_per_block", "65");
+    CHECK(m == NULL && strstr(ldm_last_error(), "\"layers_per_block\" = 65"), "65 layers: %s", ldm_last_error());
+    ldm_unet_free(m);
+    m = from_edited("transformer_layers_per_block", "64");
+    CHECK(m != NULL, "64 transformer layers: %s", ldm_last_error());
+    CHECK(m && ldm_unet_arena_bytes(m, 1, 4, 4, 3) > 0, "arena of 64 transformer layers");
+    ldm_unet_free(m);
+    m = from_edited("transformer_layers_per_block", "65");
+    CHECK(m == NULL && strstr(ldm_last_error(), "up to 64"), "65 transformer layers: %s", ldm_last_error());
+    ldm_unet_free(m);
+    m = from_edited("sample_size", "1024");
+    CHECK(m && ldm_unet_sample_size(m) == 1024, "sample_size 1024: %s", ldm_last_error());
+    ldm_unet_free(m);
+    m = from_edited("sample_size", "1025");
+    CHECK(m == NULL && strstr(ldm_last_error(), "0..1024"), "sample_size 1025: %s", ldm_last_error());
+    ldm_unet_free(m);
+    m = from_edited("block_out_channels", "[16384, 16384]");
+    CHECK(m != NULL, "16384 channels: %s", ldm_last_error());
+    ldm_unet_free(m);
+    m = from_edited("block_out_channels", "[16385, 16384]");
+    CHECK(m == NULL && strstr(ldm_last_error(), "block_out_channels"), "16385 channels: %s", ldm_last_error());
+    ldm_unet_free(m);
 }
 
 /* The SD 1.5 UNet's config (diffusers runwayml/stable-diffusion-v1-5) without weights. */
@@ -276,6 +321,22 @@ int main(void) {
                  "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight");
     test_refuses(tmp, 0, "use_linear_projection", "true",
                  "unet.down_blocks.0.attentions.0.proj_in.weight");
+
+    /* counts beyond core/limits.h are refused where they are read, naming the field: they
+     * used to allocate hundreds of GB (abort "out of memory", OUT.tmp.PID left behind) or
+     * overflow an int (UBSan) and then blame time_embedding_dim */
+    test_refuses(tmp, 1, "layers_per_block", "2147483647",
+                 "\"layers_per_block\" = 2147483647 is not supported (expected positive integers up to 64)");
+    test_refuses(tmp, 1, "transformer_layers_per_block", "2147483647",
+                 "\"transformer_layers_per_block\" = 2147483647");
+    test_refuses(tmp, 1, "block_out_channels", "[1000000000, 1000000000]",
+                 "\"block_out_channels\" = [1000000000,1000000000] is not supported");
+    test_refuses(tmp, 1, "sample_size", "1000000000", "\"sample_size\" = 1000000000");
+    test_refuses(tmp, 1, "layers_per_block", "1e9", "\"layers_per_block\"");
+    test_refuses(tmp, 1, "cross_attention_dim", "2147483647", "\"cross_attention_dim\"");
+    test_refuses(tmp, 1, "time_embedding_dim", "2147483647", "\"time_embedding_dim\"");
+    test_refuses(tmp, 1, "attention_head_dim", "[2147483647, 8]", "\"attention_head_dim\"");
+    test_limits();
 
     test_sd15_arena();
     mt_cleanup();

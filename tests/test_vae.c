@@ -161,6 +161,24 @@ static void test_old_attention_names(const char *tmp) {
     printf("sd1 with old attention names: rel L2 %.3g\n", e);
 }
 
+/* ldm_vae_from_config: the weightless decoder (dry backend) of the config text alone. */
+static void test_from_config(void) {
+    size_t len;
+    char *cfg = ldm_read_file("tests/fixtures/models/sd1/vae/config.json", &len);
+    ldm_vae *m = cfg ? ldm_vae_from_config(cfg) : NULL;
+    CHECK(m && ldm_vae_downscale(m) == 8 && ldm_vae_latent_channels(m) == 4, "from config: %s",
+          ldm_last_error());
+    CHECK(m && ldm_vae_arena_bytes(m, 1, 8, 8) > 0, "arena bytes");
+    ldm_vae_free(m);
+    free(cfg);
+    m = ldm_vae_from_config("{\"latent_channels\": 4, \"out_channels\": 3, \"block_out_channels\": [8], "
+                            "\"layers_per_block\": 2147483647, \"norm_num_groups\": 4, "
+                            "\"up_block_types\": [\"UpDecoderBlock2D\"]}");
+    CHECK(!m && strstr(ldm_last_error(), "vae/config.json: field \"layers_per_block\""),
+          "2^31 - 1 layers: %s", ldm_last_error());
+    ldm_vae_free(m);
+}
+
 static int load_vae(const ldm_bundle *b) {
     ldm_vae *m = ldm_vae_load(b, mt_cpu());
     ldm_vae_free(m);
@@ -208,6 +226,14 @@ int main(void) {
                         "vae.decoder.conv_in.weight");
     /* more resnets per block than the checkpoint has */
     expect_config_error(tmp, "layers_per_block", "2", "vae.decoder.up_blocks.0.resnets.2.");
+    /* counts beyond core/limits.h: refused naming the field, before any allocation */
+    expect_config_error(tmp, "layers_per_block", "2147483647",
+                        "field \"layers_per_block\": 2147483647 is out of range (expected 0..64)");
+    expect_config_error(tmp, "block_out_channels", "[1e9, 1e9, 1e9, 1e9]",
+                        "field \"block_out_channels[0]\": 1000000000 is out of range");
+    expect_config_error(tmp, "latent_channels", "100000", "latent_channels");
+    expect_config_error(tmp, "norm_num_groups", "2147483647", "norm_num_groups");
+    test_from_config();
 
     mt_cleanup();
     TEST_END();

@@ -7,9 +7,10 @@
  *          out in weights.bin;
  *   pass 2, after manifest.json and the configs are written, converts again and
  *          streams the bytes into the weights.bin member.
- * The archive goes to OUTPUT.tmp.PID with fixed metadata (mtime 0, uid/gid 0, mode
- * 0644) so the same model always gives the same bytes; it is re-opened, verified
- * and checked against the model loaders before it is renamed into place.
+ * The archive goes to a new temporary file in OUTPUT's folder (ldm_tmp_create:
+ * ".ldm-XXXXXX", O_EXCL) with fixed metadata (mtime 0, uid/gid 0, mode 0644) so the same
+ * model always gives the same bytes; it is re-opened, verified and checked against the
+ * model loaders before it is renamed into place.
  */
 #include "app/pack.h"
 #include "format/bundle.h"
@@ -396,12 +397,23 @@ static struct archive_entry *file_entry(const char *name, uint64_t size) {
     return e;
 }
 
+/* libarchive's message with the system's reason: its fd writer says only "Write error"
+ * for a full disk or a file size limit (EFBIG), the errno says which. */
+static const char *arch_reason(struct archive *a) {
+    static _Thread_local char buf[512];
+    const char *s = archive_error_string(a);
+    int e = archive_errno(a);
+    if (e > 0) snprintf(buf, sizeof buf, "%s: %s", s ? s : "error", strerror(e));
+    else snprintf(buf, sizeof buf, "%s", s ? s : "unknown error");
+    return buf;
+}
+
 static int write_all(struct archive *a, const char *tmp, const void *data, size_t n) {
     const char *p = data;
     while (n > 0) {
         size_t k = n > (64u << 20) ? (64u << 20) : n;
         la_ssize_t w = archive_write_data(a, p, k);
-        if (w <= 0) return ldm_error("%s: write failed: %s", tmp, archive_error_string(a));
+        if (w <= 0) return ldm_error("%s: write failed: %s", tmp, arch_reason(a));
         p += w;
         n -= (size_t)w;
     }
@@ -412,7 +424,7 @@ static int write_member(struct archive *a, const char *tmp, const char *name, co
     struct archive_entry *e = file_entry(name, n);
     int r = archive_write_header(a, e);
     archive_entry_free(e);
-    if (r != ARCHIVE_OK) return ldm_error("%s: writing header of %s: %s", tmp, name, archive_error_string(a));
+    if (r != ARCHIVE_OK) return ldm_error("%s: writing header of %s: %s", tmp, name, arch_reason(a));
     return write_all(a, tmp, data, n);
 }
 
@@ -422,7 +434,7 @@ static int write_bundle(packer *p, int fd, const char *tmp) {
     archive_write_set_bytes_in_last_block(a, 1);
     int rc = 0;
     if (archive_write_open_fd(a, fd) != ARCHIVE_OK) {
-        rc = ldm_error("%s: %s", tmp, archive_error_string(a));
+        rc = ldm_error("%s: %s", tmp, arch_reason(a));
         archive_write_free(a);
         return rc;
     }
@@ -431,7 +443,7 @@ static int write_bundle(packer *p, int fd, const char *tmp) {
     if (!rc) {
         struct archive_entry *e = file_entry(LDMB_WEIGHTS, p->wsize);
         if (archive_write_header(a, e) != ARCHIVE_OK)
-            rc = ldm_error("%s: writing header of weights.bin: %s", tmp, archive_error_string(a));
+            rc = ldm_error("%s: writing header of weights.bin: %s", tmp, arch_reason(a));
         archive_entry_free(e);
     }
     if (!rc) {   /* pass 2 */
@@ -451,7 +463,7 @@ static int write_bundle(packer *p, int fd, const char *tmp) {
         free(buf);
     }
     if (archive_write_close(a) != ARCHIVE_OK && !rc)
-        rc = ldm_error("%s: %s", tmp, archive_error_string(a));
+        rc = ldm_error("%s: write failed: %s", tmp, arch_reason(a));
     archive_write_free(a);
     return rc;
 }
@@ -605,22 +617,23 @@ int ldm_pack(const ldm_pack_opts *o) {
     if (!o->output) return ldm_error("no output file given (-o FILE)");
     if (!o->model_dir && !o->unet && !o->vae && !o->text_encoder && !o->tokenizer && !o->scheduler)
         return ldm_error("nothing to pack: give MODEL_DIR or component folders");
+    if (ldm_check_output(o->output)) return -1;   /* -o /dev/null, a FIFO, a folder */
     if (gather(&p) || pass1(&p)) goto done;
     if (p.nclamped) ldm_warn("%zu value%s beyond ±65504 clamped (--clamp)", p.nclamped, p.nclamped > 1 ? "s" : "");
     build_manifest(&p);
 
-    snprintf(g_tmp, sizeof g_tmp, "%s.tmp.%ld", o->output, (long)getpid());
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGHUP, &sa, &old_hup);
-    fd = open(g_tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
-    if (fd < 0) { ldm_error("%s: cannot create: %s", g_tmp, strerror(errno)); goto restore; }
+    fd = ldm_tmp_create(o->output, g_tmp, sizeof g_tmp);   /* O_EXCL | O_NOFOLLOW */
+    if (fd < 0) goto restore;
     g_tmp_live = 1;
-    if (write_bundle(&p, fd, g_tmp)) goto fail;
-    if (fsync(fd) != 0) { ldm_error("%s: fsync: %s", g_tmp, strerror(errno)); goto fail; }
-    if (close(fd) != 0) { fd = -1; ldm_error("%s: close: %s", g_tmp, strerror(errno)); goto fail; }
+    /* messages name the output (the temporary's name means nothing to the user) */
+    if (write_bundle(&p, fd, o->output)) goto fail;
+    if (fsync(fd) != 0) { ldm_error("%s: write failed: %s", o->output, strerror(errno)); goto fail; }
+    if (close(fd) != 0) { fd = -1; ldm_error("%s: write failed: %s", o->output, strerror(errno)); goto fail; }
     fd = -1;
     {
         ldm_bundle *b = ldm_bundle_open(g_tmp);

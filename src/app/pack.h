@@ -18,9 +18,11 @@ typedef struct ldm_pack_opts {
     int no_model_check;         /* skip ldm_pack_check_models (tests of the format only) */
 } ldm_pack_opts;
 
-/* Pack.  Writes OUTPUT.tmp.PID, re-opens and verifies it, checks it against the model
- * loaders, then renames it to OUTPUT.  On failure (or SIGINT/SIGTERM) the temporary
- * file is removed and OUTPUT is left as it was.  Returns 0, or -1 with ldm_error set. */
+/* Pack.  Writes a new temporary file in OUTPUT's folder (".ldm-XXXXXX"), re-opens and
+ * verifies it, checks it against the model loaders, then renames it to OUTPUT.  On failure
+ * (or SIGINT/SIGTERM) the temporary file is removed and OUTPUT is left as it was; an
+ * existing OUTPUT that is not a regular file is refused.  Returns 0, or -1 with ldm_error
+ * set. */
 int ldm_pack(const ldm_pack_opts *o);
 
 /* Load every model component the bundle has with the dry backend (checking each weight's

@@ -25,7 +25,10 @@ const char *const ldm_op_names[LDM_OP_COUNT] = {
 #undef LDM_X
 };
 
-extern const ldm_backend_ops ldm_backend_ops_cpu, ldm_backend_ops_dry;
+extern const ldm_backend_ops ldm_backend_ops_dry;
+#ifndef LDM_NO_CPU_BACKEND   /* the fuzz build leaves the CPU kernels out (OpenMP, BLAS) */
+extern const ldm_backend_ops ldm_backend_ops_cpu;
+#endif
 #ifdef LDM_CUDA
 extern const ldm_backend_ops ldm_backend_ops_cuda;
 #endif
@@ -40,8 +43,14 @@ int ldm_backend_have_cuda(void) {
 
 ldm_backend *ldm_backend_new(const char *name, const ldm_backend_opts *opts) {
     const ldm_backend_ops *ops = NULL;
-    if (!strcmp(name, "cpu")) ops = &ldm_backend_ops_cpu;
-    else if (!strcmp(name, "dry")) ops = &ldm_backend_ops_dry;
+    if (!strcmp(name, "cpu")) {
+#ifndef LDM_NO_CPU_BACKEND
+        ops = &ldm_backend_ops_cpu;
+#else
+        ldm_error("CPU backend: not in this build");
+        return NULL;
+#endif
+    } else if (!strcmp(name, "dry")) ops = &ldm_backend_ops_dry;
     else if (!strcmp(name, "cuda")) {
 #ifdef LDM_CUDA
         ops = &ldm_backend_ops_cuda;

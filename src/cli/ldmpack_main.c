@@ -49,6 +49,7 @@ static int usage_error(const char *msg) {
 }
 
 int main(int argc, char **argv) {
+    signal(SIGXFSZ, SIG_IGN);   /* a file size limit: write() fails with EFBIG, reported */
     enum { O_UNET = 256, O_VAE, O_TEXT, O_TOK, O_SCHED, O_CLAMP, O_NOCHECK, O_INFO, O_JSON, O_VERIFY, O_VERSION };
     static const struct option opts[] = {
         { "output", required_argument, 0, 'o' },     { "unet", required_argument, 0, O_UNET },

@@ -1,4 +1,5 @@
-/* common.c - error buffer, logging, checked allocation and whole-file I/O. */
+/* common.c - error buffer, logging, checked allocation and file I/O (regular files only,
+ * atomic writes through an O_EXCL temporary). */
 #include "core/common.h"
 
 #include <errno.h>
@@ -6,7 +7,9 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static _Thread_local char err_buf[2048];
@@ -120,40 +123,130 @@ char *ldm_xstrdup(const char *s) {
     return p;
 }
 
+/* "a FIFO", "a folder", ... for messages about a file that is not a regular file. */
+static const char *file_kind(mode_t m) {
+    if (S_ISDIR(m)) return "a folder";
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    if (S_ISLNK(m)) return "a symbolic link";
+    return "not a plain file";
+}
+
+int ldm_open_regular(const char *path) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) return ldm_error("%s: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return ldm_error("%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return ldm_error("%s: not a regular file (%s)", path, file_kind(sb.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        int e = errno;
+        close(fd);
+        return ldm_error("%s: %s", path, strerror(e));
+    }
+    return fd;
+}
+
 char *ldm_read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { ldm_error("%s: %s", path, strerror(errno)); return NULL; }
+    int fd = ldm_open_regular(path);
+    if (fd < 0) return NULL;
     size_t cap = 1 << 16, n = 0;
     char *buf = ldm_xmalloc(cap);
     for (;;) {
-        if (n + 1 >= cap) { cap *= 2; char *nb = realloc(buf, cap); if (!nb) { free(buf); fclose(f); out_of_memory(cap); } buf = nb; }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
+        if (n + 1 >= cap) {
+            if (cap > SIZE_MAX / 2) { free(buf); close(fd); out_of_memory(SIZE_MAX); }
+            cap *= 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) { free(buf); close(fd); out_of_memory(cap); }
+            buf = nb;
+        }
+        ssize_t got = read(fd, buf + n, cap - n - 1);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            free(buf);
+            close(fd);
+            ldm_error("%s: read error: %s", path, strerror(e));
+            return NULL;
+        }
         if (got == 0) break;
+        n += (size_t)got;
     }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) { free(buf); ldm_error("%s: read error", path); return NULL; }
+    close(fd);
     buf[n] = '\0';
     if (len) *len = n;
     return buf;
 }
 
+int ldm_check_output(const char *path) {
+    struct stat sb;
+    if (stat(path, &sb) != 0 || S_ISREG(sb.st_mode)) return 0;
+    return ldm_error("%s: exists and is %s, not a regular file; refusing to replace it", path,
+                     file_kind(sb.st_mode));
+}
+
+/* 64 random bits for temporary names (getrandom, else time, pid and a counter). */
+static uint64_t tmp_random(void) {
+    static _Atomic unsigned counter;
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) == (ssize_t)sizeof r) return r;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15u ^ (uint64_t)ts.tv_sec << 20 ^
+        (uint64_t)getpid() << 40 ^ (uint64_t)++counter * 0xbf58476d1ce4e5b9u;
+    return r ^ r >> 31;
+}
+
+int ldm_tmp_create(const char *path, char *tmp, size_t tmpsz) {
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    const char *slash = strrchr(path, '/');
+    size_t dirlen = slash ? (size_t)(slash - path) + 1 : 0;
+    const size_t namelen = 11;                       /* ".ldm-XXXXXX" */
+    if (!path[0] || (slash && !slash[1]))
+        return ldm_error("%s: not a file name", path);
+    if (dirlen + namelen + 1 > tmpsz) return ldm_error("%s: %s", path, strerror(ENAMETOOLONG));
+    memcpy(tmp, path, dirlen);
+    for (int attempt = 0; attempt < 100; attempt++) {
+        uint64_t r = tmp_random();
+        char *p = tmp + dirlen;
+        memcpy(p, ".ldm-", 5);
+        for (int i = 0; i < 6; i++, r /= 62) p[5 + i] = alnum[r % 62];
+        p[namelen] = '\0';
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0644);
+        if (fd >= 0) return fd;
+        if (errno != EEXIST && errno != EINTR)
+            return ldm_error("%s: cannot create a file in its folder: %s", path, strerror(errno));
+    }
+    return ldm_error("%s: cannot create a temporary file in its folder (100 names taken)", path);
+}
+
 int ldm_write_file_atomic(const char *path, const void *data, size_t len) {
     char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return ldm_error("%s: cannot create: %s", path, strerror(errno));
+    if (ldm_check_output(path)) return -1;
+    int fd = ldm_tmp_create(path, tmp, sizeof tmp);
+    if (fd < 0) return -1;
     const char *p = data;
     size_t left = len;
     while (left > 0) {
         ssize_t w = write(fd, p, left);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            int e = errno; close(fd); unlink(tmp);
+        if (w <= 0) {
+            if (w < 0 && errno == EINTR) continue;
+            int e = w < 0 ? errno : ENOSPC;     /* ENOSPC, EFBIG (ulimit -f), EIO, ... */
+            close(fd);
+            unlink(tmp);
             return ldm_error("%s: write failed: %s", path, strerror(e));
         }
-        p += w; left -= (size_t)w;
+        p += w;
+        left -= (size_t)w;
     }
     int synced = fsync(fd) == 0 ? 0 : errno;
     int closed = close(fd) == 0 ? 0 : errno;
@@ -161,6 +254,10 @@ int ldm_write_file_atomic(const char *path, const void *data, size_t len) {
         unlink(tmp);
         return ldm_error("%s: write failed: %s", path, strerror(synced ? synced : closed));
     }
-    if (rename(tmp, path) != 0) { int e = errno; unlink(tmp); return ldm_error("%s: cannot rename into place: %s", path, strerror(e)); }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return ldm_error("%s: cannot rename into place: %s", path, strerror(e));
+    }
     return 0;
 }

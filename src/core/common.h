@@ -65,10 +65,61 @@ void *ldm_xmalloc(size_t n);
 void *ldm_xcalloc(size_t n, size_t size);
 char *ldm_xstrdup(const char *s);
 
-/* Read a whole file into memory (NUL-terminated).  NULL and ldm_error on failure. */
+/* ---- Checked size arithmetic, for every size computed from file data (limits.h).
+ * Each stores a op b in *out and returns 0, or returns -1 on overflow (*out untouched). */
+static inline int ldm_mul_size(size_t a, size_t b, size_t *out) {
+    size_t r;
+    if (__builtin_mul_overflow(a, b, &r)) return -1;
+    *out = r;
+    return 0;
+}
+static inline int ldm_add_size(size_t a, size_t b, size_t *out) {
+    size_t r;
+    if (__builtin_add_overflow(a, b, &r)) return -1;
+    *out = r;
+    return 0;
+}
+static inline int ldm_mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
+    uint64_t r;
+    if (__builtin_mul_overflow(a, b, &r)) return -1;
+    *out = r;
+    return 0;
+}
+static inline int ldm_add_u64(uint64_t a, uint64_t b, uint64_t *out) {
+    uint64_t r;
+    if (__builtin_add_overflow(a, b, &r)) return -1;
+    *out = r;
+    return 0;
+}
+
+/* ---- Files.  Every file ldm reads is opened with ldm_open_regular, every file it writes
+ * goes through a temporary from ldm_tmp_create that is renamed over the output. */
+
+/* Open an existing file read-only without ever blocking: O_NONBLOCK (a FIFO or a device
+ * would block in open()), fstat, refuse anything but a regular file ("PATH: not a regular
+ * file (a FIFO)"), then clear O_NONBLOCK.  The fd (O_CLOEXEC), or -1 with ldm_error
+ * naming the path. */
+int ldm_open_regular(const char *path);
+
+/* Read a whole regular file into memory (NUL-terminated).  NULL and ldm_error on failure. */
 char *ldm_read_file(const char *path, size_t *len);
 
-/* Write a file atomically: data goes to "path.tmp.PID" which is fsynced and renamed. */
+/* 0 when `path` does not exist or is a regular file (or a link to one); -1 with ldm_error
+ * when it is something an atomic write must not replace: a folder, a FIFO, a device
+ * (-o /dev/null), a socket. */
+int ldm_check_output(const char *path);
+
+/* Create the temporary file for an atomic write of `path`: ".ldm-XXXXXX" (random) in
+ * path's folder, so its name always fits NAME_MAX whatever the output's name, created with
+ * O_EXCL | O_NOFOLLOW (mode 0644 less the umask) so that no planted file or symbolic link
+ * is ever followed or truncated.  Its path goes to tmp[tmpsz].  Returns the fd (O_WRONLY,
+ * O_CLOEXEC), or -1 with ldm_error naming `path`. */
+int ldm_tmp_create(const char *path, char *tmp, size_t tmpsz);
+
+/* Write a file atomically: ldm_check_output, data to a ldm_tmp_create temporary which is
+ * fsynced and renamed over path.  On failure (a full disk, a file size limit: the message
+ * names path and gives the system's reason) the temporary is removed and path is left as
+ * it was. */
 int ldm_write_file_atomic(const char *path, const void *data, size_t len);
 
 #endif

@@ -7,9 +7,15 @@
  * every tensor F16, inside weights.bin, 64-byte aligned, no two overlapping.
  * Tensors point into the mapping (no copy); the small members (configs, tokenizer
  * files, manifest) are copied out, NUL-terminated.
+ *
+ * Every offset and size read from the file is bounds-checked without wrapping (a size
+ * near 2^64 must not pass "off + size <= file size"), and nothing costs more than
+ * O(n log n) in the number of members or tensors (member names are looked up through a
+ * sorted index, which also finds duplicates).
  */
 #include "format/bundle.h"
 #include "core/common.h"
+#include "core/limits.h"
 #include "format/ldmb.h"
 
 #include <archive.h>
@@ -36,7 +42,8 @@ struct ldm_bundle {
     const uint8_t *map;
     size_t size;
     member *m;
-    size_t nm;
+    size_t nm, mcap;
+    size_t *m_by_name;        /* member indices sorted by name */
     ldm_tensor *t;
     size_t nt;
     size_t *by_name;          /* tensor indices sorted by name */
@@ -118,28 +125,53 @@ static int add_member(ldm_bundle *b, const char *name, uint64_t off, uint64_t si
             return ldm_error("%s: member '%s': '..' in member names is not allowed", b->path, name);
         p += n + (e ? 1 : 0);
     }
-    for (size_t i = 0; i < b->nm; i++)
-        if (strcmp(b->m[i].name, name) == 0)
-            return ldm_error("%s: duplicate member '%s'", b->path, name);
-    b->m = realloc(b->m, (b->nm + 1) * sizeof *b->m);
-    if (!b->m) { ldm_log(0, "ldm: out of memory\n"); abort(); }
+    if (strlen(name) > LDM_MAX_MEMBER_NAME)
+        return ldm_error("%s: member at offset %" PRIu64 ": name longer than %d bytes", b->path, off,
+                         LDM_MAX_MEMBER_NAME);
+    if (b->nm == b->mcap) {   /* duplicates are found once the walk is done (index_members) */
+        b->mcap = b->mcap ? 2 * b->mcap : 16;
+        member *nm = realloc(b->m, b->mcap * sizeof *b->m);
+        if (!nm) { ldm_log(0, "ldm: out of memory\n"); abort(); }
+        b->m = nm;
+    }
     b->m[b->nm++] = (member){ ldm_xstrdup(name), off, size, NULL };
     return 0;
 }
 
-/* Parse pax extended header records "LEN key=value\n" for path and size. */
+static int cmp_member_name(const void *x, const void *y, void *ctx) {
+    const ldm_bundle *b = ctx;
+    size_t i = *(const size_t *)x, j = *(const size_t *)y;
+    int c = strcmp(b->m[i].name, b->m[j].name);
+    return c ? c : (i > j) - (i < j);
+}
+
+/* Sort the members by name (for find_member) and refuse duplicates: O(n log n). */
+static int index_members(ldm_bundle *b) {
+    b->m_by_name = ldm_xmalloc((b->nm ? b->nm : 1) * sizeof *b->m_by_name);
+    for (size_t i = 0; i < b->nm; i++) b->m_by_name[i] = i;
+    if (b->nm > 1) qsort_r(b->m_by_name, b->nm, sizeof *b->m_by_name, cmp_member_name, b);
+    for (size_t i = 1; i < b->nm; i++)
+        if (strcmp(b->m[b->m_by_name[i - 1]].name, b->m[b->m_by_name[i]].name) == 0)
+            return ldm_error("%s: duplicate member '%s'", b->path, b->m[b->m_by_name[i]].name);
+    return 0;
+}
+
+/* Parse pax extended header records "LEN key=value\n" for path and size.  LEN counts the
+ * whole record, its own digits included, so it is at least digits + 4 (" k=\n"). */
 static int parse_pax(ldm_bundle *b, const uint8_t *p, uint64_t n, uint64_t at, char **path,
                      uint64_t *size, int *have_size) {
     uint64_t i = 0;
     while (i < n) {
         uint64_t len = 0, j = i;
-        while (j < n && p[j] >= '0' && p[j] <= '9') len = len * 10 + (uint64_t)(p[j++] - '0');
-        if (j >= n || p[j] != ' ' || len < 5 || len > n - i)
-            return ldm_error("%s: malformed pax header at offset %" PRIu64, b->path, at);
+        /* stop accumulating once len > n: it is refused below, and cannot overflow */
+        while (j < n && p[j] >= '0' && p[j] <= '9' && len <= n) len = len * 10 + (uint64_t)(p[j++] - '0');
+        uint64_t digits = j - i;
+        if (digits == 0 || j >= n || p[j] != ' ' || len > n - i || len < digits + 4)
+            return ldm_error("%s: malformed pax header at offset %" PRIu64 " (record length)", b->path, at);
         const char *kv = (const char *)p + j + 1;
-        size_t kvlen = (size_t)(len - (j + 1 - i) - 1);    /* without the newline */
+        size_t kvlen = (size_t)(len - digits - 2);         /* without the space and newline */
         const char *eq = memchr(kv, '=', kvlen);
-        if (!eq || p[i + len - 1] != '\n')
+        if (!eq || eq == kv || p[i + len - 1] != '\n')
             return ldm_error("%s: malformed pax header at offset %" PRIu64, b->path, at);
         size_t klen = (size_t)(eq - kv), vlen = kvlen - klen - 1;
         if (klen == 4 && memcmp(kv, "path", 4) == 0) {
@@ -149,6 +181,7 @@ static int parse_pax(ldm_bundle *b, const uint8_t *p, uint64_t n, uint64_t at, c
             (*path)[vlen] = '\0';
         } else if (klen == 4 && memcmp(kv, "size", 4) == 0) {
             uint64_t v = 0;
+            if (vlen == 0) return ldm_error("%s: bad pax size at offset %" PRIu64, b->path, at);
             for (size_t k = 0; k < vlen; k++) {
                 char c = eq[1 + k];
                 if (c < '0' || c > '9' || v > UINT64_MAX / 10 - 9)
@@ -168,6 +201,7 @@ static int walk_tar(ldm_bundle *b) {
     uint64_t off = 0;
     char *pax_path = NULL;
     uint64_t pax_size = 0;
+    uint64_t size_claim = 0;
     int have_pax_size = 0, rc = 0, ended = 0;
     while (!rc) {
         if (off + 512 > b->size) break;
@@ -187,7 +221,7 @@ static int walk_tar(ldm_bundle *b) {
         if (!ok) { rc = ldm_error("%s: bad size field in tar header at offset %" PRIu64, b->path, off); break; }
         char type = (char)h[156];
         if (type == 'x' || type == 'g') {
-            if (off + 512 + size > b->size) { rc = -2; break; }
+            if (size > b->size - off - 512) { rc = -2; size_claim = size; break; }   /* off + 512 <= b->size here */
             if (type == 'x')
                 rc = parse_pax(b, b->map + off + 512, size, off, &pax_path, &pax_size, &have_pax_size);
             off += 512 + ((size + 511) & ~(uint64_t)511);
@@ -195,6 +229,11 @@ static int walk_tar(ldm_bundle *b) {
         }
         char name[512];
         if (pax_path) {
+            if (strlen(pax_path) > LDM_MAX_MEMBER_NAME) {
+                rc = ldm_error("%s: member at offset %" PRIu64 ": name longer than %d bytes",
+                               b->path, off + 512, LDM_MAX_MEMBER_NAME);
+                break;
+            }
             snprintf(name, sizeof name, "%s", pax_path);
         } else {
             char nm[101], prefix[156];
@@ -210,18 +249,19 @@ static int walk_tar(ldm_bundle *b) {
             break;
         }
         uint64_t data = off + 512;
-        if (size > b->size || data + size > b->size) { rc = -2; break; }
+        if (size > b->size - data) { rc = -2; size_claim = size; break; }
         if ((rc = add_member(b, name, data, size)) != 0) break;
         free(pax_path); pax_path = NULL; have_pax_size = 0;
         off = data + ((size + 511) & ~(uint64_t)511);
     }
     free(pax_path);
-    if (rc == -2 || (!rc && !ended)) {
-        if (b->nm == 0 && off == 0)
-            return ldm_error("%s: not a tar archive (file is %zu bytes)", b->path, b->size);
+    if (rc == -2)   /* a header whose size runs past the end of the file */
+        return ldm_error("%s: truncated: the tar archive ends at byte %zu, inside member %zu "
+                         "(its header at offset %" PRIu64 " says %" PRIu64 " bytes)", b->path,
+                         b->size, b->nm + 1, off, size_claim);
+    if (!rc && !ended)
         return ldm_error("%s: truncated: the tar archive ends at byte %zu inside or before "
                          "the end of member %zu", b->path, b->size, b->nm + 1);
-    }
     return rc;
 }
 
@@ -259,8 +299,14 @@ static int cross_check(ldm_bundle *b) {
 /* ---------------------------------------------------------------- manifest */
 
 static member *find_member(const ldm_bundle *b, const char *name) {
-    for (size_t i = 0; i < b->nm; i++)
-        if (strcmp(b->m[i].name, name) == 0) return &b->m[i];
+    size_t lo = 0, hi = b->m_by_name ? b->nm : 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        member *m = &b->m[b->m_by_name[mid]];
+        int c = strcmp(m->name, name);
+        if (c == 0) return m;
+        if (c < 0) lo = mid + 1; else hi = mid;
+    }
     return NULL;
 }
 
@@ -292,19 +338,27 @@ static int parse_tensor(ldm_bundle *b, json_t *jt, size_t i, ldm_tensor *t) {
     if (strcmp(dt, "F16") != 0)
         return ldm_error("%s: manifest.json: tensor '%s': dtype '%s', only F16 is supported", P, name, dt);
     json_t *js = json_object_get(jt, "shape");
-    if (!json_is_array(js) || json_array_size(js) > LDMB_MAX_DIMS)
+    if (!json_is_array(js) || json_array_size(js) > LDM_MAX_TENSOR_DIMS)
         return ldm_error("%s: manifest.json: tensor '%s': 'shape' must be an array of at most %d "
                          "dimensions", P, name, LDMB_MAX_DIMS);
     t->ndim = (int)json_array_size(js);
     uint64_t numel = 1;
     for (int d = 0; d < t->ndim; d++) {
         json_t *x = json_array_get(js, (size_t)d);
-        if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > (INT64_C(1) << 40))
+        if (!json_is_integer(x) || json_integer_value(x) < 0 ||
+            (uint64_t)json_integer_value(x) > LDM_MAX_TENSOR_NUMEL)
             return ldm_error("%s: manifest.json: tensor '%s': bad shape[%d]", P, name, d);
         t->shape[d] = json_integer_value(x);
-        numel *= (uint64_t)t->shape[d];
-        if (numel > (UINT64_C(1) << 40))
-            return ldm_error("%s: manifest.json: tensor '%s': shape too large", P, name);
+    }
+    /* the product of the non-zero dimensions is bounded too, so that no product of
+     * dimensions anywhere can overflow, even for a tensor with a zero dimension */
+    uint64_t span = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        uint64_t x = (uint64_t)t->shape[d];
+        if (ldm_mul_u64(span, x ? x : 1, &span) || span > LDM_MAX_TENSOR_NUMEL)
+            return ldm_error("%s: manifest.json: tensor '%s': shape has more than 2^40 elements",
+                             P, name);
+        numel *= x;
     }
     t->numel = (int64_t)numel;
     uint64_t nbytes, crc;
@@ -389,20 +443,24 @@ static int parse_manifest(ldm_bundle *b, const member *mm) {
     json_decref(root);
     if (rc) return rc;
 
+    /* names first: a tensor listed twice also "overlaps" itself, but that is not the news */
     size_t *idx = ldm_xmalloc((b->nt ? b->nt : 1) * sizeof *idx);
     for (size_t i = 0; i < b->nt; i++) idx[i] = i;
-    qsort_r(idx, b->nt, sizeof *idx, cmp_tensor_off, b);
-    for (size_t i = 1; i < b->nt && !rc; i++) {
-        const ldm_tensor *p = &b->t[idx[i - 1]], *q = &b->t[idx[i]];
-        if (p->offset + (uint64_t)p->numel * 2 > q->offset)
-            rc = ldm_error("%s: tensors '%s' and '%s' overlap in weights.bin", P, p->name, q->name);
-    }
-    for (size_t i = 0; i < b->nt; i++) idx[i] = i;
-    qsort_r(idx, b->nt, sizeof *idx, cmp_tensor_name, b);
+    if (b->nt > 1) qsort_r(idx, b->nt, sizeof *idx, cmp_tensor_name, b);
     for (size_t i = 1; i < b->nt && !rc; i++)
         if (strcmp(b->t[idx[i - 1]].name, b->t[idx[i]].name) == 0)
             rc = ldm_error("%s: manifest.json: tensor '%s' listed twice", P, b->t[idx[i]].name);
     b->by_name = idx;
+    if (rc || b->nt < 2) return rc;
+    size_t *off = ldm_xmalloc(b->nt * sizeof *off);
+    for (size_t i = 0; i < b->nt; i++) off[i] = i;
+    qsort_r(off, b->nt, sizeof *off, cmp_tensor_off, b);
+    for (size_t i = 1; i < b->nt && !rc; i++) {
+        const ldm_tensor *p = &b->t[off[i - 1]], *q = &b->t[off[i]];
+        if (p->offset + (uint64_t)p->numel * 2 > q->offset)   /* both inside weights.bin */
+            rc = ldm_error("%s: tensors '%s' and '%s' overlap in weights.bin", P, p->name, q->name);
+    }
+    free(off);
     return rc;
 }
 
@@ -411,12 +469,12 @@ static int parse_manifest(ldm_bundle *b, const member *mm) {
 ldm_bundle *ldm_bundle_open(const char *path) {
     ldm_bundle *b = ldm_xcalloc(1, sizeof *b);
     b->path = ldm_xstrdup(path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) { ldm_error("%s: %s", path, strerror(errno)); goto fail; }
+    int fd = ldm_open_regular(path);   /* a FIFO must not block open() */
+    if (fd < 0) goto fail;
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fd, &sb) != 0) {
+        ldm_error("%s: %s", path, strerror(errno));
         close(fd);
-        ldm_error("%s: not a regular file", path);
         goto fail;
     }
     b->size = (size_t)sb.st_size;
@@ -429,19 +487,28 @@ ldm_bundle *ldm_bundle_open(const char *path) {
     close(fd);
     if (m == MAP_FAILED) { ldm_error("%s: mmap: %s", path, strerror(errno)); goto fail; }
     b->map = m;
-    if (walk_tar(b) || cross_check(b)) goto fail;
+    if (walk_tar(b) || index_members(b) || cross_check(b)) goto fail;
 
     member *mm = find_member(b, LDMB_MANIFEST), *mw = find_member(b, LDMB_WEIGHTS);
     if (!mm) { ldm_error("%s: not an ldm bundle: no member manifest.json", path); goto fail; }
     if (!mw) { ldm_error("%s: no member weights.bin (truncated or not an ldm bundle?)", path); goto fail; }
+    if (mm != &b->m[0]) {
+        ldm_error("%s: manifest.json must be the first member, but '%s' comes first", path, b->m[0].name);
+        goto fail;
+    }
+    if (mw != &b->m[b->nm - 1]) {
+        ldm_error("%s: weights.bin must be the last member, but '%s' comes after it", path,
+                  (mw + 1)->name);
+        goto fail;
+    }
     b->wbase = mw->offset;
     b->wsize = mw->size;
     for (size_t i = 0; i < b->nm; i++) {
         member *x = &b->m[i];
         if (x == mw) continue;
-        if (x->size > LDMB_MAX_SMALL_MEMBER) {
+        if (x->size > LDM_MAX_SMALL_MEMBER) {
             ldm_error("%s: member '%s' is %" PRIu64 " bytes; only weights.bin may exceed %u MB",
-                      path, x->name, x->size, LDMB_MAX_SMALL_MEMBER >> 20);
+                      path, x->name, x->size, LDM_MAX_SMALL_MEMBER >> 20);
             goto fail;
         }
         x->copy = ldm_xmalloc((size_t)x->size + 1);
@@ -466,6 +533,7 @@ void ldm_bundle_close(ldm_bundle *b) {
     free(b->hash_members);
     free(b->member_crc);
     free(b->m);
+    free(b->m_by_name);
     free(b->t);
     free(b->by_name);
     free(b->path);

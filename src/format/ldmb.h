@@ -8,13 +8,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/limits.h"
 #include "core/sha256.h"
 
 #define LDMB_MANIFEST "manifest.json"
 #define LDMB_WEIGHTS "weights.bin"
 #define LDMB_ALIGN 64                       /* tensor data alignment within the file */
-#define LDMB_MAX_SMALL_MEMBER (256u << 20)  /* members other than weights.bin */
-#define LDMB_MAX_DIMS 4
+#define LDMB_MAX_SMALL_MEMBER LDM_MAX_SMALL_MEMBER  /* members other than weights.bin */
+#define LDMB_MAX_DIMS LDM_MAX_TENSOR_DIMS
 
 /* Content hash: SHA-256 over
  *   "ldmb-content-v1\n"

@@ -11,9 +11,11 @@
 #include <setjmp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #include "core/common.h"
+#include "core/limits.h"
 
 /* ---- libpng error plumbing ------------------------------------------------------ */
 
@@ -128,7 +130,7 @@ int ldm_png_encode(const uint8_t *rgb, int width, int height, const ldm_png_text
                    uint8_t **png_out, size_t *png_len) {
     *png_out = NULL;
     *png_len = 0;
-    if (!rgb || width < 1 || height < 1 || width > 1000000 || height > 1000000)
+    if (!rgb || width < 1 || height < 1 || width > LDM_MAX_PNG_SIDE || height > LDM_MAX_PNG_SIDE)
         return ldm_error("png: invalid image %dx%d", width, height);
     if (n_texts < 0 || (n_texts > 0 && !texts)) return ldm_error("png: invalid text list");
 
@@ -191,10 +193,23 @@ int ldm_png_write(const char *path, const uint8_t *rgb, int width, int height, c
 /* ---- reading -------------------------------------------------------------------- */
 
 typedef struct {
+    const uint8_t *p;
+    size_t n, at;
+} memsrc;
+
+static void read_cb(png_structp png, png_bytep out, size_t n) {
+    memsrc *m = png_get_io_ptr(png);
+    if (n > m->n - m->at) png_error(png, "unexpected end of data");
+    memcpy(out, m->p + m->at, n);
+    m->at += n;
+}
+
+typedef struct {
     png_err err;
     png_structp png;
     png_infop info;
-    FILE *f;
+    FILE *f;                /* the source: a file, or */
+    memsrc mem;             /* bytes in memory (when f is NULL) */
     uint8_t *rgb;
     png_bytep *rows;
     ldm_png_text *texts;
@@ -202,18 +217,30 @@ typedef struct {
     int width, height;
 } read_ctx;
 
-static int decode_png(read_ctx *c, const char *path, int want_texts) {
+/* Decode after the 8 signature bytes; `what` names the source in messages. */
+static int decode_png(read_ctx *c, const char *what, int want_texts) {
     c->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &c->err, on_error, on_warning);
-    if (!c->png) return ldm_error("%s: cannot create libpng read struct", path);
+    if (!c->png) return ldm_error("%s: cannot create libpng read struct", what);
     c->info = png_create_info_struct(c->png);
-    if (!c->info) return ldm_error("%s: cannot create libpng info struct", path);
-    if (setjmp(png_jmpbuf(c->png))) return ldm_error("%s: invalid PNG: %s", path, c->err.msg);
-    png_init_io(c->png, c->f);
+    if (!c->info) return ldm_error("%s: cannot create libpng info struct", what);
+    if (setjmp(png_jmpbuf(c->png))) return ldm_error("%s: invalid PNG: %s", what, c->err.msg);
+    if (c->f) png_init_io(c->png, c->f);
+    else png_set_read_fn(c->png, &c->mem, read_cb);
+    /* libpng allocates a chunk's declared length (up to 2^31) before reading it, and
+     * inflates zTXt/iTXt/iCCP without limit unless told: bound both, and the number of
+     * ancillary chunks kept */
+    png_set_chunk_malloc_max(c->png, LDM_MAX_PNG_CHUNK);
+    png_set_chunk_cache_max(c->png, LDM_MAX_PNG_CHUNKS);
     png_set_sig_bytes(c->png, 8);
     png_read_info(c->png, c->info);
 
     png_uint_32 w = png_get_image_width(c->png, c->info), h = png_get_image_height(c->png, c->info);
-    if ((uint64_t)w * h > (1u << 28)) return ldm_error("%s: image %ux%u is too large", path, w, h);
+    size_t npix, nbytes, nrows;
+    if (w < 1 || h < 1 || ldm_mul_size(w, h, &npix) || npix > LDM_MAX_PNG_PIXELS)
+        return ldm_error("%s: image %ux%u is too large (at most %u pixels)", what, (unsigned)w,
+                         (unsigned)h, LDM_MAX_PNG_PIXELS);
+    if (ldm_mul_size(npix, 3, &nbytes) || ldm_mul_size(h, sizeof *c->rows, &nrows))
+        return ldm_error("%s: image %ux%u is too large", what, (unsigned)w, (unsigned)h);
     int color = png_get_color_type(c->png, c->info);
     png_set_expand(c->png); /* palette -> RGB, gray < 8 bits -> 8, tRNS -> alpha */
     /* alpha is composited on white (as AUTOMATIC1111 flattens an init image), before the
@@ -228,12 +255,12 @@ static int decode_png(read_ctx *c, const char *path, int want_texts) {
     png_set_interlace_handling(c->png);
     png_read_update_info(c->png, c->info);
     if (png_get_rowbytes(c->png, c->info) != (size_t)w * 3)
-        return ldm_error("%s: cannot convert this PNG to 8-bit RGB", path);
+        return ldm_error("%s: cannot convert this PNG to 8-bit RGB", what);
 
     c->width = (int)w;
     c->height = (int)h;
-    c->rgb = ldm_xmalloc((size_t)w * h * 3);
-    c->rows = ldm_xmalloc((size_t)h * sizeof *c->rows);
+    c->rgb = ldm_xmalloc(nbytes);
+    c->rows = ldm_xmalloc(nrows);
     for (png_uint_32 y = 0; y < h; y++) c->rows[y] = c->rgb + (size_t)y * w * 3;
     png_read_image(c->png, c->rows);
     png_read_end(c->png, c->info);
@@ -253,32 +280,104 @@ static int decode_png(read_ctx *c, const char *path, int want_texts) {
     return 0;
 }
 
+/* libpng allocates a chunk's declared length before it reads the chunk (2 GiB for a
+ * 60-byte file): the chunk headers are walked first (check_chunk on each) and an oversized
+ * chunk other than IDAT (which libpng reads piecewise) is refused. */
+static int check_chunk(const char *what, const uint8_t head[8], uint32_t *len, int *end) {
+    *len = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 | head[3];
+    char type[5];
+    for (int i = 0; i < 4; i++) {
+        unsigned char ch = head[4 + i];
+        type[i] = (char)((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ? ch : '?');
+    }
+    type[4] = '\0';
+    *end = memcmp(head + 4, "IEND", 4) == 0;
+    if (*len > 0x7fffffffu)
+        return ldm_error("%s: invalid PNG: chunk \"%s\" has length %u (more than 2^31 - 1)", what,
+                         type, (unsigned)*len);
+    if (*len > LDM_MAX_PNG_CHUNK && memcmp(head + 4, "IDAT", 4) != 0)
+        return ldm_error("%s: chunk \"%s\" of %u bytes is too large (at most %u)", what, type,
+                         (unsigned)*len, LDM_MAX_PNG_CHUNK);
+    return 0;
+}
+
+static int scan_chunks_mem(const char *what, const uint8_t *p, size_t n) {
+    uint64_t at = 8;
+    uint32_t len;
+    int end = 0;
+    while (!end && at + 8 <= n) {
+        if (check_chunk(what, p + at, &len, &end)) return -1;
+        at += 12 + (uint64_t)len;
+    }
+    return 0;
+}
+
+static int scan_chunks_file(const char *what, FILE *f) {
+    uint8_t head[8];
+    uint32_t len;
+    int end = 0;
+    while (!end && fread(head, 1, 8, f) == 8) {
+        if (check_chunk(what, head, &len, &end)) return -1;
+        if (fseeko(f, (off_t)len + 4, SEEK_CUR) != 0) break;
+    }
+    if (fseeko(f, 8, SEEK_SET) != 0) return ldm_error("%s: %s", what, strerror(errno));
+    return 0;
+}
+
+/* Check the signature, decode, hand the results out (or free them). */
+static int read_png(read_ctx *c, const char *what, const unsigned char sig[8], int have_sig, uint8_t **rgb,
+                    int *width, int *height, ldm_png_text **texts, int *n_texts) {
+    int rc = 0;
+    if (!have_sig || png_sig_cmp(sig, 0, 8) != 0) rc = ldm_error("%s: not a PNG file", what);
+    if (rc == 0) rc = decode_png(c, what, texts != NULL);
+    if (c->png) png_destroy_read_struct(&c->png, c->info ? &c->info : NULL, NULL);
+    free(c->rows);
+    if (rc < 0) {
+        free(c->rgb);
+        ldm_png_texts_free(c->texts, c->n_texts);
+        return -1;
+    }
+    *rgb = c->rgb;
+    *width = c->width;
+    *height = c->height;
+    if (texts) *texts = c->texts;
+    if (n_texts) *n_texts = c->n_texts;
+    return 0;
+}
+
 int ldm_png_read(const char *path, uint8_t **rgb, int *width, int *height, ldm_png_text **texts, int *n_texts) {
     *rgb = NULL;
     if (texts) *texts = NULL;
     if (n_texts) *n_texts = 0;
     read_ctx c = {0};
-    c.f = fopen(path, "rb");
-    if (!c.f) return ldm_error("%s: %s", path, strerror(errno));
+    int fd = ldm_open_regular(path);   /* a FIFO must not block open() */
+    if (fd < 0) return -1;
+    c.f = fdopen(fd, "rb");
+    if (!c.f) {
+        int e = errno;
+        close(fd);
+        return ldm_error("%s: %s", path, strerror(e));
+    }
     unsigned char sig[8];
-    int rc = 0;
-    if (fread(sig, 1, 8, c.f) != 8 || png_sig_cmp(sig, 0, 8) != 0)
-        rc = ldm_error("%s: not a PNG file", path);
-    if (rc == 0) rc = decode_png(&c, path, texts != NULL);
-    if (c.png) png_destroy_read_struct(&c.png, c.info ? &c.info : NULL, NULL);
-    fclose(c.f);
-    free(c.rows);
-    if (rc < 0) {
-        free(c.rgb);
-        ldm_png_texts_free(c.texts, c.n_texts);
+    int have_sig = fread(sig, 1, 8, c.f) == 8;
+    if (have_sig && png_sig_cmp(sig, 0, 8) == 0 && scan_chunks_file(path, c.f)) {
+        fclose(c.f);
         return -1;
     }
-    *rgb = c.rgb;
-    *width = c.width;
-    *height = c.height;
-    if (texts) *texts = c.texts;
-    if (n_texts) *n_texts = c.n_texts;
-    return 0;
+    int rc = read_png(&c, path, sig, have_sig, rgb, width, height, texts, n_texts);
+    fclose(c.f);
+    return rc;
+}
+
+int ldm_png_decode(const void *png, size_t len, uint8_t **rgb, int *width, int *height,
+                   ldm_png_text **texts, int *n_texts) {
+    *rgb = NULL;
+    if (texts) *texts = NULL;
+    if (n_texts) *n_texts = 0;
+    read_ctx c = {0};
+    c.mem = (memsrc){ png, len, len < 8 ? len : 8 };
+    if (len >= 8 && png_sig_cmp(png, 0, 8) == 0 && scan_chunks_mem("png", png, len)) return -1;
+    return read_png(&c, "png", png, len >= 8, rgb, width, height, texts, n_texts);
 }
 
 void ldm_png_texts_free(ldm_png_text *texts, int n) {

@@ -3,11 +3,14 @@
  *
  * Invariants after ldm_st_open succeeds: every tensor's bytes lie inside its file's
  * data area, tensors of one file tile that area exactly (sorted, no hole, no overlap),
- * nbytes == numel * dtype size, and names are unique across all shards.
+ * nbytes == numel * dtype size (computed without overflow: the product of the non-zero
+ * dimensions times the dtype size fits in 63 bits), and names are unique across all
+ * shards.
  */
 #include "format/safetensors.h"
 #include "core/common.h"
 #include "core/fp16.h"
+#include "core/limits.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -18,7 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define ST_MAX_HEADER (100u * 1024 * 1024)
+#define ST_MAX_HEADER LDM_MAX_ST_HEADER
+_Static_assert(LDM_ST_MAX_DIMS == LDM_MAX_ST_DIMS, "safetensors.h and limits.h disagree");
 
 typedef struct {
     char *path;
@@ -93,7 +97,9 @@ static int parse_entry(const char *path, const char *name, json_t *v, uint64_t d
         return ldm_error("%s: tensor '%s': %zu dimensions, at most %d supported", path, name, nd,
                          LDM_ST_MAX_DIMS);
     t->ndim = (int)nd;
-    uint64_t numel = 1;
+    /* span: the product of the non-zero dimensions times the dtype size, so that no size
+     * computed from this shape can overflow, even with a zero dimension */
+    uint64_t numel = 1, span = DTYPES[d].size;
     for (size_t i = 0; i < nd; i++) {
         json_t *x = json_array_get(js, i);
         if (!json_is_integer(x) || json_integer_value(x) < 0)
@@ -101,8 +107,8 @@ static int parse_entry(const char *path, const char *name, json_t *v, uint64_t d
                              name, i);
         uint64_t dim = (uint64_t)json_integer_value(x);
         t->shape[i] = (int64_t)dim;
-        if (dim && numel > (UINT64_C(1) << 62) / dim)
-            return ldm_error("%s: tensor '%s': shape too large", path, name);
+        if (ldm_mul_u64(span, dim ? dim : 1, &span) || span > (uint64_t)INT64_MAX)
+            return ldm_error("%s: tensor '%s': shape too large (more than 2^63 bytes)", path, name);
         numel *= dim;
     }
     t->numel = (int64_t)numel;
@@ -116,7 +122,7 @@ static int parse_entry(const char *path, const char *name, json_t *v, uint64_t d
         return ldm_error("%s: tensor '%s': data_offsets [%lld, %lld] outside the data area of "
                          "%llu bytes", path, name, (long long)b, (long long)e,
                          (unsigned long long)data_size);
-    uint64_t want = numel * DTYPES[d].size;
+    uint64_t want = numel * DTYPES[d].size;    /* <= span: no overflow */
     if ((uint64_t)(e - b) != want)
         return ldm_error("%s: tensor '%s': data_offsets [%lld, %lld] hold %lld bytes, but shape "
                          "and dtype %s need %llu", path, name, (long long)b, (long long)e,
@@ -132,11 +138,14 @@ static int open_file(ldm_safetensors *st, const char *path) {
     memset(f, 0, sizeof *f);
     f->path = ldm_xstrdup(path);
     st->nfiles++;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ldm_error("%s: %s", path, strerror(errno));
+    int fd = ldm_open_regular(path);   /* a FIFO must not block open() */
+    if (fd < 0) return -1;
     struct stat sb;
-    if (fstat(fd, &sb) != 0) { close(fd); return ldm_error("%s: %s", path, strerror(errno)); }
-    if (!S_ISREG(sb.st_mode)) { close(fd); return ldm_error("%s: not a regular file", path); }
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return ldm_error("%s: %s", path, strerror(e));
+    }
     f->size = (size_t)sb.st_size;
     if (f->size < 8) {
         close(fd);
@@ -182,8 +191,9 @@ static int open_file(ldm_safetensors *st, const char *path) {
     }
     json_decref(root);
     if (rc) return rc;
-    /* Tensors must tile the data area: sorted by offset, each starting where the last ended. */
-    qsort(st->t + first, st->n - first, sizeof *st->t, cmp_offset);
+    /* Tensors must tile the data area: sorted by offset, each starting where the last ended.
+     * (A header with no tensors has st->t == NULL: no qsort on it.) */
+    if (st->n - first > 1) qsort(st->t + first, st->n - first, sizeof *st->t, cmp_offset);
     uint64_t at = 0;
     for (size_t i = first; i < st->n; i++) {
         uint64_t b = (uint64_t)((const uint8_t *)st->t[i].data - data);
@@ -211,7 +221,7 @@ static int cmp_name_idx(const void *a, const void *b, void *ctx) {
 static void build_name_index(ldm_safetensors *st) {
     st->by_name = ldm_xmalloc((st->n ? st->n : 1) * sizeof *st->by_name);
     for (size_t i = 0; i < st->n; i++) st->by_name[i] = i;
-    qsort_r(st->by_name, st->n, sizeof *st->by_name, cmp_name_idx, st);
+    if (st->n > 1) qsort_r(st->by_name, st->n, sizeof *st->by_name, cmp_name_idx, st);
 }
 
 static int ends_with(const char *s, const char *suf) {
@@ -255,7 +265,7 @@ static int open_index(ldm_safetensors *st, const char *path) {
         shards[ns++] = (char *)s;
     }
     if (!rc) {
-        qsort(shards, ns, sizeof *shards, cmp_str);
+        if (ns > 1) qsort(shards, ns, sizeof *shards, cmp_str);
         size_t u = 0;
         for (size_t i = 0; i < ns; i++)
             if (u == 0 || strcmp(shards[u - 1], shards[i]) != 0) shards[u++] = shards[i];
@@ -358,8 +368,13 @@ const char *ldm_st_metadata(const ldm_safetensors *st, const char *key) {
 }
 
 float *ldm_st_to_f32(const ldm_st_tensor *t) {
-    size_t n = (size_t)t->numel;
-    float *out = ldm_xmalloc((n ? n : 1) * sizeof *out);
+    size_t n = (size_t)t->numel, bytes;
+    if (t->numel < 0 || ldm_mul_size(n, sizeof(float), &bytes)) {
+        ldm_error("%s: tensor '%s': %lld elements do not fit in memory", t->file, t->name,
+                  (long long)t->numel);
+        return NULL;
+    }
+    float *out = ldm_xmalloc(bytes ? bytes : 1);
     const uint8_t *p = t->data;
     size_t es = ldm_st_dtype_size(t->dtype);
     for (size_t i = 0; i < n; i++, p += es) {

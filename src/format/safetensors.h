@@ -53,7 +53,8 @@ const char *ldm_st_dtype_name(ldm_st_dtype d);
 size_t ldm_st_dtype_size(ldm_st_dtype d);
 int ldm_st_dtype_is_float(ldm_st_dtype d);
 
-/* A malloc'd float32 copy of any tensor (float or integer dtype). Caller frees. */
+/* A malloc'd float32 copy of any tensor (float or integer dtype). Caller frees.  NULL with
+ * ldm_error if the copy's size overflows size_t. */
 float *ldm_st_to_f32(const ldm_st_tensor *t);
 
 #endif

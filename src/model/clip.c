@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "core/limits.h"
 #include "model/config.h"
 #include "model/model.h"
 
@@ -31,6 +32,7 @@ typedef struct {
 
 struct ldm_clip {
     ldm_backend *be;
+    int owns_be;                         /* ldm_clip_from_config: a dry handle of its own */
     void *weights;                       /* the backend's copy of the weights, or NULL */
     int hidden, inter, n_layers, heads, max_pos, vocab, act;
     float eps;
@@ -39,17 +41,16 @@ struct ldm_clip {
     clip_layer *layers;
 };
 
-static int read_config(ldm_clip *m, const ldm_bundle *b) {
-    json_t *j = cfg_load(b, MEMBER);
-    if (!j) return -1;
+/* Every count is bounded (core/limits.h) before anything is allocated from it. */
+static int parse_config(ldm_clip *m, json_t *j) {
     const char *act;
     int rc = -1;
-    if (cfg_int(j, MEMBER, "hidden_size", &m->hidden) ||
-        cfg_int(j, MEMBER, "intermediate_size", &m->inter) ||
-        cfg_int(j, MEMBER, "num_hidden_layers", &m->n_layers) ||
-        cfg_int(j, MEMBER, "num_attention_heads", &m->heads) ||
-        cfg_int(j, MEMBER, "max_position_embeddings", &m->max_pos) ||
-        cfg_int_or(j, MEMBER, "vocab_size", 49408, &m->vocab) ||
+    if (cfg_count(j, MEMBER, "hidden_size", 1, LDM_MAX_CHANNELS, &m->hidden) ||
+        cfg_count(j, MEMBER, "intermediate_size", 1, LDM_MAX_WIDTH, &m->inter) ||
+        cfg_count(j, MEMBER, "num_hidden_layers", 1, LDM_MAX_LAYERS, &m->n_layers) ||
+        cfg_count(j, MEMBER, "num_attention_heads", 1, LDM_MAX_CHANNELS, &m->heads) ||
+        cfg_count(j, MEMBER, "max_position_embeddings", 1, LDM_MAX_POSITIONS, &m->max_pos) ||
+        cfg_count_or(j, MEMBER, "vocab_size", 49408, 1, LDM_MAX_VOCAB, &m->vocab) ||
         cfg_float_or(j, MEMBER, "layer_norm_eps", 1e-5f, &m->eps) ||
         cfg_str(j, MEMBER, "hidden_act", &act))
         goto out;
@@ -60,16 +61,6 @@ static int read_config(ldm_clip *m, const ldm_bundle *b) {
                   "or \"gelu\")", MEMBER, act);
         goto out;
     }
-    struct { const char *name; int v; } pos[] = {
-        {"hidden_size", m->hidden}, {"intermediate_size", m->inter},
-        {"num_hidden_layers", m->n_layers}, {"num_attention_heads", m->heads},
-        {"max_position_embeddings", m->max_pos}, {"vocab_size", m->vocab}};
-    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
-        if (pos[i].v <= 0) {
-            ldm_error("%s: field \"%s\": expected a positive integer, found %d", MEMBER,
-                      pos[i].name, pos[i].v);
-            goto out;
-        }
     if (m->hidden % m->heads) {
         ldm_error("%s: field \"hidden_size\" (%d) is not a multiple of \"num_attention_heads\" "
                   "(%d)", MEMBER, m->hidden, m->heads);
@@ -82,14 +73,16 @@ static int read_config(ldm_clip *m, const ldm_bundle *b) {
     }
     rc = 0;
 out:
-    json_decref(j);
     return rc;
 }
 
-ldm_clip *ldm_clip_load(const ldm_bundle *b, ldm_backend *be) {
+/* The model from a parsed config: weights from b, or weightless when b is NULL. */
+static ldm_clip *clip_build(json_t *j, const ldm_bundle *b, ldm_backend *be) {
     ldm_clip *m = ldm_xcalloc(1, sizeof *m);
     m->be = be;
-    if (read_config(m, b)) { free(m); return NULL; }
+    int rc = parse_config(m, j);
+    json_decref(j);
+    if (rc) { free(m); return NULL; }
     const int C = m->hidden, I = m->inter;
     ldm_loader L = {b, be, 0, NULL, 0, 0};
     m->tok_emb = ldm_load_weight(&L, LDM_MAT(m->vocab, C), PFX "embeddings.token_embedding.weight");
@@ -123,9 +116,25 @@ ldm_clip *ldm_clip_load(const ldm_bundle *b, ldm_backend *be) {
     return m;
 }
 
+ldm_clip *ldm_clip_load(const ldm_bundle *b, ldm_backend *be) {
+    json_t *j = cfg_load(b, MEMBER);
+    return j ? clip_build(j, b, be) : NULL;
+}
+
+ldm_clip *ldm_clip_from_config(const char *config_json) {
+    json_t *j = cfg_parse(config_json, MEMBER);
+    if (!j) return NULL;
+    ldm_backend *dry = ldm_backend_new("dry", NULL);
+    ldm_clip *m = clip_build(j, NULL, dry);
+    if (m) m->owns_be = 1;
+    else ldm_backend_free(dry);
+    return m;
+}
+
 void ldm_clip_free(ldm_clip *m) {
     if (!m) return;
     ldm_be_release_weights(m->be, m->weights);
+    if (m->owns_be) ldm_backend_free(m->be);
     free(m->layers);
     free(m);
 }

@@ -237,9 +237,41 @@ int cfg_str_list(const json_t *j, const char *member, const char *field, const c
     return 0;
 }
 
+static int in_range(int v, const char *member, const char *field, int min, int max) {
+    if (v >= min && v <= max) return 0;
+    return ldm_error("%s: field \"%s\": %d is out of range (expected %d..%d)", member, field, v,
+                     min, max);
+}
+
+int cfg_count(const json_t *j, const char *member, const char *field, int min, int max, int *out) {
+    int v;
+    if (cfg_int(j, member, field, &v) || in_range(v, member, field, min, max)) return -1;
+    *out = v;
+    return 0;
+}
+
+int cfg_count_or(const json_t *j, const char *member, const char *field, int def, int min,
+                 int max, int *out) {
+    int v;
+    if (cfg_int_or(j, member, field, def, &v) || in_range(v, member, field, min, max)) return -1;
+    *out = v;
+    return 0;
+}
+
+int cfg_count_list(const json_t *j, const char *member, const char *field, int *out, int maxn,
+                   int *n, int min, int max) {
+    if (cfg_int_list(j, member, field, out, maxn, n)) return -1;
+    char name[256];
+    for (int i = 0; i < *n; i++) {
+        snprintf(name, sizeof name, "%s[%d]", field, i);
+        if (in_range(out[i], member, name, min, max)) return -1;
+    }
+    return 0;
+}
+
 ldm_tensor *ldm_load_weight(ldm_loader *L, int ndim, int64_t d0, int64_t d1, int64_t d2,
                             int64_t d3, const char *fmt, ...) {
-    if (L->failed) return NULL;
+    if (L->failed || !L->b) return NULL;   /* !b: a weightless model (shapes only) */
     char name[512];
     va_list ap;
     va_start(ap, fmt);

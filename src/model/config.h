@@ -58,12 +58,28 @@ int cfg_bool_or_list_or(const json_t *j, const char *member, const char *field, 
 int cfg_str_list(const json_t *j, const char *member, const char *field, const char **out,
                  int max, int *n);
 
+/* ---- Counts and dimensions: bounded integers ----
+ * Every count or dimension read from a config (a channel count, a layer count, a size)
+ * has an explicit maximum from core/limits.h and is read with one of these, so that no
+ * value can reach an allocation or a multiplication unchecked.  A value outside [min, max]
+ * is an error naming member and field:
+ *   text_encoder/config.json: field "num_hidden_layers": 2147483647 is out of range
+ *   (expected 1..64) */
+int cfg_count(const json_t *j, const char *member, const char *field, int min, int max, int *out);
+int cfg_count_or(const json_t *j, const char *member, const char *field, int def, int min,
+                 int max, int *out);
+/* A list of at most `maxn` counts, each in [min, max] (entries named "field[i]"). */
+int cfg_count_list(const json_t *j, const char *member, const char *field, int *out, int maxn,
+                   int *n, int min, int max);
+
 /* ---- Weights: look up, check the shape, then prepare them for the backend at once ----
  * The first failure is kept (its message names the tensor) and every later call returns
  * NULL at once, so a loader can fetch all its weights and test L.failed once at the end.
  * ldm_loader_finish hands every weight fetched to the backend in one call (CUDA: one
  * device allocation for the model), returned in *weights_buf for
- * ldm_be_release_weights when the model is freed:
+ * ldm_be_release_weights when the model is freed.  A loader with b == NULL is weightless
+ * (a model built from its config alone, for memory planning on the dry backend): every
+ * lookup returns NULL without failing:
  *
  *   ldm_loader L = {b, be};
  *   w = ldm_load_weight(&L, LDM_CONV(cout, cin, 3), "vae.decoder.up_blocks.%d.resnets.%d.conv1.weight", i, j);

@@ -1,7 +1,8 @@
 /* model.h - the three networks of a latent diffusion model, loaded from a bundle.
  *
- * Each loader reads its component's config.json from the bundle, checks every weight
- * it needs (name and shape), and prepares them for the backend.  Forward functions
+ * Each loader reads its component's config.json from the bundle, checks every count in
+ * it against core/limits.h, checks every weight it needs (name and shape), and prepares
+ * them for the backend.  Forward functions
  * take and return HOST float32 arrays; inside they reset and use the arena.
  * Each model reports the arena bytes it needs for a shape via a dry run
  * (ldm_*_arena_bytes), so the caller sizes one arena once per resolution.
@@ -15,6 +16,9 @@
 /* ---- CLIP text encoder (transformers CLIPTextModel) ---- */
 typedef struct ldm_clip ldm_clip;
 ldm_clip *ldm_clip_load(const ldm_bundle *b, ldm_backend *be);
+/* A weightless text encoder from config.json text, on the dry backend only (memory
+ * planning, config checks).  NULL + ldm_error if refused. */
+ldm_clip *ldm_clip_from_config(const char *config_json);
 void ldm_clip_free(ldm_clip *m);
 int ldm_clip_hidden_size(const ldm_clip *m);
 int ldm_clip_max_length(const ldm_clip *m);  /* max_position_embeddings, 77 */
@@ -46,6 +50,8 @@ int ldm_unet_forward(ldm_unet *m, ldm_arena *a, const float *x, float t, const f
 /* ---- VAE decoder (diffusers AutoencoderKL) ---- */
 typedef struct ldm_vae ldm_vae;
 ldm_vae *ldm_vae_load(const ldm_bundle *b, ldm_backend *be);
+/* A weightless VAE decoder from config.json text, on the dry backend only. */
+ldm_vae *ldm_vae_from_config(const char *config_json);
 void ldm_vae_free(ldm_vae *m);
 float ldm_vae_scaling_factor(const ldm_vae *m);
 int ldm_vae_latent_channels(const ldm_vae *m);

@@ -31,11 +31,12 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "core/limits.h"
 #include "model/config.h"
 #include "model/model.h"
 
 #define CFG_NAME "unet/config.json"
-#define MAX_BLOCKS 8
+#define MAX_BLOCKS LDM_MAX_BLOCKS
 
 /* ------------------------------------------------------------------------------------------
  * Model structure (names follow the diffusers modules) */
@@ -143,20 +144,22 @@ static int is_false(json_t *root, const char *field) {
     return x ? refuse(root, field, "false") : 0;
 }
 
-/* An integer field >= min (def when missing or null). */
-static int int_min(json_t *root, const char *field, int def, int min, int *out) {
+/* An integer field in [min, max] (def when missing or null); max from core/limits.h. */
+static int int_range(json_t *root, const char *field, int def, int min, int max, int *out) {
     if (cfg_int_or(root, CFG_NAME, field, def, out)) return -1;
-    if (*out >= min) return 0;
-    char e[48];
-    snprintf(e, sizeof e, "an integer >= %d", min);
+    if (*out >= min && *out <= max) return 0;
+    char e[64];
+    snprintf(e, sizeof e, "an integer in %d..%d", min, max);
     return refuse(root, field, e);
 }
 
-/* Per-block integers (an integer or one per block), each >= 1. */
-static int per_block(json_t *root, const char *field, int def, int n, int *out) {
+/* Per-block integers (an integer or one per block), each in 1..max. */
+static int per_block(json_t *root, const char *field, int def, int n, int max, int *out) {
     if (cfg_int_or_list_or(root, CFG_NAME, field, n, def, out)) return -1;
+    char e[64];
+    snprintf(e, sizeof e, "positive integers up to %d", max);
     for (int i = 0; i < n; i++)
-        if (out[i] < 1) return refuse(root, field, "positive integers");
+        if (out[i] < 1 || out[i] > max) return refuse(root, field, e);
     return 0;
 }
 
@@ -195,24 +198,25 @@ static int parse_config(ldm_unet *m, unet_arch *A, json_t *root) {
         return -1;
     if (n_boc != n) return refuse(root, "block_out_channels", "one entry per down block");
     for (int i = 0; i < n; i++)
-        if (m->block_out[i] < 1) return refuse(root, "block_out_channels", "positive integers");
+        if (m->block_out[i] < 1 || m->block_out[i] > LDM_MAX_CHANNELS)
+            return refuse(root, "block_out_channels", "positive integers up to 16384");
 
     if (str_in(root, "mid_block_type", "UNetMidBlock2DCrossAttn", mid,
                "\"UNetMidBlock2DCrossAttn\"") ||
-        int_min(root, "in_channels", 4, 1, &m->in_channels) ||
-        int_min(root, "out_channels", 4, 1, &m->out_channels) ||
-        int_min(root, "sample_size", 0, 0, &m->sample_size) ||
+        int_range(root, "in_channels", 4, 1, LDM_MAX_CHANNELS, &m->in_channels) ||
+        int_range(root, "out_channels", 4, 1, LDM_MAX_CHANNELS, &m->out_channels) ||
+        int_range(root, "sample_size", 0, 0, LDM_MAX_SAMPLE_SIZE, &m->sample_size) ||
         cfg_bool_or(root, CFG_NAME, "center_input_sample", 0, &m->center_input) ||
         cfg_bool_or(root, CFG_NAME, "flip_sin_to_cos", 1, &m->flip_sin_to_cos) ||
         cfg_float_or(root, CFG_NAME, "freq_shift", 0.0f, &m->freq_shift) ||
-        per_block(root, "layers_per_block", 2, n, A->layers))
+        per_block(root, "layers_per_block", 2, n, LDM_MAX_LAYERS, A->layers))
         return -1;
 
     /* heads: num_attention_heads or attention_head_dim (SD configs put the count there) */
     int dims[MAX_BLOCKS];
-    if (per_block(root, "attention_head_dim", 8, n, dims)) return -1;
+    if (per_block(root, "attention_head_dim", 8, n, LDM_MAX_CHANNELS, dims)) return -1;
     if (cfg_has(root, "num_attention_heads")) {
-        if (per_block(root, "num_attention_heads", 8, n, A->heads)) return -1;
+        if (per_block(root, "num_attention_heads", 8, n, LDM_MAX_CHANNELS, A->heads)) return -1;
     } else {
         memcpy(A->heads, dims, sizeof dims);
     }
@@ -223,7 +227,7 @@ static int parse_config(ldm_unet *m, unet_arch *A, json_t *root) {
             if (json_is_array(json_array_get(tl, i)))
                 return refuse(root, "transformer_layers_per_block",
                               "an integer or one integer per block");
-    if (per_block(root, "transformer_layers_per_block", 1, n, A->tlayers)) return -1;
+    if (per_block(root, "transformer_layers_per_block", 1, n, LDM_MAX_LAYERS, A->tlayers)) return -1;
     if (cfg_has(root, "reverse_transformer_layers_per_block"))
         return refuse(root, "reverse_transformer_layers_per_block", "null");
     if (cfg_bool_or_list_or(root, CFG_NAME, "only_cross_attention", n, 0, A->only_cross) ||
@@ -232,19 +236,19 @@ static int parse_config(ldm_unet *m, unet_arch *A, json_t *root) {
         return -1;
     if (json_is_array(json_object_get(root, "cross_attention_dim")))
         return refuse(root, "cross_attention_dim", "one integer for all blocks");
-    if (int_min(root, "cross_attention_dim", 1280, 1, &m->ctx_dim)) return -1;
+    if (int_range(root, "cross_attention_dim", 1280, 1, LDM_MAX_CHANNELS, &m->ctx_dim)) return -1;
 
     if (json_object_get(root, "norm_num_groups") && !cfg_has(root, "norm_num_groups"))
         return refuse(root, "norm_num_groups", "an integer");
-    if (int_min(root, "norm_num_groups", 32, 1, &m->groups) ||
+    if (int_range(root, "norm_num_groups", 32, 1, LDM_MAX_CHANNELS, &m->groups) ||
         cfg_float_or(root, CFG_NAME, "norm_eps", 1e-5f, &m->eps))
         return -1;
     for (int i = 0; i < n; i++)
         if (m->block_out[i] % m->groups)
             return refuse(root, "norm_num_groups", "a divisor of every block_out_channels");
 
-    m->temb_dim = 4 * m->block_out[0];
-    if (int_min(root, "time_embedding_dim", m->temb_dim, 1, &m->temb_dim)) return -1;
+    m->temb_dim = 4 * m->block_out[0];   /* <= 4 * LDM_MAX_CHANNELS = LDM_MAX_WIDTH */
+    if (int_range(root, "time_embedding_dim", m->temb_dim, 1, LDM_MAX_WIDTH, &m->temb_dim)) return -1;
 
     /* the fixed parts of the SD architecture */
     if (str_in(root, "act_fn", "silu", silu, "\"silu\"") ||
@@ -426,7 +430,9 @@ static int load_weights(ldm_unet *m, const unet_arch *A, ldm_loader *L) {
         }
         cin = cout;
     }
-    if (nskip >= nskip_max) return ldm_error("%s: too many layers", CFG_NAME);
+    if (nskip >= nskip_max)
+        return ldm_error("%s: field \"layers_per_block\": too many layers in all (more than %d "
+                         "skip connections)", CFG_NAME, nskip_max - 1);
 
     /* mid block: heads, transformer layers and channels of the last down block */
     int cm = m->block_out[n - 1];

@@ -24,11 +24,12 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "core/limits.h"
 #include "model/config.h"
 #include "model/model.h"
 
 #define MEMBER "vae/config.json"
-#define MAX_BLOCKS 8
+#define MAX_BLOCKS LDM_MAX_BLOCKS
 #define GN_EPS 1e-6f
 
 typedef struct {
@@ -67,6 +68,7 @@ typedef struct {
 
 struct ldm_vae {
     ldm_backend *be;
+    int owns_be;             /* ldm_vae_from_config: a dry handle of its own */
     void *weights;           /* the backend's copy of the weights, or NULL */
     int latent, out_ch, n_blocks, layers, groups, has_attn, use_pq;
     int block_out[MAX_BLOCKS];
@@ -82,18 +84,18 @@ struct ldm_vae {
 
 /* ---- loading ---- */
 
-static int read_config(ldm_vae *m, const ldm_bundle *b) {
-    json_t *j = cfg_load(b, MEMBER);
-    if (!j) return -1;
+/* Every count is bounded (core/limits.h) before anything is allocated from it. */
+static int parse_config(ldm_vae *m, json_t *j) {
     int rc = -1, n_types = 0;
     const char *types[MAX_BLOCKS], *act, *cls;
     float shift;
     if (cfg_str_or(j, MEMBER, "_class_name", "AutoencoderKL", &cls) ||
-        cfg_int(j, MEMBER, "latent_channels", &m->latent) ||
-        cfg_int(j, MEMBER, "out_channels", &m->out_ch) ||
-        cfg_int_list(j, MEMBER, "block_out_channels", m->block_out, MAX_BLOCKS, &m->n_blocks) ||
-        cfg_int(j, MEMBER, "layers_per_block", &m->layers) ||
-        cfg_int(j, MEMBER, "norm_num_groups", &m->groups) ||
+        cfg_count(j, MEMBER, "latent_channels", 1, LDM_MAX_CHANNELS, &m->latent) ||
+        cfg_count(j, MEMBER, "out_channels", 1, LDM_MAX_CHANNELS, &m->out_ch) ||
+        cfg_count_list(j, MEMBER, "block_out_channels", m->block_out, MAX_BLOCKS, &m->n_blocks, 1,
+                       LDM_MAX_CHANNELS) ||
+        cfg_count(j, MEMBER, "layers_per_block", 0, LDM_MAX_LAYERS, &m->layers) ||
+        cfg_count(j, MEMBER, "norm_num_groups", 1, LDM_MAX_CHANNELS, &m->groups) ||
         cfg_str_list(j, MEMBER, "up_block_types", types, MAX_BLOCKS, &n_types) ||
         cfg_str_or(j, MEMBER, "act_fn", "silu", &act) ||
         cfg_float_or(j, MEMBER, "scaling_factor", 0.18215f, &m->scaling) ||
@@ -145,7 +147,6 @@ static int read_config(ldm_vae *m, const ldm_bundle *b) {
         }
     rc = 0;
 out:
-    json_decref(j);
     return rc;
 }
 
@@ -171,7 +172,7 @@ static void load_resnet(ldm_loader *L, vae_resnet *r, int cin, int cout, const c
 static void load_attn(ldm_loader *L, vae_attn *t, int C, const char *pfx) {
     char probe[256];
     snprintf(probe, sizeof probe, "%s.to_q.weight", pfx);
-    int old = !ldm_bundle_tensor(L->b, probe);
+    int old = L->b && !ldm_bundle_tensor(L->b, probe);   /* !L->b: weightless */
     if (old) { /* converted by older diffusers: fall back only if those names exist */
         snprintf(probe, sizeof probe, "%s.query.weight", pfx);
         old = ldm_bundle_tensor(L->b, probe) != NULL;
@@ -194,7 +195,7 @@ static void load_attn(ldm_loader *L, vae_attn *t, int C, const char *pfx) {
  * bundle can still generate from text).  0, or -1 with the loader failed. */
 static int load_encoder(ldm_vae *m, const ldm_bundle *b, ldm_loader *L) {
     vae_encoder *e = &m->enc;
-    if (!ldm_bundle_tensor(b, "vae.encoder.conv_in.weight")) return 0;
+    if (!b || !ldm_bundle_tensor(b, "vae.encoder.conv_in.weight")) return 0;
     json_t *j = cfg_load(b, MEMBER);
     if (!j) { L->failed = 1; return -1; }
     const char *types[MAX_BLOCKS];
@@ -267,10 +268,13 @@ out:
     return L->failed ? -1 : 0;
 }
 
-ldm_vae *ldm_vae_load(const ldm_bundle *b, ldm_backend *be) {
+/* The model from a parsed config: weights from b, or weightless when b is NULL. */
+static ldm_vae *vae_build(json_t *j, const ldm_bundle *b, ldm_backend *be) {
     ldm_vae *m = ldm_xcalloc(1, sizeof *m);
     m->be = be;
-    if (read_config(m, b)) { free(m); return NULL; }
+    int rc = parse_config(m, j);
+    json_decref(j);
+    if (rc) { free(m); return NULL; }
     ldm_loader L = {b, be, 0, NULL, 0, 0};
     const int Z = m->latent, top = m->block_out[m->n_blocks - 1];
     char pfx[256];
@@ -313,6 +317,21 @@ ldm_vae *ldm_vae_load(const ldm_bundle *b, ldm_backend *be) {
     return m;
 }
 
+ldm_vae *ldm_vae_load(const ldm_bundle *b, ldm_backend *be) {
+    json_t *j = cfg_load(b, MEMBER);
+    return j ? vae_build(j, b, be) : NULL;
+}
+
+ldm_vae *ldm_vae_from_config(const char *config_json) {
+    json_t *j = cfg_parse(config_json, MEMBER);
+    if (!j) return NULL;
+    ldm_backend *dry = ldm_backend_new("dry", NULL);
+    ldm_vae *m = vae_build(j, NULL, dry);
+    if (m) m->owns_be = 1;
+    else ldm_backend_free(dry);
+    return m;
+}
+
 void ldm_vae_free(ldm_vae *m) {
     if (!m) return;
     for (int i = 0; i < MAX_BLOCKS; i++) {
@@ -320,6 +339,7 @@ void ldm_vae_free(ldm_vae *m) {
         free(m->enc.down[i].res);
     }
     ldm_be_release_weights(m->be, m->weights);
+    if (m->owns_be) ldm_backend_free(m->be);
     free(m);
 }
 

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "core/common.h"
+#include "core/limits.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "core/rng.h"
@@ -238,10 +239,10 @@ static int bundle_geometry(const ldm_bundle *b, int *def, int *mult) {
     int ub[8], vb[8], nu = 0, nv = 0, ss = 0, rc = -1;
     if (v && !cfg_int_list(u, "unet/config.json", "block_out_channels", ub, 8, &nu) &&
         !cfg_int_list(v, "vae/config.json", "block_out_channels", vb, 8, &nv) &&
-        !cfg_int(u, "unet/config.json", "sample_size", &ss)) {
-        if (nu < 1 || nv < 1 || ss < 1 || ss > 8192)
-            ldm_error("%s: unet/vae config: empty block_out_channels, or sample_size %d outside "
-                      "1..8192", ldm_bundle_path(b), ss);
+        !cfg_count(u, "unet/config.json", "sample_size", 0, LDM_MAX_SAMPLE_SIZE, &ss)) {
+        if (nu < 1 || nv < 1 || ss < 1)
+            ldm_error("%s: unet/vae config: empty block_out_channels or bad sample_size",
+                      ldm_bundle_path(b));
         else {
             int f = 1 << (nv - 1);
             *def = ss * f;

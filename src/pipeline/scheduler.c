@@ -66,7 +66,7 @@ int ldm_sched_is_ancestral(const ldm_sched_config *c) {
  * jansson rejects them.  Replace them, outside strings, by null. */
 static char *json_sanitize(const char *s) {
     size_t n = strlen(s);
-    char *o = ldm_xmalloc(n + 1), *p = o;
+    char *o = ldm_xmalloc(n + n / 3 + 1), *p = o;   /* "NaN" (3) -> "null" (4) grows the text */
     int in_str = 0;
     for (size_t i = 0; i < n;) {
         char ch = s[i];
