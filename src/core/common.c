@@ -139,9 +139,9 @@ char *ldm_read_file(const char *path, size_t *len) {
     return buf;
 }
 
-int ldm_write_file_atomic(const char *path, const void *data, size_t len) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+/* data into "path.tmp.PID", fsynced and closed; tmp gets the name. */
+static int write_tmp(const char *path, const void *data, size_t len, char *tmp, size_t cap) {
+    snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) return ldm_error("%s: cannot create: %s", path, strerror(errno));
     const char *p = data;
@@ -161,6 +161,36 @@ int ldm_write_file_atomic(const char *path, const void *data, size_t len) {
         unlink(tmp);
         return ldm_error("%s: write failed: %s", path, strerror(synced ? synced : closed));
     }
+    return 0;
+}
+
+int ldm_write_file_atomic(const char *path, const void *data, size_t len) {
+    char tmp[4096];
+    if (write_tmp(path, data, len, tmp, sizeof tmp)) return -1;
     if (rename(tmp, path) != 0) { int e = errno; unlink(tmp); return ldm_error("%s: cannot rename into place: %s", path, strerror(e)); }
+    return 0;
+}
+
+int ldm_write_file_new(const char *path, const void *data, size_t len) {
+    char tmp[4096];
+    if (write_tmp(path, data, len, tmp, sizeof tmp)) return -1;
+    /* renameat2(RENAME_NOREPLACE) where the file system has it, else link(): both fail
+     * with EEXIST instead of replacing; the last resort checks first (not atomic) */
+    int rc = renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE), e = rc ? errno : 0;
+    if (rc && (e == EINVAL || e == ENOSYS || e == ENOTSUP)) {
+        rc = link(tmp, path);
+        e = rc ? errno : 0;
+        if (rc == 0 || e == EEXIST) unlink(tmp);
+        if (rc && (e == EPERM || e == ENOTSUP || e == EOPNOTSUPP)) {
+            struct stat st;
+            if (stat(path, &st) == 0) { rc = -1; e = EEXIST; unlink(tmp); }
+            else { rc = rename(tmp, path); e = rc ? errno : 0; }
+        }
+    }
+    if (rc) {
+        unlink(tmp);
+        if (e == EEXIST) return ldm_error("%s: exists (made meanwhile by another program); not replaced", path);
+        return ldm_error("%s: cannot rename into place: %s", path, strerror(e));
+    }
     return 0;
 }

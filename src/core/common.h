@@ -70,5 +70,8 @@ char *ldm_read_file(const char *path, size_t *len);
 
 /* Write a file atomically: data goes to "path.tmp.PID" which is fsynced and renamed. */
 int ldm_write_file_atomic(const char *path, const void *data, size_t len);
+/* The same, but an existing file is never replaced: -1 (naming it) when path exists,
+ * also when another process creates it at the same moment. */
+int ldm_write_file_new(const char *path, const void *data, size_t len);
 
 #endif
