@@ -172,9 +172,20 @@ exec "$ABS_GEN" --bundle "$ABS_B" --prompts "\$1" --seed 100 -n 3 -o "\$2/{index
 EOF
 chmod +x "$S/shard.sh"
 
-A=$(sbatch --parsable --array=0-3 -J ldm-shards -o "$S/task-%a.out" "$S/shard.sh" "$S/p.txt" "$S/out" "$S/db")
-MJ=$(sbatch --parsable --dependency=afterok:$A -J ldm-merge -o "$S/merge.out" \
-     --wrap "\"$ABS_GEN\" history merge \"$S/merged/all.db\" \"$S\"/db/shard-*.db")
+# the first submission as README.md and ldmgen(1) write it: the script on stdin, the
+# merge with --kill-on-invalid-dep (also the cluster's default here)
+cd "$S"
+A=$(sbatch --parsable --job-name=ldm-sweep --array=0-3 --cpus-per-task=1 --requeue \
+        --output="$S/task-%a.out" <<EOF
+#!/bin/sh
+export OMP_NUM_THREADS=\$SLURM_CPUS_PER_TASK
+exec "$ABS_GEN" --bundle "$ABS_B" --prompts p.txt --seed 100 -n 3 \\
+     -o 'out/{index:02}-{seed}.png' --db 'db/shard-{shard}.db'
+EOF
+)
+MJ=$(sbatch --parsable --dependency=afterok:$A --kill-on-invalid-dep=yes --job-name=ldm-merge \
+       --output="$S/merge.out" --wrap "\"$ABS_GEN\" history merge merged/all.db db/shard-*.db")
+cd "$ROOT"
 JOBS="$A $MJ"
 check "submitted the array ($A) and the merge job ($MJ)" test -n "$A" -a -n "$MJ"
 wait_jobs "$A,$MJ"
