@@ -44,7 +44,7 @@ check "--no-cache: no hit" sh -c "! grep -q 'cache hit' '$TMP/err3'"
 check "--no-cache: says so" grep -q 'cache not used' "$TMP/err3"
 check "--no-cache: byte-identical PNG" cmp -s "$O/c1.png" "$O/c3.png"
 $G --seed 5 -o "$O/c4.png" --no-cache -q "never cached prompt"
-$G --seed 5 -o "$O/c4.png" -v "never cached prompt" > /dev/null 2> "$TMP/err4"
+$G --seed 5 -o "$O/c4.png" --overwrite -v "never cached prompt" > /dev/null 2> "$TMP/err4"
 check "--no-cache writes nothing to the cache" grep -q 'text embedding (prompt): cache miss' "$TMP/err4"
 $G --seed 5 -g 1 -o "$O/c6.png" -v "$P" > /dev/null 2> "$TMP/err6"
 check "-g 1: prompt only, from the cache" grep -q 'text embedding (prompt): cache hit' "$TMP/err6"
@@ -54,7 +54,7 @@ check "clip skip is part of the key (miss)" grep -q 'text embedding (prompt): ca
 check "negative prompt uses the last layer (hit)" grep -q 'text embedding (negative prompt): cache hit' "$TMP/err7"
 # (last: a cap of 0 empties the cache)
 $G --seed 5 -o "$O/c5.png" --cache-max-mb 0 -q "capped prompt"
-$G --seed 5 -o "$O/c5.png" -v --cache-max-mb 0 "capped prompt" > /dev/null 2> "$TMP/err5"
+$G --seed 5 -o "$O/c5.png" --overwrite -v --cache-max-mb 0 "capped prompt" > /dev/null 2> "$TMP/err5"
 check "--cache-max-mb 0 keeps nothing" grep -q 'text embedding (prompt): cache miss' "$TMP/err5"
 expect_fail "--cache-max-mb x" 2 'cache size "x"' $G --cache-max-mb x -o "$O/x.png" "$P"
 
@@ -91,12 +91,12 @@ check "batch: its own sha" test "$(field png_sha256)" = "$(sha256sum < "$O/batch
 check "batch: seed 10 recorded" test "$(rows "$DB" --seed 10)" -eq 1
 
 # ---- the database path: --db, LDM_DB, XDG_DATA_HOME, HOME ----
-( unset LDM_DB; XDG_DATA_HOME="$TMP/xdg" "$GEN" --bundle "$B" -n 1 --seed 1 -o "$O/p.png" -q "$P" )
+( unset LDM_DB; XDG_DATA_HOME="$TMP/xdg" "$GEN" --bundle "$B" -n 1 --seed 1 -o "$O/p.png" --overwrite -q "$P" )
 check "XDG_DATA_HOME/ldm/ldm.db" test "$(rows "$TMP/xdg/ldm/ldm.db")" -eq 1
-( unset LDM_DB XDG_DATA_HOME; HOME="$TMP/home" "$GEN" --bundle "$B" -n 1 --seed 1 -o "$O/p.png" -q "$P" )
+( unset LDM_DB XDG_DATA_HOME; HOME="$TMP/home" "$GEN" --bundle "$B" -n 1 --seed 1 -o "$O/p.png" --overwrite -q "$P" )
 check "~/.local/share/ldm/ldm.db" test "$(rows "$TMP/home/.local/share/ldm/ldm.db")" -eq 1
-( LDM_DB="$TMP/env.db" "$GEN" --bundle "$B" -n 1 --seed 1 -o "$O/p.png" -q "$P"
-  LDM_DB="$TMP/env.db" "$GEN" --bundle "$B" -n 1 --seed 1 --db "$TMP/opt.db" -o "$O/p.png" -q "$P" )
+( LDM_DB="$TMP/env.db" "$GEN" --bundle "$B" -n 1 --seed 1 -o "$O/p.png" --overwrite -q "$P"
+  LDM_DB="$TMP/env.db" "$GEN" --bundle "$B" -n 1 --seed 1 --db "$TMP/opt.db" -o "$O/p.png" --overwrite -q "$P" )
 check "LDM_DB" test "$(rows "$TMP/env.db")" -eq 1
 check "--db wins over LDM_DB" test "$(rows "$TMP/opt.db")" -eq 1
 check "history reads LDM_DB" test "$(LDM_DB="$TMP/env.db" "$GEN" history --json | wc -l)" -eq 1

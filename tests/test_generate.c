@@ -279,7 +279,7 @@ static void test_prompts(void) {
     for (int i = 0; i < n; i++) {
         path_in(out, sizeof out, "p.png");
         char *argv[] = {gen, "--bundle", bundle, "--db", dbp, "-n", "1", "--seed", "9", "-q",
-                        "-o", out, "--negative", (char *)cases[i].negative, "--",
+                        "--overwrite", "-o", out, "--negative", (char *)cases[i].negative, "--",
                         (char *)cases[i].prompt, NULL};
         int rc = run(argv, NULL, err);
         CHECK(rc == 0, "case %d: ldmgen exits 0 (got %d)", i, rc);
@@ -371,7 +371,7 @@ static void test_replay_differs(void) {
     ldm_db_close(db);
     char id[32];
     snprintf(id, sizeof id, "%lld", (long long)o.id);
-    char *rargv[] = {gen, "replay", "--db", dbp, "-o", r1, id, NULL};
+    char *rargv[] = {gen, "replay", "--db", dbp, "--overwrite", "-o", r1, id, NULL};
     CHECK(run(rargv, outp, err) == 0, "replay of an untouched record: identical");
     sqlite3 *h;
     sqlite3_open(dbp, &h);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "core/common.h"
+#include "core/sha256.h"
 
 extern const char *const ldm_schema_migrations[];
 extern const int ldm_schema_migration_count;
@@ -29,6 +30,53 @@ struct ldm_db {
 };
 
 int ldm_db_schema_version(void) { return ldm_schema_migration_count; }
+
+struct sqlite3 *ldm_db_sqlite(ldm_db *db) { return db->h; }
+
+/* ---- globally unique ids (schema 004) ---- */
+
+static void format_uuid(uint8_t b[16], int version, char out[37]) {
+    b[6] = (uint8_t)((b[6] & 0x0f) | (version << 4));
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);   /* RFC 9562 variant */
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 15];
+    }
+    *o = 0;
+}
+
+void ldm_uuid_new(char out[37]) {
+    uint8_t b[16];
+    sqlite3_randomness(16, b);   /* seeded from the operating system's randomness */
+    format_uuid(b, 4, out);
+}
+
+/* ldm_legacy_uuid(kind, ...): a version-8 UUID from the SHA-256 of its arguments' text
+ * (NULL and "" differ), for rows written before schema 004. */
+static void legacy_uuid_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+    ldm_sha256 s;
+    ldm_sha256_init(&s);
+    ldm_sha256_update(&s, "ldm legacy uuid", 16);
+    for (int i = 0; i < argc; i++) {
+        if (sqlite3_value_type(argv[i]) == SQLITE_NULL) {
+            ldm_sha256_update(&s, "\1", 2);
+            continue;
+        }
+        const unsigned char *t = sqlite3_value_text(argv[i]);
+        int n = sqlite3_value_bytes(argv[i]);
+        ldm_sha256_update(&s, "\2", 1);
+        if (t) ldm_sha256_update(&s, t, (size_t)n);
+        ldm_sha256_update(&s, "", 1);
+    }
+    uint8_t d[32];
+    ldm_sha256_final(&s, d);
+    char out[37];
+    format_uuid(d, 8, out);
+    sqlite3_result_text(ctx, out, -1, SQLITE_TRANSIENT);
+}
 
 
 /* mkdir -p of the folder that will hold `path`. */
@@ -120,6 +168,8 @@ ldm_db *ldm_db_open(const char *path) {
     }
     sqlite3_busy_timeout(db->h, 30000);
     sqlite3_extended_result_codes(db->h, 1);
+    sqlite3_create_function(db->h, "ldm_legacy_uuid", -1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+                            legacy_uuid_fn, NULL, NULL);
     /* Switching to WAL needs a moment of exclusive access; retry while others open. */
     for (int tries = 0;; tries++) {
         char *msg = NULL;
@@ -351,6 +401,11 @@ int ldm_db_begin(ldm_db *db, ldm_gen_record *r) {
     ldm_record_set(&r->status, "running");
     if (!r->pid) r->pid = (int64_t)getpid();
     if (!r->host) ldm_record_set(&r->host, db->host);
+    if (!r->uuid || !r->uuid[0]) {
+        char u[37];
+        ldm_uuid_new(u);
+        ldm_record_set(&r->uuid, u);
+    }
     char seedbuf[24];
     int k = 0;
     for (int i = 0; i < ldm_record_field_count; i++) {
@@ -385,10 +440,13 @@ int ldm_db_finish(ldm_db *db, ldm_gen_record *r, const char *status, const char 
 }
 
 int64_t ldm_db_new_grid(ldm_db *db, const char *spec, const char *output_path) {
-    sqlite3_stmt *st = prepare(db, "INSERT INTO grids(spec, output_path) VALUES (?1, ?2)");
+    sqlite3_stmt *st = prepare(db, "INSERT INTO grids(spec, output_path, uuid) VALUES (?1, ?2, ?3)");
     if (!st) return -1;
+    char u[37];
+    ldm_uuid_new(u);
     bind_text(st, 1, spec);
     bind_text(st, 2, output_path);
+    bind_text(st, 3, u);
     if (step_done(db, st, "recording the grid") != 0) return -1;
     return sqlite3_last_insert_rowid(db->h);
 }
@@ -497,6 +555,9 @@ int ldm_db_query(ldm_db *db, const ldm_history_filter *f,
         "AND (?5 IS NULL OR status = ?5) "
         "AND (?6 IS NULL OR seed = ?6) "
         "AND (?7 = 0 OR grid_id = ?7) "
+        "AND (?9 IS NULL OR prompt_file = ?9) "
+        "AND (?10 = 0 OR prompt_line = ?10) "
+        "AND (?11 IS NULL OR uuid = ?11) "
         "ORDER BY id DESC LIMIT ?8");
     sqlite3_stmt *st = prepare(db, sql);
     free(sql);
@@ -515,6 +576,9 @@ int ldm_db_query(ldm_db *db, const ldm_history_filter *f,
     }
     sqlite3_bind_int64(st, 7, f->grid_id);
     sqlite3_bind_int64(st, 8, f->limit > 0 ? f->limit : -1);
+    bind_text(st, 9, f->prompt_file);
+    sqlite3_bind_int64(st, 10, f->prompt_line);
+    bind_text(st, 11, f->uuid);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         ldm_gen_record r;

@@ -21,11 +21,18 @@ typedef struct ldm_db ldm_db;
 /* The schema version this program writes (number of migrations). */
 int ldm_db_schema_version(void);
 
+/* A new random (version 4) UUID, lower-case, 36 characters and a NUL: the globally
+ * unique id of a generation or grid (schema 004), given when its row is created. */
+void ldm_uuid_new(char out[37]);
+
 
 /* Open (creating the folder and file if needed) and migrate.  NULL + ldm_error. */
 ldm_db *ldm_db_open(const char *path);
 void ldm_db_close(ldm_db *db);
 const char *ldm_db_path(const ldm_db *db);
+/* The SQLite connection, for code of this layer that works on whole tables (merge.c). */
+struct sqlite3;
+struct sqlite3 *ldm_db_sqlite(ldm_db *db);
 
 /* ---- prompt-embedding cache ---- */
 /* What an embedding is made from: the model, where and how it was computed, the token
@@ -50,12 +57,12 @@ int ldm_db_cache_stats(ldm_db *db, int64_t *bytes, int64_t *entries);
 
 /* ---- history: rows of table generations, one ldm_gen_record each (app/record.h) ---- */
 /* Insert a 'running' row for the run described by r; sets r->id, r->status and, when
- * unset, r->pid and r->host. */
+ * unset, r->pid, r->host and r->uuid (a new random UUID). */
 int ldm_db_begin(ldm_db *db, ldm_gen_record *r);
 /* End a run: status "ok", "failed" or "interrupted" (set in r with error), with r's
  * outputs and timings (the fields marked O). */
 int ldm_db_finish(ldm_db *db, ldm_gen_record *r, const char *status, const char *error);
-/* A new grid row; returns its id or -1. */
+/* A new grid row (with a new UUID); returns its id or -1. */
 int64_t ldm_db_new_grid(ldm_db *db, const char *spec, const char *output_path);
 int ldm_db_set_grid_output(ldm_db *db, int64_t grid_id, const char *output_path);
 
@@ -74,6 +81,9 @@ typedef struct ldm_history_filter {
     int has_seed;
     uint64_t seed;
     int64_t grid_id;          /* 0: any */
+    const char *prompt_file;  /* exact prompt_file, or NULL */
+    int64_t prompt_line;      /* 0: any */
+    const char *uuid;         /* exact uuid, or NULL */
     int limit;                /* 0: no limit */
 } ldm_history_filter;
 

@@ -146,21 +146,22 @@ typedef struct {
     ldm_db *db;        /* NULL: none (not wanted, or could not be opened) */
     int record, cache; /* history / cache wanted */
     int require;       /* require_history */
-    int *lost;         /* some history was not recorded (warned once) */
+    int *lost;         /* some history of this job was not recorded */
+    int *warned, warned_flag; /* warned once (per session: warned points to warned_flag) */
     char lost_msg[512];
 } session;
 
 static void history_lost(session *s, const char *why) {
-    if (!*s->lost) {
-        ldm_warn("history not recorded%s: %s", s->require ? " (--require-history)" : "", why);
-        snprintf(s->lost_msg, sizeof s->lost_msg, "history not recorded: %s", why);
-    }
+    if (!*s->warned) ldm_warn("history not recorded%s: %s", s->require ? " (--require-history)" : "", why);
+    if (!*s->lost) snprintf(s->lost_msg, sizeof s->lost_msg, "history not recorded: %s", why);
+    *s->warned = 1;
     *s->lost = 1;
 }
 
 static void session_open(session *s, ldm_job *j) {
     memset(s, 0, sizeof *s);
     s->lost = &j->history_lost;
+    s->warned = &s->warned_flag;
     s->record = !j->no_history && j->db_path;
     s->cache = !j->no_cache && j->db_path;
     s->require = j->require_history;
@@ -188,10 +189,28 @@ static void rec_finish(session *s, ldm_gen_record *r, const char *status, const 
 /* ------------------------------------------------------------------------------------ */
 /* the job */
 
-/* Everything one run shares: the bundle identity, names, rows and the pipeline. */
+/* What a session opens once for its jobs (ldm_session_open). */
+struct ldm_session {
+    ldm_job cfg;              /* the session's settings; its strings are the copies below */
+    char *bundle_path, *db_path, *backend_name;
+    ldm_pipeline *p;          /* configs from the start, models once loaded */
+    char *hash, *abs_bundle;
+    ldm_backend *be;          /* opened by the first job */
+    int db_opened;
+    session store;            /* the database, opened by the first job */
+    int loaded;
+    ldm_status broken;        /* the backend or the models failed: no job can run */
+    char broken_msg[1024];
+    ldm_embedder *emb;        /* after loading */
+    float *pos, *neg;         /* text embeddings of the generation running */
+};
+
+/* Everything one run shares: the bundle identity, names, rows and the pipeline (the
+ * pipeline, backend, embedder, hash and bundle path belong to the session). */
 typedef struct {
     ldm_job *j;
-    session s;
+    ldm_session *ss;
+    session s;                /* the session's database, with this job's lost flag */
     ldm_embedder *emb;
     ldm_backend *be;
     ldm_pipeline *p;
@@ -210,6 +229,8 @@ typedef struct {
     float *init;              /* preprocessed [3, H, W] */
     char *init_abs;           /* the path given, made absolute */
     char init_sha[65];        /* SHA-256 of the decoded 8-bit RGB pixels */
+    char *pattern, *lat_pattern; /* -o / --save-latent with every field but {id} */
+    int by_id;                /* the names use {id}: made once the rows exist */
 } run_state;
 
 /* The record of image `idx` of generation prm (a batch of `batch`). */
@@ -234,12 +255,20 @@ static void make_record(const run_state *r, const ldm_gen_params *prm, int idx, 
     m->batch_size = batch;
     m->batch_index = idx;
     m->replay_of = r->j->replay_of;
+    ldm_record_set(&m->prompt_file, r->j->prompt_file);
+    m->prompt_line = r->j->prompt_line;
     ldm_record_set(&m->backend, r->be ? ldm_backend_name(r->be) : "");
     if (r->init) {
         m->strength = prm->strength;
         ldm_record_set(&m->init_image_sha256, r->init_sha);
         ldm_record_set(&m->init_image, r->init_abs);
     }
+}
+
+/* A PNG under its final name: replacing a file only when the job allows it. */
+static int put_file(const run_state *r, const char *path, const void *data, size_t len) {
+    return r->j->refuse_existing ? ldm_write_file_new(path, data, len)
+                                 : ldm_write_file_atomic(path, data, len);
 }
 
 /* PNG bytes of an image with its two chunks, and their SHA-256. */
@@ -340,8 +369,8 @@ static void set_times(ldm_gen_record *rec, const ldm_gen_result *res) {
 }
 
 /* The latent picture: mean over channels, enlarged to the image size. */
-static int write_latent(const char *path, const float *lat, const ldm_gen_result *res,
-                        const char *params) {
+static int write_latent(const run_state *r, const char *path, const float *lat,
+                        const ldm_gen_result *res, const char *params) {
     uint8_t *img;
     int w, h;
     if (ldm_latent_image(lat, res->latent_channels, res->latent_h, res->latent_w,
@@ -352,7 +381,10 @@ static int write_latent(const char *path, const float *lat, const ldm_gen_result
              "(black = lowest, white = highest)", res->latent_channels, res->latent_h,
              res->latent_w, res->latent_channels);
     ldm_png_text t[2] = {{"Description", desc}, {"parameters", params}};
-    int rc = ldm_png_write(path, img, w, h, t, 2);
+    uint8_t *png = NULL;
+    size_t len = 0;
+    int rc = ldm_png_encode(img, w, h, t, 2, &png, &len) || put_file(r, path, png, len) ? -1 : 0;
+    free(png);
     free(img);
     return rc;
 }
@@ -377,7 +409,7 @@ static ldm_status run_batch(run_state *r, float *pos, float *neg) {
         char sha[65];
         int bad = encode_png(res.rgb + idx * img_bytes, res.width, res.height, params, meta, &png,
                              &len, sha) ||
-                  ldm_write_file_atomic(r->names[i], png, len);
+                  put_file(r, r->names[i], png, len);
         free(png);
         free(meta);
         if (bad) { free(params); rc = fail_rows(r, i); break; }
@@ -385,9 +417,10 @@ static ldm_status run_batch(run_state *r, float *pos, float *neg) {
         set_times(rec, &res);
         rec_finish(&r->s, rec, "ok", NULL);
         snprintf(j->png_sha256, sizeof j->png_sha256, "%s", sha);
+        j->images_written++;
         written(r, r->names[i]);
         if (j->latent_output) {
-            if (write_latent(r->lat_names[i], res.latents_final + idx * per, &res, params)) {
+            if (write_latent(r, r->lat_names[i], res.latents_final + idx * per, &res, params)) {
                 free(params);
                 char msg[1024];
                 snprintf(msg, sizeof msg, "%s", ldm_last_error());
@@ -477,10 +510,11 @@ static ldm_status run_grid(run_state *r, float *pos, float *neg) {
         ldm_record_free(&m);
         char sha[65];
         if (encode_png(grid, gw, gh, first_params, meta, &png, &len, sha) ||
-            ldm_write_file_atomic(r->names[0], png, len)) {
+            put_file(r, r->names[0], png, len)) {
             rc = fail_rows(r, 0);
         } else {
             snprintf(j->png_sha256, sizeof j->png_sha256, "%s", sha);
+            j->images_written++;
             finish_all(r, 0, "ok", NULL);
             written(r, r->names[0]);
         }
@@ -491,9 +525,11 @@ static ldm_status run_grid(run_state *r, float *pos, float *neg) {
         snprintf(desc, sizeof desc, "ldm final latents of the grid cells, each averaged over its "
                  "channels (black = lowest, white = highest)");
         ldm_png_text t[2] = {{"Description", desc}, {"parameters", first_params}};
+        free(png);
+        png = NULL;
         if (ldm_grid_compose((const uint8_t *const *)lcells, rows, cols, r->W, r->H,
                              (const char *const *)labels, &lgrid, &lw, &lh) ||
-            ldm_png_write(r->lat_names[0], lgrid, lw, lh, t, 2))
+            ldm_png_encode(lgrid, lw, lh, t, 2, &png, &len) || put_file(r, r->lat_names[0], png, len))
             rc = LDM_RUNTIME;
         else
             written(r, r->lat_names[0]);
@@ -564,6 +600,7 @@ void ldm_job_init(ldm_job *j) {
     j->output = "out.png";
     j->cache_max_mb = 256;
     j->only_index = -1;
+    ldm_name_fields_init(&j->name_fields);
 }
 
 /* The backend the job asked for: "cpu", "cuda", or CUDA when usable, else the CPU. */
@@ -590,16 +627,10 @@ static char *grid_spec_text(const ldm_grid_spec *g) {
     return ldm_xstrdup(spec);
 }
 
-ldm_status ldm_job_run(ldm_job *j) {
-    run_state R, *r = &R;
-    memset(r, 0, sizeof R);
-    r->j = j;
-    j->history_lost = 0;
-    j->png_sha256[0] = 0;
-    ldm_gen_params *base = &j->prm;
+/* What can be checked of the job alone, before any file is opened. */
+static ldm_status check_job(const ldm_job *j) {
+    const ldm_gen_params *base = &j->prm;
     const int grid = j->grid.rows > 0;
-    ldm_status rc = LDM_RUNTIME;
-    float *pos = NULL, *neg = NULL;
     if (!base->prompt) return ldm_error_kind(LDM_USAGE, "no prompt given"), LDM_USAGE;
     if (check_utf8(base->prompt, "prompt") || (base->negative && check_utf8(base->negative, "negative prompt")))
         return LDM_USAGE;
@@ -607,17 +638,216 @@ ldm_status ldm_job_run(ldm_job *j) {
         return ldm_error_kind(LDM_USAGE, "--grid makes one image per cell; -b does not apply"), LDM_USAGE;
     if (grid && (j->grid.rows > LDM_GRID_MAX || j->grid.cols < 1 || j->grid.cols > LDM_GRID_MAX))
         return ldm_error_kind(LDM_USAGE, "--grid: too many values"), LDM_USAGE;
+    if (!j->output || ldm_name_check(j->output) || (j->latent_output && ldm_name_check(j->latent_output)))
+        return j->output ? LDM_USAGE : (ldm_error_kind(LDM_USAGE, "no output name"), LDM_USAGE);
+    return LDM_OK;
+}
 
-    /* ---- plan: the bundle, its configs once, the parameters of every generation ---- */
+static int file_exists(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static int exists_error(const char *path) {
+    return ldm_error("%s exists; give --overwrite to replace it, or another -o", path);
+}
+
+/* names[] and lat_names[] of the expanded names out and lat (NULL: no latent), checked;
+ * with `exist` also that they are free (refuse_existing), a taken image name moving to
+ * out-N.png with numbered. */
+static int set_names(run_state *r, const char *out, const char *lat, int exist) {
+    ldm_job *j = r->j;
+    char *numbered = NULL;
+    int k = 0, rc = 0;
+    for (;;) {
+        const char *o = numbered ? numbered : out;
+        const char *taken = NULL;
+        for (int i = 0; i < r->n_img && !rc; i++) {
+            free(r->names[i]);
+            r->names[i] = ldm_output_name(o, i, r->n_img);
+            if (lat) {
+                free(r->lat_names[i]);
+                r->lat_names[i] = ldm_output_name(lat, i, r->n_img);
+            }
+            if (check_output(r->names[i]) || (lat && check_output(r->lat_names[i]))) rc = -1;
+            else if (lat && !strcmp(r->names[i], r->lat_names[i]))
+                rc = ldm_error_kind(LDM_USAGE, "--save-latent names the same file as the image");
+            else if (exist && j->refuse_existing && lat && file_exists(r->lat_names[i]))
+                rc = exists_error(r->lat_names[i]);
+            else if (exist && j->refuse_existing && !taken && file_exists(r->names[i]))
+                taken = r->names[i];
+        }
+        if (rc || !taken) break;
+        if (!j->numbered || k > 100000) { rc = exists_error(taken); break; }
+        k = k ? k + 1 : ldm_name_highest_number(out) + 1;
+        free(numbered);
+        numbered = ldm_name_numbered(out, k);
+    }
+    free(numbered);
+    return rc;
+}
+
+/* The patterns with every field but {id}; without {id} the names too. */
+static int plan_names(run_state *r) {
+    ldm_job *j = r->j;
+    ldm_name_fields f = j->name_fields;
+    f.has_seed = 1;
+    f.seed = j->prm.seed;
+    f.prompt = j->prm.prompt;
+    f.id = 0;
+    if (!(r->pattern = ldm_name_expand(j->output, &f))) return -1;
+    if (j->latent_output && !(r->lat_pattern = ldm_name_expand(j->latent_output, &f))) return -1;
+    r->by_id = ldm_name_uses(j->output, "id") || (j->latent_output && ldm_name_uses(j->latent_output, "id"));
+    r->names = ldm_xcalloc((size_t)r->n_img, sizeof *r->names);
+    r->lat_names = ldm_xcalloc((size_t)r->n_img, sizeof *r->lat_names);
+    if (!r->by_id) return set_names(r, r->pattern, r->lat_pattern, 0);
+    if (r->ss->cfg.no_history || !r->ss->cfg.db_path)
+        return ldm_error_kind(LDM_USAGE, "-o: {id} is the history id, and the history is not recorded");
+    /* the folders now (any id will do), the names once the rows exist */
+    ldm_name_fields g;
+    ldm_name_fields_init(&g);
+    g.id = 1;
+    char *o = ldm_name_expand(r->pattern, &g), *l = r->lat_pattern ? ldm_name_expand(r->lat_pattern, &g) : NULL;
+    int rc = !o || (r->lat_pattern && !l) || check_output(o) || (l && check_output(l)) ? -1 : 0;
+    free(o);
+    free(l);
+    return rc;
+}
+
+/* A name of image i of n from pattern p with its {id}: a name with an id of its own is
+ * used as it is, else numbered as a batch. */
+static char *name_with_id(const char *p, int64_t id, int i, int n) {
+    ldm_name_fields f;
+    ldm_name_fields_init(&f);
+    f.id = id;
+    char *s = ldm_name_expand(p, &f);
+    if (!s || ldm_name_uses(p, "id")) return s;
+    char *t = ldm_output_name(s, i, n);
+    free(s);
+    return t;
+}
+
+/* -o with {id}: the names from the rows' ids, checked and recorded in the rows. */
+static int names_by_id(run_state *r) {
+    ldm_job *j = r->j;
+    const int grid = j->grid.rows > 0;
+    for (int i = 0; i < r->n_img; i++) {
+        int64_t id = r->recs[grid ? 0 : i].id;
+        if (!id)
+            return ldm_error("-o: {id} is the history id, and the history could not be recorded (%s)",
+                             r->s.lost_msg[0] ? r->s.lost_msg : "no database");
+        free(r->names[i]);
+        if (!(r->names[i] = name_with_id(r->pattern, id, i, r->n_img))) return -1;
+        if (r->lat_pattern) {
+            free(r->lat_names[i]);
+            if (!(r->lat_names[i] = name_with_id(r->lat_pattern, id, i, r->n_img))) return -1;
+        }
+        if (check_output(r->names[i]) || (r->lat_names[i] && check_output(r->lat_names[i]))) return -1;
+        if (r->lat_names[i] && !strcmp(r->names[i], r->lat_names[i]))
+            return ldm_error_kind(LDM_USAGE, "--save-latent names the same file as the image");
+        if (j->refuse_existing && file_exists(r->names[i])) return exists_error(r->names[i]);
+        if (j->refuse_existing && r->lat_names[i] && file_exists(r->lat_names[i]))
+            return exists_error(r->lat_names[i]);
+        char *abs_out = absolute_path(r->names[i]);
+        for (int k = 0; k < r->n_rows; k++)
+            if (grid || k == i) ldm_record_set(&r->recs[k].output_path, abs_out);
+        free(abs_out);
+    }
+    return 0;
+}
+
+ldm_session *ldm_session_open(const ldm_job *j) {
+    if (!j->bundle_path) return ldm_error_kind(LDM_USAGE, "no bundle given"), NULL;
     ldm_log(2, "bundle: %s\n", j->bundle_path);
     ldm_bundle *b = ldm_bundle_open(j->bundle_path);
-    if (!b) return ldm_last_status();
-    r->hash = ldm_xstrdup(ldm_bundle_hash(b));
-    r->p = ldm_pipeline_new(b);   /* owns b, also on failure */
-    if (!r->p) { rc = ldm_last_status(); goto out; }
+    if (!b) return NULL;
+    ldm_session *ss = ldm_xcalloc(1, sizeof *ss);
+    ss->hash = ldm_xstrdup(ldm_bundle_hash(b));
+    ss->p = ldm_pipeline_new(b);   /* owns b, also on failure */
+    if (!ss->p) {
+        free(ss->hash);
+        free(ss);
+        return NULL;
+    }
+    ss->cfg = *j;
+    ss->bundle_path = ldm_xstrdup(j->bundle_path);
+    ss->db_path = j->db_path ? ldm_xstrdup(j->db_path) : NULL;
+    ss->backend_name = j->backend ? ldm_xstrdup(j->backend) : NULL;
+    ss->cfg.bundle_path = ss->bundle_path;
+    ss->cfg.db_path = ss->db_path;
+    ss->cfg.backend = ss->backend_name;
+    ss->abs_bundle = absolute_path(j->bundle_path);
+    return ss;
+}
+
+ldm_status ldm_session_status(const ldm_session *ss) {
+    if (!ss->broken) return LDM_OK;
+    ldm_error_kind(ss->broken, "%s", ss->broken_msg);
+    return ss->broken;
+}
+
+/* The current error ends the session: no later job can run. */
+static void session_broken(ldm_session *ss) {
+    ss->broken = ldm_last_status() == LDM_OK ? LDM_RUNTIME : ldm_last_status();
+    snprintf(ss->broken_msg, sizeof ss->broken_msg, "%s", ldm_last_error());
+}
+
+void ldm_session_close(ldm_session *ss) {
+    if (!ss) return;
+    if (ss->be && ss->cfg.backend_opts.profile && ss->cfg.hooks.profile) {
+        ldm_op_stat st[LDM_OP_COUNT];
+        int n = ldm_backend_profile(ss->be, st);
+        ss->cfg.hooks.profile(ss->cfg.hooks.user, ldm_backend_name(ss->be), st, n);
+    }
+    free(ss->pos);
+    free(ss->neg);
+    ldm_embedder_free(ss->emb);
+    ldm_pipeline_close(ss->p);
+    ldm_backend_free(ss->be);
+    ldm_db_close(ss->store.db);
+    free(ss->hash); free(ss->abs_bundle);
+    free(ss->bundle_path); free(ss->db_path); free(ss->backend_name);
+    free(ss);
+}
+
+ldm_status ldm_job_run(ldm_job *j) {
+    j->history_lost = 0;
+    j->png_sha256[0] = 0;
+    ldm_status rc = check_job(j);
+    if (rc) return rc;
+    ldm_session *ss = ldm_session_open(j);
+    if (!ss) return ldm_last_status();
+    rc = ldm_session_run(ss, j);
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", ldm_last_error());
+    ldm_session_close(ss);
+    if (rc) ldm_error_kind(rc, "%s", msg);
+    return rc;
+}
+
+ldm_status ldm_session_run(ldm_session *ss, ldm_job *j) {
+    run_state R, *r = &R;
+    memset(r, 0, sizeof R);
+    r->j = j;
+    r->ss = ss;
+    j->history_lost = 0;
+    j->png_sha256[0] = 0;
+    j->skipped = 0;
+    j->images_written = 0;
+    ldm_gen_params *base = &j->prm;
+    const int grid = j->grid.rows > 0;
+    ldm_status rc = check_job(j);
+    if (rc) return rc;
+    if (ss->broken) return ldm_session_status(ss);
+    rc = LDM_RUNTIME;
+    r->p = ss->p;
+    r->hash = ss->hash;
+    r->abs_bundle = ss->abs_bundle;
+
+    /* ---- plan: the configs were read once, the parameters of every generation ---- */
     if (j->want_hash && strcmp(j->want_hash, r->hash)) {
         ldm_error_kind(LDM_DATA, "%s has content hash %s, but the image was made with a bundle "
-                       "of hash %s; give the right file with --bundle", j->bundle_path, r->hash,
+                       "of hash %s; give the right file with --bundle", ss->bundle_path, r->hash,
                        j->want_hash);
         rc = LDM_DATA;
         goto out;
@@ -647,84 +877,113 @@ ldm_status ldm_job_run(ldm_job *j) {
         goto out;
     }
     r->n_img = (grid || j->only_index >= 0) ? 1 : r->B;
-    r->names = ldm_xcalloc((size_t)r->n_img, sizeof *r->names);
-    r->lat_names = ldm_xcalloc((size_t)r->n_img, sizeof *r->lat_names);
-    for (int i = 0; i < r->n_img; i++) {
-        r->names[i] = ldm_output_name(j->output, i, r->n_img);
-        if (j->latent_output) r->lat_names[i] = ldm_output_name(j->latent_output, i, r->n_img);
-        if (check_output(r->names[i]) || (j->latent_output && check_output(r->lat_names[i]))) {
-            rc = ldm_last_status();
-            goto out;
-        }
-        if (j->latent_output && !strcmp(r->names[i], r->lat_names[i])) {
-            ldm_error_kind(LDM_USAGE, "--save-latent names the same file as the image");
-            rc = LDM_USAGE;
-            goto out;
-        }
-    }
     if (!j->have_seed) {
         base->seed = random_seed();
         ldm_log(1, "seed: %llu\n", (unsigned long long)base->seed);
     }
     j->seed_used = base->seed;
     for (int k = 0; k < r->n_cells; k++) r->cell[k].seed = base->seed;
-    r->abs_bundle = absolute_path(j->bundle_path);
-    r->model_name = j->model_name ? ldm_xstrdup(j->model_name) : path_stem(j->bundle_path);
-    if (!(r->be = open_backend(j))) { rc = ldm_last_status(); goto out; }
-    ldm_log(2, "backend: %s\n", ldm_backend_name(r->be));
-
-    /* ---- history rows, 'running' before any heavy work ---- */
-    session_open(&r->s, j);
-    int64_t grid_id = 0;
-    if (grid && r->s.record && r->s.db) {
-        char *spec = grid_spec_text(&j->grid), *abs_out = absolute_path(j->output);
-        grid_id = ldm_db_new_grid(r->s.db, spec, abs_out);
-        free(abs_out);
-        free(spec);
-        if (grid_id < 0) { history_lost(&r->s, ldm_last_error()); grid_id = 0; }
+    if (plan_names(r)) {
+        rc = ldm_last_status();
+        goto out;
     }
+    r->model_name = j->model_name ? ldm_xstrdup(j->model_name) : path_stem(ss->bundle_path);
+    if (!ss->be) {
+        if (!(ss->be = open_backend(&ss->cfg))) {
+            session_broken(ss);
+            rc = ldm_last_status();
+            goto out;
+        }
+        ldm_log(2, "backend: %s\n", ldm_backend_name(ss->be));
+    }
+    r->be = ss->be;
+
+    /* ---- the rows it will write; a job the caller finds done is skipped ---- */
     r->n_rows = grid ? r->n_cells : r->n_img;
     r->recs = ldm_xcalloc((size_t)r->n_rows, sizeof *r->recs);
     for (int k = 0; k < r->n_rows; k++) {
         int idx = grid ? 0 : (j->only_index >= 0 ? j->only_index : k);
         ldm_gen_record *rec = &r->recs[k];
         make_record(r, &r->cell[grid ? k : 0], idx, r->B, rec);
-        rec->grid_id = grid_id;
-        char *abs_out = absolute_path(r->names[grid ? 0 : k]);
+        char *abs_out = absolute_path(r->by_id ? r->pattern : r->names[grid ? 0 : k]);
         ldm_record_set(&rec->output_path, abs_out);
         free(abs_out);
-        rec_begin(&r->s, rec);
+    }
+    if (j->skip && j->skip(j->skip_user, j, r->recs, r->n_rows)) {
+        j->skipped = 1;
+        rc = LDM_OK;
+        goto out;
+    }
+    /* files in the way: refused, or the default name numbered around them */
+    if (j->refuse_existing && !r->by_id) {
+        if (set_names(r, r->pattern, r->lat_pattern, 1)) {
+            rc = ldm_last_status();
+            goto out;
+        }
+        for (int k = 0; k < r->n_rows; k++) {
+            char *abs_out = absolute_path(r->names[grid ? 0 : k]);
+            ldm_record_set(&r->recs[k].output_path, abs_out);
+            free(abs_out);
+        }
     }
 
-    /* ---- models ---- */
-    double t_load = now_s();
-    if (ldm_pipeline_load(r->p, r->be)) {
-        rc = fail_rows(r, 0);
-    } else {
-        ldm_log(2, "models loaded in %.2f s\n", now_s() - t_load);
-        r->emb = ldm_embedder_new(r->s.cache ? r->s.db : NULL, r->hash, ldm_backend_name(r->be),
-                                  PRECISION, j->cache_max_mb > 0 ? (size_t)(j->cache_max_mb * 1048576.0) : 0);
-        const size_t TD = (size_t)ldm_pipeline_text_length(r->p) * ldm_pipeline_text_dim(r->p);
-        pos = ldm_xmalloc(sizeof(float) * TD);
-        neg = ldm_xmalloc(sizeof(float) * TD);
-        rc = grid ? run_grid(r, pos, neg) : run_batch(r, pos, neg);
+    /* ---- history rows, 'running' before any heavy work ---- */
+    if (!ss->db_opened) {
+        session_open(&ss->store, &ss->cfg);
+        ss->db_opened = 1;
     }
+    r->s = ss->store;
+    r->s.lost = &j->history_lost;
+    r->s.lost_msg[0] = 0;
+    if (r->s.record && !r->s.db) {   /* the database could not be opened (warned once) */
+        j->history_lost = 1;
+        snprintf(r->s.lost_msg, sizeof r->s.lost_msg, "%s", ss->store.lost_msg);
+    }
+    int64_t grid_id = 0;
+    if (grid && r->s.record && r->s.db) {
+        char *spec = grid_spec_text(&j->grid), *abs_out = absolute_path(r->by_id ? r->pattern : r->names[0]);
+        grid_id = ldm_db_new_grid(r->s.db, spec, abs_out);
+        free(abs_out);
+        free(spec);
+        if (grid_id < 0) { history_lost(&r->s, ldm_last_error()); grid_id = 0; }
+    }
+    for (int k = 0; k < r->n_rows; k++) {
+        r->recs[k].grid_id = grid_id;
+        rec_begin(&r->s, &r->recs[k]);
+    }
+    if (r->by_id && names_by_id(r)) {
+        rc = fail_rows(r, 0);
+        goto out;
+    }
+    if (grid_id && r->by_id) {
+        char *abs_out = absolute_path(r->names[0]);
+        if (ldm_db_set_grid_output(r->s.db, grid_id, abs_out)) history_lost(&r->s, ldm_last_error());
+        free(abs_out);
+    }
+
+    /* ---- models, once per session ---- */
+    if (!ss->loaded) {
+        double t_load = now_s();
+        if (ldm_pipeline_load(ss->p, ss->be)) {
+            session_broken(ss);
+            rc = fail_rows(r, 0);
+            goto out;
+        }
+        ss->loaded = 1;
+        ldm_log(2, "models loaded in %.2f s\n", now_s() - t_load);
+        ss->emb = ldm_embedder_new(ss->store.cache ? ss->store.db : NULL, ss->hash, ldm_backend_name(ss->be),
+                                   PRECISION, ss->cfg.cache_max_mb > 0 ? (size_t)(ss->cfg.cache_max_mb * 1048576.0) : 0);
+        const size_t TD = (size_t)ldm_pipeline_text_length(ss->p) * ldm_pipeline_text_dim(ss->p);
+        ss->pos = ldm_xmalloc(sizeof(float) * TD);
+        ss->neg = ldm_xmalloc(sizeof(float) * TD);
+    }
+    r->emb = ss->emb;
+    rc = grid ? run_grid(r, ss->pos, ss->neg) : run_batch(r, ss->pos, ss->neg);
     if (rc == LDM_OK && r->s.record && j->history_lost && r->s.require) {
         ldm_error("%s", r->s.lost_msg);
         rc = LDM_RUNTIME;
     }
 out:
-    if (r->be && j->backend_opts.profile && j->hooks.profile) {
-        ldm_op_stat st[LDM_OP_COUNT];
-        int n = ldm_backend_profile(r->be, st);
-        j->hooks.profile(j->hooks.user, ldm_backend_name(r->be), st, n);
-    }
-    free(pos);
-    free(neg);
-    ldm_embedder_free(r->emb);
-    ldm_pipeline_close(r->p);
-    ldm_backend_free(r->be);
-    ldm_db_close(r->s.db);
     for (int i = 0; i < r->n_img; i++) {
         if (r->names) free(r->names[i]);
         if (r->lat_names) free(r->lat_names[i]);
@@ -732,7 +991,8 @@ out:
     for (int k = 0; k < r->n_rows; k++) ldm_record_free(&r->recs[k]);
     free(r->names); free(r->lat_names);
     free(r->recs); free(r->cell);
-    free(r->hash); free(r->abs_bundle); free(r->model_name);
+    free(r->model_name);
+    free(r->pattern); free(r->lat_pattern);
     free(r->init); free(r->init_abs);
     return rc;
 }

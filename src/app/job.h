@@ -11,6 +11,16 @@
  *   finish --> rows ok / failed (with the message) / interrupted; new embeddings stored
  *              in the cache only after their generation succeeded
  *
+ * Many jobs on one bundle (ldmgen --prompts) run in one session (ldm_session_open,
+ * ldm_session_run for each, ldm_session_close): the bundle, its configs, the backend,
+ * the models, the database and the embedding cache are opened once; ldm_job_run is a
+ * session of one job.
+ *
+ * Output names: `output` and `latent_output` are patterns (app/outname.h): {seed},
+ * {prompt} and {id} are filled in by the job, the other fields come from name_fields.
+ * With refuse_existing an existing file is never replaced (ldmgen without --overwrite);
+ * with numbered too, a taken name becomes NAME-N.png instead (the default names).
+ *
  * The job never prints: files written, progress and per-op profiles go to the hooks,
  * messages to the log handler (core/common.h), and the outcome is the returned status
  * with ldm_last_error().  The history is best effort: when the database cannot be
@@ -22,6 +32,7 @@
 
 #include <stdint.h>
 
+#include "app/outname.h"
 #include "app/record.h"
 #include "backend/ops.h"
 #include "core/common.h"
@@ -64,10 +75,26 @@ typedef struct ldm_job {
     int only_index;             /* >= 0: write only this image of the batch, to `output` */
     int64_t replay_of;          /* history id replayed, 0 = none */
     ldm_job_hooks hooks;
+    /* output names */
+    int refuse_existing;        /* an existing output is an error (0: it is replaced) */
+    int numbered;               /* with refuse_existing: a taken name becomes NAME-N.png, N
+                                   one more than the highest in use (AUTOMATIC1111's way) */
+    ldm_name_fields name_fields;/* {index}, {line}, {shard} of the patterns (ldm_job_init:
+                                   none); {seed}, {prompt}, {id} are the job's own */
+    /* prompt files: where the job came from (history columns prompt_file, prompt_line) */
+    const char *prompt_file;    /* absolute path, or NULL */
+    int64_t prompt_line;        /* 1-based, 0 = none */
+    /* after planning, before any row or file: a non-zero return skips the job (LDM_OK,
+     * `skipped` set).  recs are the rows it would write (every parameter, the output
+     * paths where they are known before the rows exist, i.e. without {id}). */
+    int (*skip)(void *user, const struct ldm_job *j, const ldm_gen_record *recs, int n);
+    void *skip_user;
     /* results */
     char png_sha256[65];        /* SHA-256 of the (last) PNG written */
     uint64_t seed_used;
     int history_lost;           /* some history was not recorded */
+    int skipped;                /* the skip hook said so: nothing was done */
+    int images_written;         /* PNGs written (a grid is one) */
 } ldm_job;
 
 /* Defaults: ldm_gen_params_default, out.png, cache cap 256 MiB, only_index -1. */
@@ -76,6 +103,21 @@ void ldm_job_init(ldm_job *j);
  * bundle; LDM_RUNTIME when a generation or a write failed (or history was lost with
  * require_history); LDM_INTERRUPTED.  The message is in ldm_last_error(). */
 ldm_status ldm_job_run(ldm_job *j);
+
+/* ---- sessions: many jobs, one bundle ---- */
+typedef struct ldm_session ldm_session;
+/* Open j's bundle and read its configs (no weights).  The session's settings are taken
+ * from j (copied): bundle_path, db_path, no_history, require_history, no_cache,
+ * cache_max_mb, backend, backend_opts and hooks.profile; the backend, the database and
+ * the models are opened by the first job that needs them.  NULL with the error. */
+ldm_session *ldm_session_open(const ldm_job *j);
+/* Run j in the session (j's session settings are not used).  As ldm_job_run. */
+ldm_status ldm_session_run(ldm_session *s, ldm_job *j);
+/* LDM_OK, or the failure after which no job can run in the session (the backend or
+ * the models could not be loaded), with its message set as the current error. */
+ldm_status ldm_session_status(const ldm_session *s);
+/* The per-op profile hook (with backend_opts.profile), then everything is freed. */
+void ldm_session_close(ldm_session *s);
 
 /* The job that regenerates record r (a PNG's "ldm" chunk or a history row): its
  * parameters, the batch/grid it belonged to and the bundle hash it needs.  The job

@@ -42,6 +42,7 @@ typedef struct ldm_grid_spec {
 enum { LDM_V_P = 1, LDM_V_H = 2, LDM_V_O = 4, LDM_V_R = 8, LDM_V_A = 16 };
 #define LDM_RECORD_FIELDS(X)                                                          \
     X(ID, id, LDM_V_H | LDM_V_R, 0, 0)                                                \
+    X(STR, uuid, LDM_V_H, 0, 0)                                                       \
     X(ID, grid_id, LDM_V_H, 0, 0)                                                     \
     X(STR, created_at, LDM_V_H | LDM_V_R, 0, 0)                                       \
     X(OSTR, finished_at, LDM_V_H | LDM_V_R, 0, 0)                                     \
@@ -70,6 +71,8 @@ enum { LDM_V_P = 1, LDM_V_H = 2, LDM_V_O = 4, LDM_V_R = 8, LDM_V_A = 16 };
     X(OSTR, init_image, LDM_V_H, 0, 0)                                               \
     X(GRID, grid, LDM_V_P, 0, 0)                                                      \
     X(ID, replay_of, LDM_V_H, 0, 0)                                                   \
+    X(OSTR, prompt_file, LDM_V_H, 0, 0)                                               \
+    X(ID, prompt_line, LDM_V_H, 0, 0)                                                 \
     X(STR, backend, LDM_V_H, 0, 0)                                                    \
     X(OSTR, output_path, LDM_V_H | LDM_V_O, 0, 0)                                     \
     X(OSTR, png_sha256, LDM_V_H | LDM_V_O, 0, 0)                                      \

@@ -83,6 +83,7 @@ static void history_usage(FILE *f) {
           "                      [--bundle HASH|PATH] [--status ok|failed|interrupted|running]\n"
           "                      [--grid ID] [--limit N] [--json] [--db PATH]\n"
           "       ldmgen history --check [--db PATH]\n"
+          "       ldmgen history merge OUT.db IN.db...  (ldmgen history merge --help)\n"
           "Lists recorded generations, newest first (default limit 20; --limit 0 for all).\n"
           "--check verifies the database (SQLite integrity and foreign key checks).\n"
           "DATE is compared with the UTC creation time, e.g. 2026-11-26 or 2026-11-26T10:00.\n",
@@ -133,6 +134,7 @@ int cli_history(int argc, char **argv) {
         {"check", no_argument, 0, 'C'},        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+    if (argc > 1 && !strcmp(argv[1], "merge")) return cli_history_merge(argc - 1, argv + 1);
     ldm_history_filter f = {0};
     f.limit = 20;
     int json = 0, check = 0, c;

@@ -18,5 +18,7 @@ void ldm_history_print_full(FILE *f, const ldm_gen_record *r);
  * db_path may be NULL (default path).  Return the process exit code. */
 int cli_history(int argc, char **argv);
 int cli_show(int argc, char **argv);
+/* `ldmgen history merge OUT.db IN.db...` (merge.c); argv[0] is "merge". */
+int cli_history_merge(int argc, char **argv);
 
 #endif

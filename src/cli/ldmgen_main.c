@@ -3,8 +3,10 @@
  * lives here; this layer alone prints, reads the environment and chooses exit codes.
  *
  *   ldmgen [options] [--] "prompt"              generate image(s) or a grid
+ *   ldmgen [options] --prompts FILE              every line of a prompt file (prompts.c)
  *   ldmgen tokenize [--bundle FILE] [--] "prompt" print the 77 input ids
  *   ldmgen history ... / ldmgen show ID          the generation history (history.c)
+ *   ldmgen history merge OUT.db IN.db...         histories into one (merge.c)
  *   ldmgen replay ID|IMAGE.png                   regenerate and compare (replay.c)
  *
  * A prompt equal to a subcommand's name is given after "--": ldmgen -- history.
@@ -28,6 +30,7 @@
 #include "app/job.h"
 #include "cli/cli.h"
 #include "cli/history.h"
+#include "cli/prompts.h"
 #include "cli/replay.h"
 #include "core/common.h"
 #include "format/bundle.h"
@@ -37,8 +40,10 @@
 
 static const char USAGE[] =
     "usage: ldmgen [options] [--] \"prompt\"\n"
+    "       ldmgen [options] --prompts FILE [--shard K/N] [--force] [--fail-fast]\n"
     "       ldmgen tokenize [--bundle FILE] [--] \"prompt\"\n"
     "       ldmgen history [--grep TEXT] [--since DATE] [--seed S] ... (ldmgen history --help)\n"
+    "       ldmgen history merge OUT.db IN.db...\n"
     "       ldmgen show ID\n"
     "       ldmgen replay [-o FILE] [--bundle FILE] ID|IMAGE.png\n"
     "\n"
@@ -47,8 +52,11 @@ static const char USAGE[] =
     "      --bundle FILE        model bundle; default: $LDM_BUNDLE, else default.ldmb in\n"
     "                           ../share/ldm beside the program, the installed data\n"
     "                           folder, ./bundle or ../bundle beside the program\n"
-    "  -o, --output FILE        PNG to write (default out.png); with -b N > 1 the files are\n"
-    "                           FILE-0001.png ... FILE-000N.png (stem of FILE + number)\n"
+    "  -o, --output FILE        PNG to write (default out.png, or out-N.png when taken); with\n"
+    "                           -b N > 1 the files are FILE-0001.png ... FILE-000N.png; a\n"
+    "                           pattern: {seed}, {prompt}, {id}, and with --prompts {index},\n"
+    "                           {line}, {shard}; {index:05} pads with zeros\n"
+    "      --overwrite          replace existing files (default: an existing -o is an error)\n"
     "  -g, --guidance G         classifier-free guidance scale, 0..100 (default 7.5;\n"
     "                           <= 1 turns guidance off)\n"
     "  -n, --steps N            denoising steps, 1..1000 (default 50)\n"
@@ -71,8 +79,18 @@ static const char USAGE[] =
     "      --no-image-copy      do not keep a copy of the init image beside the history\n"
     "      --save-latent FILE   also write the final latent (mean of its channels) as a\n"
     "                           grayscale PNG; numbered like the images with -b N\n"
+    "      --prompts FILE       generate every line of FILE: a prompt a line, or JSON lines\n"
+    "                           {\"prompt\": ..., \"seed\": ..., \"steps\": ...}; these options are\n"
+    "                           the defaults; seeds --seed + index (default -o\n"
+    "                           {index:05}-{seed}.png); lines already done are skipped\n"
+    "      --shard K/N          run the lines whose index is K mod N (default: from\n"
+    "                           SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX, else all)\n"
+    "      --shard-count N      the number of shards of JOB_COMPLETION_INDEX (or LDM_SHARD_COUNT)\n"
+    "      --force              redo every line, replacing its files\n"
+    "      --fail-fast          stop at the first line that fails\n"
     "      --db PATH            history database (default: $LDM_DB, else\n"
-    "                           $XDG_DATA_HOME/ldm/ldm.db, else ~/.local/share/ldm/ldm.db)\n"
+    "                           $XDG_DATA_HOME/ldm/ldm.db, else ~/.local/share/ldm/ldm.db);\n"
+    "                           {shard} in PATH is the shard number\n"
     "      --no-history         record nothing in the history\n"
     "      --require-history    exit 1 when the history cannot be recorded\n"
     "      --no-cache           do not read or write the prompt-embedding cache\n"
@@ -83,8 +101,9 @@ static const char USAGE[] =
     "      --version            print the version\n"
     "\n"
     "Environment: LDM_BUNDLE (default bundle), LDM_DB (history database),\n"
-    "LDM_BACKEND=cpu|cuda (default: CUDA when a GPU is usable).\n"
-    "Exit status: 0 success, 1 runtime error, 2 usage error, 130 interrupted.\n"
+    "LDM_BACKEND=cpu|cuda (default: CUDA when a GPU is usable), LDM_SHARD_COUNT.\n"
+    "Exit status: 0 success, 1 runtime error (with --prompts: a line failed), 2 usage\n"
+    "error, 130 interrupted.\n"
     "See ldmgen(1).\n";
 
 static int usage_error(const char *fmt, ...) LDM_PRINTF(1, 2);
@@ -209,7 +228,8 @@ int main(int argc, char **argv) {
 
     enum { O_BUNDLE = 256, O_SEED, O_NEG, O_SCHED, O_KARRAS, O_ETA, O_SPACING, O_CLIPSKIP,
            O_NOHIST, O_VERSION, O_DB, O_NOCACHE, O_CACHEMAX, O_REQHIST, O_GRID, O_LATENT,
-           O_INIT, O_STRENGTH, O_NOCOPY };
+           O_INIT, O_STRENGTH, O_NOCOPY,
+           O_PROMPTS, O_SHARD, O_SHARDCOUNT, O_FORCE, O_FAILFAST, O_OVERWRITE };
     static const struct option opts[] = {
         {"bundle", required_argument, 0, O_BUNDLE},   {"output", required_argument, 0, 'o'},
         {"guidance", required_argument, 0, 'g'},      {"steps", required_argument, 0, 'n'},
@@ -226,19 +246,28 @@ int main(int argc, char **argv) {
         {"require-history", no_argument, 0, O_REQHIST}, {"grid", required_argument, 0, O_GRID},
         {"save-latent", required_argument, 0, O_LATENT},
         {"init-img", required_argument, 0, O_INIT},   {"strength", required_argument, 0, O_STRENGTH},
-        {"no-image-copy", no_argument, 0, O_NOCOPY},  {0, 0, 0, 0},
+        {"no-image-copy", no_argument, 0, O_NOCOPY},
+        {"prompts", required_argument, 0, O_PROMPTS}, {"shard", required_argument, 0, O_SHARD},
+        {"shard-count", required_argument, 0, O_SHARDCOUNT}, {"force", no_argument, 0, O_FORCE},
+        {"fail-fast", no_argument, 0, O_FAILFAST},    {"overwrite", no_argument, 0, O_OVERWRITE},
+        {0, 0, 0, 0},
     };
     ldm_job job;
     ldm_job_init(&job);
     ldm_gen_params *prm = &job.prm;
     const char *bundle_opt = NULL;
-    int have_g = 0, have_n = 0, have_strength = 0, c;
+    int have_g = 0, have_n = 0, have_strength = 0, have_o = 0, overwrite = 0, c;
+    cli_prompts_opts po = {0};
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":o:g:n:W:H:b:qvh", opts, NULL)) != -1) {
         const char *name = argv[optind - 1];
         switch (c) {
         case O_BUNDLE: bundle_opt = optarg; break;
-        case 'o': job.output = optarg; break;
+        case 'o':
+            if (!*optarg) return usage_error("-o: empty file name");
+            job.output = optarg;
+            have_o = 1;
+            break;
         case 'g':
             if (parse_double(optarg, 0, 100, &prm->guidance))
                 return usage_error("guidance scale \"%s\": expected a number from 0 to 100", optarg);
@@ -327,6 +356,21 @@ int main(int argc, char **argv) {
             if (!*optarg) return usage_error("--save-latent: empty file name");
             job.latent_output = optarg;
             break;
+        case O_PROMPTS:
+            if (!*optarg) return usage_error("--prompts: empty file name");
+            po.file = optarg;
+            break;
+        case O_SHARD: po.shard = optarg; break;
+        case O_SHARDCOUNT: {
+            int v;
+            if (parse_int(optarg, 1, 1000000, &v))
+                return usage_error("--shard-count \"%s\": expected a whole number from 1 to 1000000", optarg);
+            po.shard_count = v;
+            break;
+        }
+        case O_FORCE: po.force = 1; break;
+        case O_FAILFAST: po.fail_fast = 1; break;
+        case O_OVERWRITE: overwrite = 1; break;
         case 'q': cli_verbosity = 0; break;
         case 'v': cli_verbosity = 2; break;
         case 'h': fputs(USAGE, stdout); return 0;
@@ -337,11 +381,26 @@ int main(int argc, char **argv) {
             return usage_error("unknown option %s", name);
         }
     }
-    if (argc - optind == 0) return usage_error("no prompt given");
-    if (argc - optind > 1)
-        return usage_error("expected one prompt argument, got %d (quote the prompt)",
-                           argc - optind);
-    prm->prompt = argv[optind];
+    if (po.file) {
+        if (argc - optind > 0)
+            return usage_error("--prompts takes the prompts from the file; no prompt argument (got \"%s\")",
+                               argv[optind]);
+        if (have_g || have_n) return usage_error("--grid does not apply with --prompts");
+        prm->prompt = "";   /* each line's */
+    } else {
+        if (po.shard || po.shard_count || po.force || po.fail_fast)
+            return usage_error("%s applies to --prompts FILE", po.shard ? "--shard" : po.shard_count ?
+                               "--shard-count" : po.force ? "--force" : "--fail-fast");
+        if (argc - optind == 0) return usage_error("no prompt given");
+        if (argc - optind > 1)
+            return usage_error("expected one prompt argument, got %d (quote the prompt)",
+                               argc - optind);
+        prm->prompt = argv[optind];
+    }
+    /* never replace a file unless asked; the default name is numbered instead */
+    job.refuse_existing = !overwrite;
+    job.numbered = !have_o && !po.file;
+    if (po.file && !have_o) job.output = NULL;
     if (have_strength && !job.init_image)
         return usage_error("--strength goes with --init-img (image to image)");
     if (job.no_history && job.require_history)
@@ -362,6 +421,7 @@ int main(int argc, char **argv) {
     if (cli_job_setup(&job)) return fail(LDM_USAGE);
     job.interrupt = &interrupted;
     catch_signals();
+    if (po.file) return cli_prompts(&job, &po);
     ldm_status st = ldm_job_run(&job);
     cli_job_done(&job);
     return fail(st);

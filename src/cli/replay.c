@@ -22,7 +22,9 @@ static const char REPLAY_USAGE[] =
     "usage: ldmgen replay [options] ID|IMAGE.png\n"
     "Regenerate a recorded image (history ID, or a PNG made by ldmgen) with the same\n"
     "parameters and report whether the new PNG is byte-identical.\n"
-    "  -o, --output FILE     PNG to write (default replay-ID.png / replay-NAME.png)\n"
+    "  -o, --output FILE     PNG to write (default replay-ID.png / replay-NAME.png, or\n"
+    "                        replay-ID-N.png when taken); an existing FILE is an error\n"
+    "      --overwrite       replace an existing FILE\n"
     "      --bundle FILE     bundle to use; its content hash must equal the recorded one\n"
     "                        (default: the path in the history row; for a PNG, the\n"
     "                        newest bundle of that hash in the history, else the\n"
@@ -101,6 +103,12 @@ static int bundle_from_history(const char *db_path, const char *hash, char *out,
     return 0;
 }
 
+/* The first file the job wrote (the image; a latent picture comes after it). */
+static void note_written(void *user, const char *path) {
+    char *w = user;
+    if (!w[0]) snprintf(w, 4096, "%s", path);
+}
+
 static int err(const char *what, ldm_status st) {
     char *e = ldm_escape_controls(ldm_last_error());
     char msg[4200];
@@ -115,10 +123,11 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         {"db", required_argument, 0, 'D'},     {"no-history", no_argument, 0, 'N'},
         {"no-cache", no_argument, 0, 'C'},     {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},      {"help", no_argument, 0, 'h'},
-        {"init-img", required_argument, 0, 'I'}, {0, 0, 0, 0},
+        {"init-img", required_argument, 0, 'I'}, {"overwrite", no_argument, 0, 'W'},
+        {0, 0, 0, 0},
     };
     const char *out = NULL, *bundle = NULL, *db_opt = NULL, *init_opt = NULL;
-    int no_history = 0, no_cache = 0, c;
+    int no_history = 0, no_cache = 0, overwrite = 0, c;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":o:qvh", opts, NULL)) != -1) {
@@ -129,6 +138,7 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         case 'N': no_history = 1; break;
         case 'C': no_cache = 1; break;
         case 'I': init_opt = optarg; break;
+        case 'W': overwrite = 1; break;
         case 'q': cli_verbosity = 0; break;
         case 'v': cli_verbosity = 2; break;
         case 'h': fputs(REPLAY_USAGE, stdout); return 0;
@@ -192,9 +202,14 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         if (bad) { ldm_record_init(&m); rc = err(NULL, LDM_DATA); goto done; }
         if (file_sha(what, orig_sha)) { rc = err(NULL, LDM_RUNTIME); goto done; }
         char *stem = path_stem(what);
-        size_t n = strlen(stem) + 16;
+        size_t n = 2 * strlen(stem) + 16;   /* the name is a pattern: its braces doubled */
         default_out = ldm_xmalloc(n);
-        snprintf(default_out, n, "replay-%s.png", stem);
+        char *w = default_out + sprintf(default_out, "replay-");
+        for (const char *c = stem; *c; c++) {
+            *w++ = *c;
+            if (*c == '{' || *c == '}') *w++ = *c;
+        }
+        strcpy(w, ".png");
         free(stem);
     }
 
@@ -245,8 +260,12 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
     j.no_cache = no_cache;
     j.interrupt = interrupt;
     j.replay_of = by_id ? id : 0;
+    j.refuse_existing = !overwrite;
+    j.numbered = !out;
     if (cli_job_setup(&j)) { rc = err(NULL, LDM_USAGE); goto done; }
-    j.hooks.written = NULL;   /* the verdict below names the file */
+    char written[4096] = "";
+    j.hooks.written = note_written;   /* the verdict below names the file */
+    j.hooks.user = written;
     if (strcmp(m.ldm_version, LDM_VERSION))
         ldm_log(1, "note: the image was made by ldm %s, this is ldm %s\n", m.ldm_version, LDM_VERSION);
     st = ldm_job_run(&j);
@@ -259,7 +278,7 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
     if (orig) {
         uint8_t *now = NULL;
         int nw, nh;
-        if (ldm_png_read(j.output, &now, &nw, &nh, NULL, NULL) == 0)
+        if (ldm_png_read(written, &now, &nw, &nh, NULL, NULL) == 0)
             same_pixels(orig, ow, oh, now, nw, nh, pix, sizeof pix);
         free(now);
     }
@@ -268,15 +287,15 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
     else snprintf(label, sizeof label, "%s", what);
     if (!orig_sha[0]) {
         fprintf(stderr, "ldmgen replay: %s: generation %lld is '%s' and has no recorded PNG to compare with\n",
-                j.output, id, status);
+                written, id, status);
         rc = 1;
     } else if (!strcmp(orig_sha, j.png_sha256)) {
         if (cli_verbosity > 0)
-            printf("%s: identical to %s (PNG bytes%s, sha256 %s)\n", j.output, label,
+            printf("%s: identical to %s (PNG bytes%s, sha256 %s)\n", written, label,
                    orig ? " and pixels" : "", orig_sha);
         rc = 0;
     } else {
-        fprintf(stderr, "ldmgen replay: %s differs from %s: sha256 %s, recorded %s%s%s\n", j.output,
+        fprintf(stderr, "ldmgen replay: %s differs from %s: sha256 %s, recorded %s%s%s\n", written,
                 label, j.png_sha256, orig_sha, pix[0] ? "; " : "", pix);
         rc = 1;
     }

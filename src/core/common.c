@@ -229,10 +229,11 @@ int ldm_tmp_create(const char *path, char *tmp, size_t tmpsz) {
     return ldm_error("%s: cannot create a temporary file in its folder (100 names taken)", path);
 }
 
-int ldm_write_file_atomic(const char *path, const void *data, size_t len) {
-    char tmp[4096];
+/* data into a new temporary in path's folder (O_EXCL|O_NOFOLLOW), fsynced and closed;
+ * tmp gets its name.  An existing path that is not a regular file is refused. */
+static int write_tmp(const char *path, const void *data, size_t len, char *tmp, size_t cap) {
     if (ldm_check_output(path)) return -1;
-    int fd = ldm_tmp_create(path, tmp, sizeof tmp);
+    int fd = ldm_tmp_create(path, tmp, cap);
     if (fd < 0) return -1;
     const char *p = data;
     size_t left = len;
@@ -254,9 +255,35 @@ int ldm_write_file_atomic(const char *path, const void *data, size_t len) {
         unlink(tmp);
         return ldm_error("%s: write failed: %s", path, strerror(synced ? synced : closed));
     }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
+    return 0;
+}
+
+int ldm_write_file_atomic(const char *path, const void *data, size_t len) {
+    char tmp[4096];
+    if (write_tmp(path, data, len, tmp, sizeof tmp)) return -1;
+    if (rename(tmp, path) != 0) { int e = errno; unlink(tmp); return ldm_error("%s: cannot rename into place: %s", path, strerror(e)); }
+    return 0;
+}
+
+int ldm_write_file_new(const char *path, const void *data, size_t len) {
+    char tmp[4096];
+    if (write_tmp(path, data, len, tmp, sizeof tmp)) return -1;
+    /* renameat2(RENAME_NOREPLACE) where the file system has it, else link(): both fail
+     * with EEXIST instead of replacing; the last resort checks first (not atomic) */
+    int rc = renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE), e = rc ? errno : 0;
+    if (rc && (e == EINVAL || e == ENOSYS || e == ENOTSUP)) {
+        rc = link(tmp, path);
+        e = rc ? errno : 0;
+        if (rc == 0 || e == EEXIST) unlink(tmp);
+        if (rc && (e == EPERM || e == ENOTSUP || e == EOPNOTSUPP)) {
+            struct stat st;
+            if (stat(path, &st) == 0) { rc = -1; e = EEXIST; unlink(tmp); }
+            else { rc = rename(tmp, path); e = rc ? errno : 0; }
+        }
+    }
+    if (rc) {
         unlink(tmp);
+        if (e == EEXIST) return ldm_error("%s: exists (made meanwhile by another program); not replaced", path);
         return ldm_error("%s: cannot rename into place: %s", path, strerror(e));
     }
     return 0;

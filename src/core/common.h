@@ -121,5 +121,8 @@ int ldm_tmp_create(const char *path, char *tmp, size_t tmpsz);
  * names path and gives the system's reason) the temporary is removed and path is left as
  * it was. */
 int ldm_write_file_atomic(const char *path, const void *data, size_t len);
+/* The same, but an existing file is never replaced: -1 (naming it) when path exists,
+ * also when another process creates it at the same moment. */
+int ldm_write_file_new(const char *path, const void *data, size_t len);
 
 #endif
