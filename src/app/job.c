@@ -649,6 +649,8 @@ static int file_exists(const char *path) {
 }
 
 static int exists_error(const char *path) {
+    /* a device, FIFO or folder is never replaced, --overwrite or not: say what it is */
+    if (ldm_check_output(path)) return -1;
     return ldm_error("%s exists; give --overwrite to replace it, or another -o", path);
 }
 
