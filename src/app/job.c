@@ -9,7 +9,13 @@
  * - nothing in the PNG chunks depends on the output file name or the bundle's path:
  *   the same job gives the same bytes wherever it is written and whichever copy of the
  *   bundle it reads;
- * - a failed generation writes no PNG and leaves nothing in the embedding cache.
+ * - a failed generation writes no PNG and leaves nothing in the embedding cache;
+ * - a session (ldm_session_*) owns the bundle, backend, models, database and embedder;
+ *   a job run in it borrows them and frees only its own plan, rows and names, so a
+ *   prompt file loads the models once; a backend or model failure ends the session;
+ * - with refuse_existing no file is ever replaced: checked when the names are planned
+ *   and again by the write itself (ldm_write_file_new), which cannot replace a file
+ *   another process made meanwhile.
  */
 #include "app/job.h"
 
