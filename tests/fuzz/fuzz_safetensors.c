@@ -8,7 +8,17 @@
 #include "fuzz_util.h"
 #include "format/safetensors.h"
 
-static char index_path[300];
+static char dir[] = "/tmp/ldm-fuzz-st.XXXXXX", index_path[300];
+
+static void cleanup(void) {
+    static const char *const files[] = {"a.safetensors", "b.safetensors", "model.safetensors.index.json"};
+    char path[300];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
 
 static void make_shard(const char *dir, const char *file, const char *name) {
     char hdr[200], path[300];
@@ -25,8 +35,8 @@ static void make_shard(const char *dir, const char *file, const char *name) {
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc; (void)argv;
-    static char dir[] = "/tmp/ldm-fuzz-st.XXXXXX";
     if (!mkdtemp(dir)) fuzz_die("mkdtemp");
+    atexit(cleanup);
     make_shard(dir, "a.safetensors", "x");
     make_shard(dir, "b.safetensors", "y");
     snprintf(index_path, sizeof index_path, "%s/model.safetensors.index.json", dir);
