@@ -427,23 +427,12 @@ typedef struct {
     int found;
 } find_ctx;
 
-static int file_sha_hex(const char *path, char hex[65]) {
-    size_t len;
-    char *data = ldm_read_file(path, &len);
-    if (!data) return -1;
-    uint8_t d[32];
-    ldm_sha256_buf(data, len, d);
-    ldm_sha256_hex(d, hex);
-    free(data);
-    return 0;
-}
-
 static int image_matches(const ldm_gen_record *row, void *ctx) {
     find_ctx *c = ctx;
     if (row->batch_index != c->want->batch_index || !row->output_path || !row->png_sha256) return 0;
     if (c->match_path && strcmp(row->output_path, c->want->output_path)) return 0;
     char sha[65];
-    if (access(row->output_path, F_OK) != 0 || file_sha_hex(row->output_path, sha) ||
+    if (access(row->output_path, F_OK) != 0 || ldm_sha256_file(row->output_path, sha) ||
         strcmp(sha, row->png_sha256))
         return 0;
     uint8_t *rgb = NULL;

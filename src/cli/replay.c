@@ -60,17 +60,6 @@ static int same_pixels(const uint8_t *a, int aw, int ah, const uint8_t *b, int b
     return 0;
 }
 
-static int file_sha(const char *path, char sha[65]) {
-    size_t len;
-    char *data = ldm_read_file(path, &len);
-    if (!data) return -1;
-    uint8_t d[32];
-    ldm_sha256_buf(data, len, d);
-    ldm_sha256_hex(d, sha);
-    free(data);
-    return 0;
-}
-
 static char *path_stem(const char *path) {
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
@@ -181,7 +170,7 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         /* the recorded file, when it is still the recorded image, gives a pixel comparison */
         char fsha[65];
         if (m.png_sha256 && !m.grid_id && m.output_path && file_exists(m.output_path) &&
-            file_sha(m.output_path, fsha) == 0 && !strcmp(fsha, m.png_sha256))
+            ldm_sha256_file(m.output_path, fsha) == 0 && !strcmp(fsha, m.png_sha256))
             if (ldm_png_read(m.output_path, &orig, &ow, &oh, NULL, NULL)) orig = NULL;
         default_out = ldm_xmalloc(48);
         snprintf(default_out, 48, "replay-%lld.png", id);
@@ -200,7 +189,7 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
                         : ldm_record_parse_png(meta, where, &m);
         ldm_png_texts_free(texts, nt);
         if (bad) { ldm_record_init(&m); rc = err(NULL, LDM_DATA); goto done; }
-        if (file_sha(what, orig_sha)) { rc = err(NULL, LDM_RUNTIME); goto done; }
+        if (ldm_sha256_file(what, orig_sha)) { rc = err(NULL, LDM_RUNTIME); goto done; }
         char *stem = path_stem(what);
         size_t n = 2 * strlen(stem) + 16;   /* the name is a pattern: its braces doubled */
         default_out = ldm_xmalloc(n);

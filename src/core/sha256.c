@@ -3,6 +3,10 @@
  * whole model once. */
 #include "core/sha256.h"
 
+#include <stdlib.h>
+
+#include "core/common.h"
+
 #include <string.h>
 
 static const uint32_t K[64] = {
@@ -93,4 +97,15 @@ void ldm_sha256_buf(const void *data, size_t n, uint8_t digest[32]) {
     ldm_sha256_init(&s);
     ldm_sha256_update(&s, data, n);
     ldm_sha256_final(&s, digest);
+}
+
+int ldm_sha256_file(const char *path, char hex[65]) {
+    size_t len;
+    char *data = ldm_read_file(path, &len);
+    if (!data) return -1;
+    uint8_t d[32];
+    ldm_sha256_buf(data, len, d);
+    ldm_sha256_hex(d, hex);
+    free(data);
+    return 0;
 }

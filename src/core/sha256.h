@@ -20,4 +20,7 @@ void ldm_sha256_hex(const uint8_t digest[32], char hex[65]);
 /* One-shot convenience. */
 void ldm_sha256_buf(const void *data, size_t n, uint8_t digest[32]);
 
+/* Hex SHA-256 of a whole file's bytes.  0, or -1 with ldm_error naming the file. */
+int ldm_sha256_file(const char *path, char hex[65]);
+
 #endif
