@@ -9,6 +9,7 @@
 #ifndef LDM_IMAGE_H
 #define LDM_IMAGE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define LDM_IMAGE_MAX_SIDE 16384
@@ -17,5 +18,8 @@
 /* *rgb: [h][w][3], malloc'd.  0, or -1 with ldm_error naming the file (kind LDM_DATA for
  * a file that is not a usable image). */
 int ldm_image_read(const char *path, uint8_t **rgb, int *w, int *h);
+/* The same from bytes in memory; `name` is used in messages. */
+int ldm_image_decode(const char *name, const void *data, size_t len, uint8_t **rgb, int *w,
+                     int *h);
 
 #endif
