@@ -49,6 +49,8 @@ static ldm_pipeline *pipeline_for(const char *model) {
 }
 
 /* Parameters of one index.json run. */
+static int ref_v025;   /* the run comes from the diffusers 0.25.1 set */
+
 static int run_params(json_t *run, ldm_gen_params *g) {
     *g = ldm_gen_params_default();
     /* batch runs list the (identical) prompt once per image */
@@ -70,6 +72,9 @@ static int run_params(json_t *run, ldm_gen_params *g) {
     if ((v = json_object_get(over, "use_karras_sigmas"))) g->karras = json_is_true(v);
     if ((v = json_object_get(over, "timestep_spacing")))
         g->spacing = ldm_spacing_from_name(json_string_value(v));
+    /* expected/ was made with diffusers 0.25.1, whose DPM++ predates final_sigmas_type
+     * (ldm's default is zero, as diffusers >= 0.26): that reference is ldm's v0.25 */
+    if (g->scheduler == LDM_SCHED_DPMPP_2M && ref_v025) g->final_sigmas = LDM_FINAL_V025;
     g->keep_latents = 1;
     return g->prompt && cls && g->steps ? 0 : -1;
 }
@@ -315,6 +320,9 @@ int main(void) {
         const char *name;
         json_t *run;
         int n = 0;
+        const char *ver = json_string_value(json_object_get(json_object_get(idx, "versions"), "diffusers"));
+        ref_v025 = ver && !strncmp(ver, "0.25.", 5);
+        CHECK(ref_v025, EXP "index.json: made with diffusers %s, expected 0.25.x", ver ? ver : "?");
         json_object_foreach(json_object_get(idx, "runs"), name, run) {
             if (only && strcmp(only, name)) continue;
             check_run(EXP, name, run);
@@ -329,6 +337,7 @@ int main(void) {
         const char *name;
         json_t *run;
         int n = 0;
+        ref_v025 = 0;
         json_object_foreach(json_object_get(idx5, "runs"), name, run) {
             if (only && strcmp(only, name)) continue;
             check_run(EXP_TF5, name, run);

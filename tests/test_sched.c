@@ -100,6 +100,7 @@ static void run_golden(const golden_case *g) {
     if (g->karras) c.use_karras_sigmas = 1;
     if (g->spacing) c.timestep_spacing = ldm_spacing_from_name(g->spacing);
     c.eta = g->eta;
+    c.final_sigmas = LDM_FINAL_V025;   /* the goldens are diffusers 0.25.1's */
     ldm_sched *s = ldm_sched_new(&c, g->steps);
     CHECK(s != NULL, "%s: %s", what, ldm_last_error());
     if (!s) return;
@@ -168,6 +169,7 @@ static void check_run(const char *name, json_t *run) {
     if ((v = json_object_get(over, "timestep_spacing")))
         c.timestep_spacing = ldm_spacing_from_name(json_string_value(v));
     c.eta = eta;
+    c.final_sigmas = LDM_FINAL_V025;   /* expected/ is diffusers 0.25.1's */
     ldm_sched *s = ldm_sched_new(&c, steps);
     CHECK(s != NULL, "%s: %s", name, ldm_last_error());
     if (!s) return;
@@ -281,7 +283,12 @@ static void check_config(void) {
     CHECK(parse(sd1, LDM_SCHED_DDIM, &c) == 0 && !c.clip_sample && !c.set_alpha_to_one,
           "sd1 config as DDIM keeps clip_sample false, set_alpha_to_one false");
     CHECK(parse(sd1, LDM_SCHED_DPMPP_2M, &c) == 0 && c.solver_order == 2 && c.lower_order_final
-          && !c.euler_at_final, "sd1 config as DPM++");
+          && !c.euler_at_final && c.final_sigmas == LDM_FINAL_ZERO,
+          "sd1 config as DPM++ (final_sigmas_type absent: zero, as diffusers >= 0.26)");
+    CHECK(ldm_sched_config_parse(&c, "{\"final_sigmas_type\": \"sigma_min\"}", "x", LDM_SCHED_DPMPP_2M) == 0 &&
+          c.final_sigmas == LDM_FINAL_SIGMA_MIN, "final_sigmas_type sigma_min");
+    CHECK(ldm_final_sigmas_from_name("v0.25") == LDM_FINAL_V025 && ldm_final_sigmas_from_name("x") == -1 &&
+          !strcmp(ldm_final_sigmas_name(LDM_FINAL_ZERO), "zero"), "final sigmas names");
     free(sd1);
     /* class defaults for what the config lacks */
     CHECK(parse("{\"_class_name\": \"DDIMScheduler\"}", -1, &c) == 0 && c.clip_sample &&
@@ -308,6 +315,7 @@ static void check_config(void) {
     expect_refused("{\"prediction_type\": \"sample\"}", LDM_SCHED_EULER, "prediction_type");
     expect_refused("{\"timestep_spacing\": \"random\"}", LDM_SCHED_PNDM, "timestep_spacing");
     expect_refused("{\"solver_order\": 3}", LDM_SCHED_DPMPP_2M, "solver_order");
+    expect_refused("{\"final_sigmas_type\": \"denoise_to_zero\"}", LDM_SCHED_DPMPP_2M, "final_sigmas_type");
     expect_refused("{\"algorithm_type\": \"sde-dpmsolver++\"}", LDM_SCHED_DPMPP_2M, "sde-dpmsolver++");
     expect_refused("{\"lambda_min_clipped\": -5.1}", LDM_SCHED_DPMPP_2M, "lambda_min_clipped");
     expect_refused("{\"variance_type\": \"learned_range\"}", LDM_SCHED_DDPM, "learned_range");

@@ -235,6 +235,9 @@ typedef struct {
     float *init;              /* preprocessed [3, H, W] */
     char *init_abs;           /* the path given, made absolute */
     char init_sha[65];        /* SHA-256 of the decoded 8-bit RGB pixels */
+    float *mask;              /* inpainting: preprocessed [H, W] */
+    char *mask_abs;
+    char mask_sha[65];
     char *pattern, *lat_pattern; /* -o / --save-latent with every field but {id} */
     int by_id;                /* the names use {id}: made once the rows exist */
 } run_state;
@@ -255,6 +258,7 @@ static void make_record(const run_state *r, const ldm_gen_params *prm, int idx, 
     m->karras = prm->karras;
     m->eta = prm->eta;
     ldm_record_set(&m->timestep_spacing, prm->spacing >= 0 ? ldm_spacing_name(prm->spacing) : NULL);
+    ldm_record_set(&m->final_sigmas, prm->final_sigmas >= 0 ? ldm_final_sigmas_name(prm->final_sigmas) : NULL);
     m->width = r->W;
     m->height = r->H;
     m->clip_skip = prm->clip_skip > 1 ? prm->clip_skip : 1;
@@ -268,6 +272,10 @@ static void make_record(const run_state *r, const ldm_gen_params *prm, int idx, 
         m->strength = prm->strength;
         ldm_record_set(&m->init_image_sha256, r->init_sha);
         ldm_record_set(&m->init_image, r->init_abs);
+    }
+    if (r->mask) {
+        ldm_record_set(&m->mask_sha256, r->mask_sha);
+        ldm_record_set(&m->mask_image, r->mask_abs);
     }
 }
 
@@ -556,47 +564,76 @@ char *ldm_image_copy_path(const char *db_path, const char *sha) {
     return p;
 }
 
-/* The init image: decoded, hashed, checked against the recorded hash (replay),
- * preprocessed to the size the generation will use. */
+/* The copy of an input picture beside the database, named by the pixels' hash (so
+ * replay works when the original has been moved or edited); best effort. */
+static void keep_copy(const ldm_job *j, const uint8_t *rgb, int w, int h, const char *sha) {
+    if (!j->db_path || j->no_image_copy || j->no_history) return;
+    char *cp = ldm_image_copy_path(j->db_path, sha);
+    struct stat st;
+    if (stat(cp, &st) != 0) {
+        char *dir = ldm_xstrdup(cp);
+        *strrchr(dir, '/') = 0;
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+            ldm_log(2, "image copy not kept: %s: %s\n", dir, strerror(errno));
+        else if (ldm_png_write(cp, rgb, w, h, NULL, 0))
+            ldm_log(2, "image copy not kept: %s\n", ldm_last_error());
+        free(dir);
+    }
+    free(cp);
+}
+
+/* An input picture decoded and hashed, checked against the recorded hash (replay). */
+static ldm_status read_input(const char *path, const char *want_sha, uint8_t **rgb, int *w, int *h,
+                             char sha[65]) {
+    if (ldm_image_read(path, rgb, w, h)) return ldm_last_status();
+    sha256_hex(*rgb, (size_t)*w * *h * 3, sha);
+    if (want_sha && strcmp(want_sha, sha)) {
+        free(*rgb);
+        *rgb = NULL;
+        ldm_error_kind(LDM_DATA, "%s: its pixels have SHA-256 %s, the generation used %s", path, sha,
+                       want_sha);
+        return LDM_DATA;
+    }
+    return LDM_OK;
+}
+
+/* The init image (and the mask): decoded, hashed, checked against the recorded hash
+ * (replay), preprocessed to the size the generation will use.  The mask is resized to
+ * that size whatever its own (as diffusers' mask processor does). */
 static ldm_status load_init(run_state *r) {
     ldm_job *j = r->j;
-    uint8_t *rgb;
-    int w, h, W, H;
-    if (ldm_image_read(j->init_image, &rgb, &w, &h)) return ldm_last_status();
-    sha256_hex(rgb, (size_t)w * h * 3, r->init_sha);
-    if (j->init_image_sha256 && strcmp(j->init_image_sha256, r->init_sha)) {
+    uint8_t *rgb, *mrgb = NULL;
+    int w, h, W, H, mw = 0, mh = 0;
+    ldm_status st = read_input(j->init_image, j->init_image_sha256, &rgb, &w, &h, r->init_sha);
+    if (st) return st;
+    if (j->mask_image &&
+        (st = read_input(j->mask_image, j->mask_sha256, &mrgb, &mw, &mh, r->mask_sha))) {
         free(rgb);
-        ldm_error_kind(LDM_DATA, "%s: its pixels have SHA-256 %s, the generation used %s", j->init_image,
-                       r->init_sha, j->init_image_sha256);
-        return LDM_DATA;
+        return st;
     }
     int rc = ldm_image_preprocess(rgb, w, h, j->prm.width, j->prm.height,
                                   ldm_pipeline_size_multiple(r->p), &r->init, &W, &H);
     if (rc) {
         free(rgb);
+        free(mrgb);
         return ldm_error_prefix("%s", j->init_image), LDM_USAGE;
     }
     j->prm.width = W;
     j->prm.height = H;
     j->prm.init_image = r->init;
     r->init_abs = absolute_path(j->init_image);
-    /* the copy beside the database, named by the pixels' hash (so replay works when the
-     * original has been moved or edited); best effort */
-    if (j->db_path && !j->no_image_copy && !j->no_history) {
-        char *cp = ldm_image_copy_path(j->db_path, r->init_sha);
-        struct stat st;
-        if (stat(cp, &st) != 0) {
-            char *dir = ldm_xstrdup(cp);
-            *strrchr(dir, '/') = 0;
-            if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-                ldm_log(2, "image copy not kept: %s: %s\n", dir, strerror(errno));
-            else if (ldm_png_write(cp, rgb, w, h, NULL, 0))
-                ldm_log(2, "image copy not kept: %s\n", ldm_last_error());
-            free(dir);
-        }
-        free(cp);
-    }
+    keep_copy(j, rgb, w, h, r->init_sha);
     free(rgb);
+    if (mrgb) {
+        if (ldm_mask_preprocess(mrgb, mw, mh, W, H, &r->mask)) {
+            free(mrgb);
+            return ldm_error_prefix("%s", j->mask_image), LDM_USAGE;
+        }
+        j->prm.mask = r->mask;
+        r->mask_abs = absolute_path(j->mask_image);
+        keep_copy(j, mrgb, mw, mh, r->mask_sha);
+        free(mrgb);
+    }
     return LDM_OK;
 }
 
@@ -640,6 +677,8 @@ static ldm_status check_job(const ldm_job *j) {
     if (!base->prompt) return ldm_error_kind(LDM_USAGE, "no prompt given"), LDM_USAGE;
     if (check_utf8(base->prompt, "prompt") || (base->negative && check_utf8(base->negative, "negative prompt")))
         return LDM_USAGE;
+    if (j->mask_image && !j->init_image)
+        return ldm_error_kind(LDM_USAGE, "a mask goes with an init image (--mask needs --init-img)"), LDM_USAGE;
     if (grid && base->batch > 1)
         return ldm_error_kind(LDM_USAGE, "--grid makes one image per cell; -b does not apply"), LDM_USAGE;
     if (grid && (j->grid.rows > LDM_GRID_MAX || j->grid.cols < 1 || j->grid.cols > LDM_GRID_MAX))
@@ -1001,7 +1040,7 @@ out:
     free(r->recs); free(r->cell);
     free(r->model_name);
     free(r->pattern); free(r->lat_pattern);
-    free(r->init); free(r->init_abs);
+    free(r->init); free(r->init_abs); free(r->mask); free(r->mask_abs);
     return rc;
 }
 
@@ -1034,6 +1073,13 @@ ldm_status ldm_job_from_record(const ldm_gen_record *m, ldm_job *j) {
         free(s);
         return LDM_DATA;
     }
+    j->prm.final_sigmas = -1;
+    if (m->final_sigmas && (j->prm.final_sigmas = ldm_final_sigmas_from_name(m->final_sigmas)) < 0) {
+        char *s = ldm_escape_controls(m->final_sigmas);
+        ldm_error_kind(LDM_DATA, "unknown final sigmas \"%.60s\"", s);
+        free(s);
+        return LDM_DATA;
+    }
     if (m->grid.rows > 0) {
         j->grid = m->grid;
         j->prm.batch = 1;
@@ -1047,6 +1093,14 @@ ldm_status ldm_job_from_record(const ldm_gen_record *m, ldm_job *j) {
         j->prm.strength = m->strength;
         j->init_image_sha256 = m->init_image_sha256;
         j->init_image = m->init_image;   /* a history row's path; the caller may override */
+    }
+    if (m->mask_sha256) {
+        if (!m->init_image_sha256) {
+            ldm_error_kind(LDM_DATA, "the record has a mask (mask_sha256) but no init image");
+            return LDM_DATA;
+        }
+        j->mask_sha256 = m->mask_sha256;
+        j->mask_image = m->mask_image;
     }
     return LDM_OK;
 }

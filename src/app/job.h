@@ -59,6 +59,11 @@ typedef struct ldm_job {
      * unless prm.width/height are set (then resized as diffusers does) */
     const char *init_image;
     const char *init_image_sha256; /* replay: the pixels must have this hash */
+    /* inpainting, with init_image: the mask picture (white = repaint, black = keep; resized
+     * to the generation's size and binarised as diffusers does); prm.strength should be
+     * 1.0, diffusers' default for inpainting */
+    const char *mask_image;
+    const char *mask_sha256;    /* replay: the mask's pixels must have this hash */
     int no_image_copy;          /* do not keep a copy under images/ beside the database */
     ldm_grid_spec grid;         /* rows = 0: not a grid */
     /* database */

@@ -783,6 +783,19 @@ int ldm_pack_info(const char *path, int as_json, FILE *out) {
     for (int c = 0; c < NCOMP; c++)
         if (ldm_bundle_has_component(b, COMP_NAME[c])) json_object_set_new(comps, COMP_NAME[c], component_info(b, c));
     json_object_set_new(info, "components", comps);
+    /* what the bundle can do: an inpainting UNet (in_channels = 2 * latent + 1) needs an
+     * init image and a mask; image to image and inpainting need the VAE encoder */
+    json_t *ucfg = member_json(b, "unet/config.json"), *vcfg = member_json(b, "vae/config.json");
+    json_int_t uin = json_integer_value(json_object_get(ucfg, "in_channels"));
+    json_int_t lat = json_object_get(vcfg, "latent_channels") ? json_integer_value(json_object_get(vcfg, "latent_channels")) : 4;
+    const int inpainting = ucfg && uin == 2 * lat + 1;
+    int has_encoder = 0;
+    for (size_t i = 0; i < ldm_bundle_tensor_count(b) && !has_encoder; i++)
+        has_encoder = strncmp(ldm_bundle_tensor_at(b, i)->name, "vae.encoder.", 12) == 0;
+    json_object_set_new(info, "model_type", json_string(inpainting ? "inpainting" : "text-to-image"));
+    json_object_set_new(info, "vae_encoder", json_boolean(has_encoder));
+    json_decref(ucfg);
+    json_decref(vcfg);
     json_t *mem = json_array();
     for (size_t i = 0; i < ldm_bundle_member_count(b); i++) {
         json_t *m = json_object();
@@ -806,6 +819,12 @@ int ldm_pack_info(const char *path, int as_json, FILE *out) {
                 json_string_value(json_object_get(info, "created_by")) ? json_string_value(json_object_get(info, "created_by")) : "?",
                 json_string_value(json_object_get(info, "ldm_version")) ? json_string_value(json_object_get(info, "ldm_version")) : "?");
         fprintf(out, "content hash  %s\n", ldm_bundle_hash(b));
+        if (inpainting)
+            fprintf(out, "model type    inpainting (unet in_channels %lld): ldmgen --init-img FILE --mask MASK%s\n",
+                    (long long)uin, has_encoder ? "" : " (but no VAE encoder: it cannot run)");
+        else
+            fprintf(out, "model type    text to image%s\n",
+                    has_encoder ? "; image to image and inpainting (VAE encoder present)" : " (no VAE encoder: no image to image)");
         fprintf(out, "components\n");
         const char *key;
         json_t *ci;

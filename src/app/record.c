@@ -236,6 +236,18 @@ static int parse_grid(json_t *g, const char *where, ldm_grid_spec *out) {
     return 0;
 }
 
+/* Fields named *_sha256 hold a SHA-256 in hex: the picture copies are found by it
+ * (images/<sha>.png), so nothing else may pass. */
+static int is_sha_field(const char *name) {
+    size_t n = strlen(name);
+    return n >= 6 && !strcmp(name + n - 6, "sha256");
+}
+static int is_sha256_hex(const char *s) {
+    for (int i = 0; i < 64; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+    return s[64] == '\0';
+}
+
 static int parse_field(json_t *o, const char *where, const ldm_field *f, ldm_gen_record *r) {
     json_t *v = json_object_get(o, f->name);
     char msg[128];
@@ -247,6 +259,8 @@ static int parse_field(json_t *o, const char *where, const ldm_field *f, ldm_gen
             return 0;
         }
         if (!json_is_string(v)) return bad_field(where, f, "expected a string");
+        if (is_sha_field(f->name) && !is_sha256_hex(json_string_value(v)))
+            return bad_field(where, f, "expected 64 lowercase hex digits (a SHA-256)");
         ldm_record_set(FIELD(r, f, char *), json_string_value(v));
         return 0;
     case LDM_FT_U64: {

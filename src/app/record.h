@@ -61,6 +61,7 @@ enum { LDM_V_P = 1, LDM_V_H = 2, LDM_V_O = 4, LDM_V_R = 8, LDM_V_A = 16 };
     X(BOOL, karras, LDM_V_P | LDM_V_H, 0, 1)                                          \
     X(DBL, eta, LDM_V_P | LDM_V_H, 0, 1)                                              \
     X(OSTR, timestep_spacing, LDM_V_P | LDM_V_H, 0, 0)                                \
+    X(OSTR, final_sigmas, LDM_V_P | LDM_V_H, 0, 0)                                    \
     X(INT, width, LDM_V_P | LDM_V_H, 8, 8192)                                         \
     X(INT, height, LDM_V_P | LDM_V_H, 8, 8192)                                        \
     X(INT, clip_skip, LDM_V_P | LDM_V_H, 1, 12)                                       \
@@ -69,6 +70,8 @@ enum { LDM_V_P = 1, LDM_V_H = 2, LDM_V_O = 4, LDM_V_R = 8, LDM_V_A = 16 };
     X(DBL, strength, LDM_V_P | LDM_V_H | LDM_V_A, 0, 1)                              \
     X(OSTR, init_image_sha256, LDM_V_P | LDM_V_H, 0, 0)                              \
     X(OSTR, init_image, LDM_V_H, 0, 0)                                               \
+    X(OSTR, mask_sha256, LDM_V_P | LDM_V_H, 0, 0)                                    \
+    X(OSTR, mask_image, LDM_V_H, 0, 0)                                               \
     X(GRID, grid, LDM_V_P, 0, 0)                                                      \
     X(ID, replay_of, LDM_V_H, 0, 0)                                                   \
     X(OSTR, prompt_file, LDM_V_H, 0, 0)                                               \

@@ -70,13 +70,20 @@ static const char USAGE[] =
     "      --karras             Karras sigmas (euler and dpmpp_2m)\n"
     "      --eta E              DDIM eta, 0..1 (default 0)\n"
     "      --timestep-spacing S leading, trailing or linspace (default: the bundle's)\n"
+    "      --final-sigmas F     dpmpp_2m's last sigma: zero (diffusers >= 0.26), sigma_min, or\n"
+    "                           v0.25 (diffusers 0.25); default: the bundle's final_sigmas_type,\n"
+    "                           else zero\n"
     "      --clip-skip N        use the text encoder's N-th last layer, 1..12 (default 1)\n"
     "      --grid g=LIST        guidance values along the rows of a grid image, e.g. g=1,3,7.5\n"
     "      --grid n=LIST        step counts along its columns, e.g. n=10,25 (one seed for all)\n"
     "      --init-img FILE      image to image from this PNG or JPEG (alpha is composited\n"
     "                           on white); its size unless -W/-H, rounded down to 8\n"
-    "      --strength S         how much of the image is repainted, 0 < S <= 1 (default 0.8)\n"
-    "      --no-image-copy      do not keep a copy of the init image beside the history\n"
+    "      --strength S         how much of the image is repainted, 0 < S <= 1 (default 0.8;\n"
+    "                           1 with --mask)\n"
+    "      --mask MASK          inpainting: repaint where MASK is white, keep where black\n"
+    "                           (grey >= 128 counts as white); resized to the image's size\n"
+    "      --no-image-copy      do not keep a copy of the init image (and mask) beside the\n"
+    "                           history\n"
     "      --save-latent FILE   also write the final latent (mean of its channels) as a\n"
     "                           grayscale PNG; numbered like the images with -b N\n"
     "      --prompts FILE       generate every line of FILE: a prompt a line, or JSON lines\n"
@@ -226,9 +233,9 @@ int main(int argc, char **argv) {
         return cli_replay(argc - 1, argv + 1, &interrupted);
     }
 
-    enum { O_BUNDLE = 256, O_SEED, O_NEG, O_SCHED, O_KARRAS, O_ETA, O_SPACING, O_CLIPSKIP,
+    enum { O_BUNDLE = 256, O_SEED, O_NEG, O_SCHED, O_KARRAS, O_ETA, O_SPACING, O_FINAL, O_CLIPSKIP,
            O_NOHIST, O_VERSION, O_DB, O_NOCACHE, O_CACHEMAX, O_REQHIST, O_GRID, O_LATENT,
-           O_INIT, O_STRENGTH, O_NOCOPY,
+           O_INIT, O_STRENGTH, O_NOCOPY, O_MASK,
            O_PROMPTS, O_SHARD, O_SHARDCOUNT, O_FORCE, O_FAILFAST, O_OVERWRITE };
     static const struct option opts[] = {
         {"bundle", required_argument, 0, O_BUNDLE},   {"output", required_argument, 0, 'o'},
@@ -238,6 +245,7 @@ int main(int argc, char **argv) {
         {"negative", required_argument, 0, O_NEG},    {"scheduler", required_argument, 0, O_SCHED},
         {"karras", no_argument, 0, O_KARRAS},         {"eta", required_argument, 0, O_ETA},
         {"timestep-spacing", required_argument, 0, O_SPACING},
+        {"final-sigmas", required_argument, 0, O_FINAL},
         {"clip-skip", required_argument, 0, O_CLIPSKIP},
         {"no-history", no_argument, 0, O_NOHIST},     {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},             {"help", no_argument, 0, 'h'},
@@ -246,7 +254,7 @@ int main(int argc, char **argv) {
         {"require-history", no_argument, 0, O_REQHIST}, {"grid", required_argument, 0, O_GRID},
         {"save-latent", required_argument, 0, O_LATENT},
         {"init-img", required_argument, 0, O_INIT},   {"strength", required_argument, 0, O_STRENGTH},
-        {"no-image-copy", no_argument, 0, O_NOCOPY},
+        {"no-image-copy", no_argument, 0, O_NOCOPY},  {"mask", required_argument, 0, O_MASK},
         {"prompts", required_argument, 0, O_PROMPTS}, {"shard", required_argument, 0, O_SHARD},
         {"shard-count", required_argument, 0, O_SHARDCOUNT}, {"force", no_argument, 0, O_FORCE},
         {"fail-fast", no_argument, 0, O_FAILFAST},    {"overwrite", no_argument, 0, O_OVERWRITE},
@@ -310,6 +318,10 @@ int main(int argc, char **argv) {
                 return usage_error("timestep spacing \"%s\": expected leading, trailing or "
                                    "linspace", optarg);
             break;
+        case O_FINAL:
+            if ((prm->final_sigmas = ldm_final_sigmas_from_name(optarg)) < 0)
+                return usage_error("final sigmas \"%s\": expected zero, sigma_min or v0.25", optarg);
+            break;
         case O_CLIPSKIP:
             if (parse_int(optarg, 1, 12, &prm->clip_skip))
                 return usage_error("clip skip \"%s\": expected an integer from 1 to 12", optarg);
@@ -352,6 +364,10 @@ int main(int argc, char **argv) {
             have_strength = 1;
             break;
         case O_NOCOPY: job.no_image_copy = 1; break;
+        case O_MASK:
+            if (!*optarg) return usage_error("--mask: empty file name");
+            job.mask_image = optarg;
+            break;
         case O_LATENT:
             if (!*optarg) return usage_error("--save-latent: empty file name");
             job.latent_output = optarg;
@@ -403,6 +419,9 @@ int main(int argc, char **argv) {
     if (po.file && !have_o) job.output = NULL;
     if (have_strength && !job.init_image)
         return usage_error("--strength goes with --init-img (image to image)");
+    if (job.mask_image && !job.init_image)
+        return usage_error("--mask goes with --init-img (inpainting: the image to repaint)");
+    if (job.mask_image && !have_strength) prm->strength = 1.0;   /* diffusers' inpainting default */
     if (job.no_history && job.require_history)
         return usage_error("--no-history and --require-history contradict each other");
     /* one grid axis alone: the other takes the -g / -n value */

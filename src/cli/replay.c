@@ -34,6 +34,7 @@ static const char REPLAY_USAGE[] =
     "      --no-cache        do not use the prompt-embedding cache\n"
     "      --init-img FILE   the init image of an image-to-image generation (default: its\n"
     "                        copy beside the history, else its recorded path)\n"
+    "      --mask FILE       the mask of an inpainting generation (default: likewise)\n"
     "  -q, --quiet           print errors only;  -v, --verbose  print details\n"
     "Exit status: 0 identical, 1 different or error, 2 usage error, 130 interrupted.\n";
 
@@ -106,6 +107,28 @@ static int err(const char *what, ldm_status st) {
     return cli_exit("ldmgen replay", st, msg);
 }
 
+/* An input picture of the recorded generation: the option's file, else the copy beside
+ * the database, else the recorded path (*path on entry); its pixels are checked later. */
+static int find_input(const char *what, const char *opt_name, const char *sha, const char *opt,
+                      const char *db_path, const char **path, char **copy) {
+    if (opt) {
+        *path = opt;
+        return 0;
+    }
+    *copy = db_path ? ldm_image_copy_path(db_path, sha) : NULL;
+    if (*copy && file_exists(*copy)) {
+        *path = *copy;
+        return 0;
+    }
+    if (*path && file_exists(*path)) return 0;
+    char *rec = *path ? ldm_escape_controls(*path) : NULL;
+    fprintf(stderr, "ldmgen replay: the %s (pixels SHA-256 %s) is neither in %s nor at %s; give it "
+            "with %s FILE\n", what, sha, *copy ? *copy : "the history's images folder",
+            rec ? rec : "its recorded path", opt_name);
+    free(rec);
+    return -1;
+}
+
 int cli_replay(int argc, char **argv, const volatile int *interrupt) {
     static const struct option opts[] = {
         {"output", required_argument, 0, 'o'}, {"bundle", required_argument, 0, 'B'},
@@ -113,9 +136,10 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         {"no-cache", no_argument, 0, 'C'},     {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},      {"help", no_argument, 0, 'h'},
         {"init-img", required_argument, 0, 'I'}, {"overwrite", no_argument, 0, 'W'},
+        {"mask", required_argument, 0, 'M'},
         {0, 0, 0, 0},
     };
-    const char *out = NULL, *bundle = NULL, *db_opt = NULL, *init_opt = NULL;
+    const char *out = NULL, *bundle = NULL, *db_opt = NULL, *init_opt = NULL, *mask_opt = NULL;
     int no_history = 0, no_cache = 0, overwrite = 0, c;
     optind = 1;
     opterr = 0;
@@ -127,6 +151,7 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         case 'N': no_history = 1; break;
         case 'C': no_cache = 1; break;
         case 'I': init_opt = optarg; break;
+        case 'M': mask_opt = optarg; break;
         case 'W': overwrite = 1; break;
         case 'q': cli_verbosity = 0; break;
         case 'v': cli_verbosity = 2; break;
@@ -227,19 +252,15 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
     }
     /* the init image of an image-to-image generation: --init-img, else the copy beside
      * the database, else the recorded path; its pixels must have the recorded hash */
-    char *copy = NULL;
+    char *copy = NULL, *mcopy = NULL;
     if (m.init_image_sha256) {
-        if (init_opt) j.init_image = init_opt;
-        else {
-            copy = have_db ? ldm_image_copy_path(db_path, m.init_image_sha256) : NULL;
-            if (copy && file_exists(copy)) j.init_image = copy;
-            else if (!j.init_image || !file_exists(j.init_image)) {
-                fprintf(stderr, "ldmgen replay: the init image (pixels SHA-256 %s) is neither in %s "
-                        "nor at %s; give it with --init-img FILE\n", m.init_image_sha256,
-                        copy ? copy : "the history's images folder", j.init_image ? j.init_image : "its recorded path");
-                free(copy);
-                goto done;
-            }
+        if (find_input("init image", "--init-img", m.init_image_sha256, init_opt,
+                       have_db ? db_path : NULL, &j.init_image, &copy) ||
+            (m.mask_sha256 && find_input("mask", "--mask", m.mask_sha256, mask_opt,
+                                         have_db ? db_path : NULL, &j.mask_image, &mcopy))) {
+            free(copy);
+            free(mcopy);
+            goto done;
         }
         j.no_image_copy = 1;
     }
@@ -260,6 +281,7 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
     st = ldm_job_run(&j);
     cli_job_done(&j);
     free(copy);
+    free(mcopy);
     if (st) { rc = err(NULL, st); goto done; }
 
     /* ---- the verdict ---- */

@@ -154,3 +154,21 @@ int ldm_image_preprocess(const uint8_t *rgb, int w, int h, int want_w, int want_
     *oh = H;
     return 0;
 }
+
+int ldm_mask_preprocess(const uint8_t *rgb, int w, int h, int W, int H, float **out) {
+    if (W < 1 || H < 1) return ldm_error_kind(LDM_USAGE, "mask: size %dx%d", W, H);
+    uint8_t *px;
+    ldm_resize_lanczos(rgb, w, h, W, H, &px);
+    const size_t HW = (size_t)W * H;
+    float *m = ldm_xmalloc(sizeof(float) * HW);
+    for (size_t i = 0; i < HW; i++) {
+        const uint8_t *q = px + i * 3;
+        /* PIL convert("L"): L = (R * 19595 + G * 38470 + B * 7471 + 0x8000) >> 16 */
+        uint32_t l = ((uint32_t)q[0] * 19595u + (uint32_t)q[1] * 38470u + (uint32_t)q[2] * 7471u + 0x8000u) >> 16;
+        float v = (float)l / 255.0f;
+        m[i] = v < 0.5f ? 0.0f : 1.0f;   /* do_binarize */
+    }
+    free(px);
+    *out = m;
+    return 0;
+}

@@ -19,4 +19,10 @@ void ldm_resize_lanczos(const uint8_t *rgb, int w, int h, int ow, int oh, uint8_
 int ldm_image_preprocess(const uint8_t *rgb, int w, int h, int want_w, int want_h, int mult,
                          float **out, int *ow, int *oh);
 
+/* diffusers' mask processor (VaeImageProcessor(do_normalize=False, do_binarize=True,
+ * do_convert_grayscale=True)): the picture resized to W x H (PIL Lanczos, in RGB, before
+ * the conversion, as diffusers orders it), converted to grey as PIL's convert("L") does,
+ * then 1 where grey / 255 >= 0.5 (grey >= 128), else 0.  *out [H, W] malloc'd. */
+int ldm_mask_preprocess(const uint8_t *rgb, int w, int h, int W, int H, float **out);
+
 #endif

@@ -33,6 +33,8 @@ struct ldm_pipeline {
     ldm_tokenizer *tok;
     /* geometry, from the configs once */
     int default_size, size_multiple;
+    int unet_in, latent_ch;  /* unet in_channels, VAE latent_channels */
+    int inpaint;             /* unet in_channels = 2 * latent + 1: an inpainting UNet */
     /* the bundle's scheduler config read as each class (index kind + 1), parsed once */
     ldm_sched_config sched[LDM_SCHED_COUNT + 1];
     int sched_state[LDM_SCHED_COUNT + 1];   /* 0 not parsed, 1 ok, -1 refused */
@@ -75,14 +77,14 @@ ldm_tokenizer *ldm_bundle_tokenizer(const ldm_bundle *b) {
     return t;
 }
 
-static int bundle_geometry(const ldm_bundle *b, int *def, int *mult);
+static int bundle_geometry(ldm_pipeline *p);
 
 ldm_pipeline *ldm_pipeline_new(ldm_bundle *b) {
     if (!b) return NULL;
     ldm_pipeline *p = ldm_xcalloc(1, sizeof *p);
     p->bundle = b;
     if (!(p->tok = ldm_bundle_tokenizer(b)) ||
-        bundle_geometry(b, &p->default_size, &p->size_multiple)) {
+        bundle_geometry(p)) {
         ldm_error_set_kind(LDM_DATA);
         ldm_pipeline_close(p);
         return NULL;
@@ -97,11 +99,11 @@ int ldm_pipeline_load(ldm_pipeline *p, ldm_backend *be) {
     if (!(p->clip = ldm_clip_load(b, be)) || !(p->unet = ldm_unet_load(b, be)) ||
         !(p->vae = ldm_vae_load(b, be)))
         goto fail;
-    if (ldm_unet_in_channels(p->unet) != ldm_vae_latent_channels(p->vae) ||
-        ldm_unet_out_channels(p->unet) != ldm_unet_in_channels(p->unet)) {
-        ldm_error_kind(LDM_DATA, "%s: unet in/out channels %d/%d do not match the VAE's %d latent channels",
-                       ldm_bundle_path(b), ldm_unet_in_channels(p->unet),
-                       ldm_unet_out_channels(p->unet), ldm_vae_latent_channels(p->vae));
+    const int lc = ldm_vae_latent_channels(p->vae), uin = ldm_unet_in_channels(p->unet);
+    if (ldm_unet_out_channels(p->unet) != lc || (uin != lc && uin != 2 * lc + 1)) {
+        ldm_error_kind(LDM_DATA, "%s: unet in/out channels %d/%d do not fit the VAE's %d latent channels "
+                       "(in = out = %d, or in = %d for an inpainting UNet)", ldm_bundle_path(b), uin,
+                       ldm_unet_out_channels(p->unet), lc, lc, 2 * lc + 1);
         goto fail;
     }
     if (ldm_unet_context_dim(p->unet) != ldm_clip_hidden_size(p->clip)) {
@@ -154,6 +156,8 @@ void ldm_pipeline_close(ldm_pipeline *p) {
 
 const ldm_bundle *ldm_pipeline_bundle(const ldm_pipeline *p) { return p->bundle; }
 const ldm_tokenizer *ldm_pipeline_tokenizer(const ldm_pipeline *p) { return p->tok; }
+int ldm_pipeline_is_inpaint(const ldm_pipeline *p) { return p->inpaint; }
+
 int ldm_pipeline_default_size(const ldm_pipeline *p) { return p->default_size; }
 int ldm_pipeline_size_multiple(const ldm_pipeline *p) { return p->size_multiple; }
 int ldm_pipeline_text_length(const ldm_pipeline *p) { return ldm_tokenizer_get_info(p->tok).max_length; }
@@ -190,6 +194,7 @@ ldm_gen_params ldm_gen_params_default(void) {
     g.batch = 1;
     g.scheduler = -1;
     g.spacing = -1;
+    g.final_sigmas = -1;
     g.strength = 0.8;
     return g;
 }
@@ -228,25 +233,37 @@ int ldm_gen_sched_config(ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_c
         sc->eta = prm->eta;
     }
     if (prm->spacing >= 0) sc->timestep_spacing = prm->spacing;
+    if (prm->final_sigmas >= 0) {
+        if (prm->final_sigmas >= LDM_FINAL_COUNT)
+            return ldm_error_kind(LDM_USAGE, "final sigmas %d: unknown", prm->final_sigmas);
+        if (sc->kind != LDM_SCHED_DPMPP_2M)
+            return ldm_error_kind(LDM_USAGE, "--final-sigmas applies to the dpmpp_2m scheduler, not %s",
+                                  ldm_sched_name(sc->kind));
+        sc->final_sigmas = prm->final_sigmas;
+    }
     return 0;
 }
 
 /* Image geometry from the configs: default side (unet sample_size * VAE factor) and the
  * multiple sizes must have (the VAE factor: the UNet takes any latent size, as diffusers'
  * does, rounding up going down and resizing to the skips' sizes going up). */
-static int bundle_geometry(const ldm_bundle *b, int *def, int *mult) {
+static int bundle_geometry(ldm_pipeline *p) {
+    const ldm_bundle *b = p->bundle;
     json_t *u = cfg_load(b, "unet/config.json"), *v = u ? cfg_load(b, "vae/config.json") : NULL;
     int ub[8], vb[8], nu = 0, nv = 0, ss = 0, rc = -1;
     if (v && !cfg_int_list(u, "unet/config.json", "block_out_channels", ub, 8, &nu) &&
         !cfg_int_list(v, "vae/config.json", "block_out_channels", vb, 8, &nv) &&
-        !cfg_count(u, "unet/config.json", "sample_size", 0, LDM_MAX_SAMPLE_SIZE, &ss)) {
+        !cfg_count(u, "unet/config.json", "sample_size", 0, LDM_MAX_SAMPLE_SIZE, &ss) &&
+        !cfg_count_or(u, "unet/config.json", "in_channels", 4, 1, LDM_MAX_CHANNELS, &p->unet_in) &&
+        !cfg_count_or(v, "vae/config.json", "latent_channels", 4, 1, LDM_MAX_CHANNELS, &p->latent_ch)) {
         if (nu < 1 || nv < 1 || ss < 1)
             ldm_error("%s: unet/vae config: empty block_out_channels or bad sample_size",
                       ldm_bundle_path(b));
         else {
             int f = 1 << (nv - 1);
-            *def = ss * f;
-            *mult = f;
+            p->default_size = ss * f;
+            p->size_multiple = f;
+            p->inpaint = p->unet_in == 2 * p->latent_ch + 1;
             rc = 0;
         }
     }
@@ -272,6 +289,14 @@ static int check_params(ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_co
     if (W < m || H < m || W % m || H % m || W > 8192 || H > 8192)
         return ldm_error_kind(LDM_USAGE, "size %dx%d: this model needs width and height in multiples of %d "
                               "(%d..8192)", W, H, m, m);
+    if (prm->init_image && !(prm->strength > 0 && prm->strength <= 1))
+        return ldm_error_kind(LDM_USAGE, "strength %g: expected a number above 0 and at most 1", prm->strength);
+    if (prm->mask && !prm->init_image)
+        return ldm_error_kind(LDM_USAGE, "a mask needs an init image (inpainting)");
+    if (p->inpaint && !prm->mask)
+        return ldm_error_kind(LDM_USAGE, "%s is an inpainting model (unet in_channels %d): it needs an "
+                              "init image and a mask (--init-img FILE --mask MASK)",
+                              ldm_bundle_path(p->bundle), p->unet_in);
     if (width) *width = W;
     if (height) *height = H;
     return ldm_gen_sched_config(p, prm, sc);
@@ -338,31 +363,41 @@ static size_t arena_need(ldm_pipeline *p, int nb, int h, int w, int encode) {
 
 static int check_finite(const float *x, size_t n, const char *what);
 
+/* The encoder's latent distribution of img [3, h*f, w*f]: mom[2 * per] (mean, logvar). */
+static int encode_moments(ldm_pipeline *p, const float *img, int h, int w, size_t per, float *mom,
+                          const char *what) {
+    const int f = ldm_vae_downscale(p->vae);
+    if (ldm_vae_encode(p->vae, &p->arena, img, h * f, w * f, mom))
+        return ldm_error_prefix("vae encode (%s)", what);
+    return check_finite(mom, 2 * per, what);
+}
+
+/* retrieve_latents(..., generator) * scaling_factor: DiagonalGaussianDistribution.sample,
+ * logvar clamped to [-30, 20], std = exp(0.5 logvar), one randn draw of `per` from rng. */
+static void sample_moments(const ldm_pipeline *p, const float *mom, size_t per, ldm_rng *rng,
+                           float *eps, float *out) {
+    const float *mean = mom, *logvar = mom + per;
+    const float sf = ldm_vae_scaling_factor(p->vae);
+    ldm_rng_randn(rng, eps, per);
+    for (size_t k = 0; k < per; k++) {
+        float lv = logvar[k] < -30.0f ? -30.0f : logvar[k] > 20.0f ? 20.0f : logvar[k];
+        float sd = expf(0.5f * lv), t = sd * eps[k];
+        out[k] = sf * (mean[k] + t);
+    }
+}
+
 /* Image to image: x[B, C, h, w] = add_noise(scaling_factor * sample(encode(image)), randn)
  * at timestep i0, each image's two draws (the encoder's sample, then the noise) from its
- * own generator, in diffusers' order (prepare_latents). */
+ * own generator, in diffusers' order (StableDiffusionImg2ImgPipeline.prepare_latents). */
 static int init_latents(ldm_pipeline *p, const ldm_gen_params *prm, const ldm_sched *s, int i0,
                         ldm_rng *rngs, int B, size_t per, int h, int w, float *x, ldm_gen_result *res) {
-    const int f = ldm_vae_downscale(p->vae);
     float *mom = ldm_xmalloc(sizeof(float) * 2 * per), *eps = ldm_xmalloc(sizeof(float) * per);
-    int rc = ldm_vae_encode(p->vae, &p->arena, prm->init_image, h * f, w * f, mom);
-    if (rc) {
-        ldm_error_prefix("vae encode");
-    } else if (check_finite(mom, 2 * per, "encoded image")) {
-        rc = -1;
-    } else {
-        /* DiagonalGaussianDistribution: logvar clamped to [-30, 20], std = exp(0.5 logvar) */
-        const float *mean = mom, *logvar = mom + per;
-        const float sf = ldm_vae_scaling_factor(p->vae);
+    int rc = encode_moments(p, prm->init_image, h, w, per, mom, "encoded image");
+    if (!rc) {
         if (prm->keep_latents) res->latents_init = ldm_xmalloc(sizeof(float) * B * per);
         for (int b = 0; b < B; b++) {
             float *xb = x + (size_t)b * per;
-            ldm_rng_randn(&rngs[b], eps, per);
-            for (size_t k = 0; k < per; k++) {
-                float lv = logvar[k] < -30.0f ? -30.0f : logvar[k] > 20.0f ? 20.0f : logvar[k];
-                float sd = expf(0.5f * lv), t = sd * eps[k];
-                xb[k] = sf * (mean[k] + t);
-            }
+            sample_moments(p, mom, per, &rngs[b], eps, xb);
             ldm_rng_randn(&rngs[b], eps, per);
             if (prm->keep_latents) memcpy(res->latents_init + (size_t)b * per, eps, sizeof(float) * per);
             ldm_sched_add_noise(s, i0, xb, eps, per);
@@ -371,6 +406,95 @@ static int init_latents(ldm_pipeline *p, const ldm_gen_params *prm, const ldm_sc
     free(mom);
     free(eps);
     return rc;
+}
+
+/* What inpainting keeps across the denoising loop. */
+typedef struct {
+    float *image_latents;   /* [per] the init image's latents (4-channel UNet, or strength < 1) */
+    float *noise;           /* [B, per] the initial noise, one draw per image */
+    float *mask;            /* [h, w] the mask at latent size (nearest), 0 or 1 */
+    float *masked_latents;  /* [per] latents of the init image with the masked pixels zeroed */
+} inpaint_state;
+
+static void inpaint_free(inpaint_state *q) {
+    free(q->image_latents);
+    free(q->noise);
+    free(q->mask);
+    free(q->masked_latents);
+}
+
+/* Inpainting (StableDiffusionInpaintPipeline): the draws in its order.  The init image's
+ * latents (for a 4-channel UNet, which blends them back at every step, or when strength <
+ * 1) are sampled from the FIRST image's generator (diffusers encodes the one init image
+ * with generator[0]); then each image's noise from its own generator; latents = noise *
+ * init_noise_sigma at strength 1, else add_noise(image latents, noise, timesteps[i0]);
+ * then the masked image (init * (mask < 0.5)) is encoded and sampled from the first
+ * generator again (prepare_mask_latents, also for a 4-channel UNet).  The mask goes to
+ * latent size by nearest-neighbour interpolation (F.interpolate's default). */
+static int inpaint_latents(ldm_pipeline *p, const ldm_gen_params *prm, const ldm_sched *s, int i0,
+                           ldm_rng *rngs, int B, size_t per, int h, int w, float *x,
+                           inpaint_state *q, ldm_gen_result *res) {
+    const int f = ldm_vae_downscale(p->vae), H = h * f, W = w * f;
+    const int strength_max = prm->strength == 1.0;
+    const size_t HW = (size_t)H * W;
+    float *mom = ldm_xmalloc(sizeof(float) * 2 * per), *eps = ldm_xmalloc(sizeof(float) * per);
+    float *masked = NULL;
+    int rc = -1;
+    q->noise = ldm_xmalloc(sizeof(float) * B * per);
+    if (!p->inpaint || !strength_max) {
+        if (encode_moments(p, prm->init_image, h, w, per, mom, "encoded image")) goto out;
+        q->image_latents = ldm_xmalloc(sizeof(float) * per);
+        sample_moments(p, mom, per, &rngs[0], eps, q->image_latents);
+    }
+    for (int b = 0; b < B; b++) {
+        float *nb = q->noise + (size_t)b * per, *xb = x + (size_t)b * per;
+        ldm_rng_randn(&rngs[b], nb, per);
+        if (strength_max) {
+            for (size_t k = 0; k < per; k++) xb[k] = nb[k] * s->init_noise_sigma;
+        } else {
+            memcpy(xb, q->image_latents, sizeof(float) * per);
+            ldm_sched_add_noise(s, i0, xb, nb, per);
+        }
+    }
+    if (prm->keep_latents) {
+        res->latents_init = ldm_xmalloc(sizeof(float) * B * per);
+        memcpy(res->latents_init, q->noise, sizeof(float) * B * per);
+    }
+    masked = ldm_xmalloc(sizeof(float) * 3 * HW);
+    for (int c = 0; c < 3; c++)
+        for (size_t k = 0; k < HW; k++)
+            masked[c * HW + k] = prm->init_image[c * HW + k] * (prm->mask[k] < 0.5f ? 1.0f : 0.0f);
+    if (encode_moments(p, masked, h, w, per, mom, "encoded masked image")) goto out;
+    q->masked_latents = ldm_xmalloc(sizeof(float) * per);
+    sample_moments(p, mom, per, &rngs[0], eps, q->masked_latents);
+    q->mask = ldm_xmalloc(sizeof(float) * h * w);
+    for (int y = 0; y < h; y++)
+        for (int xx = 0; xx < w; xx++) q->mask[y * w + xx] = prm->mask[(size_t)y * f * W + (size_t)xx * f];
+    rc = 0;
+out:
+    free(mom);
+    free(eps);
+    free(masked);
+    return rc;
+}
+
+/* A 4-channel UNet's inpainting after step i: outside the mask the image latents come
+ * back, noised to the next timestep (not after the last step):
+ * x = (1 - mask) * add_noise(image_latents, noise, timesteps[i + 1]) + mask * x. */
+static void inpaint_blend(const ldm_sched *s, int i, const inpaint_state *q, int B, int Cl,
+                          size_t hw, float *x, float *tmp) {
+    const size_t per = (size_t)Cl * hw;
+    for (int b = 0; b < B; b++) {
+        memcpy(tmp, q->image_latents, sizeof(float) * per);
+        if (i < s->n_timesteps - 1) ldm_sched_add_noise(s, i + 1, tmp, q->noise + (size_t)b * per, per);
+        float *xb = x + (size_t)b * per;
+        for (int c = 0; c < Cl; c++)
+            for (size_t k = 0; k < hw; k++) {
+                const float m = q->mask[k];
+                float a = (1.0f - m) * tmp[c * hw + k], bb = m * xb[c * hw + k];
+                xb[c * hw + k] = a + bb;
+            }
+    }
 }
 
 /* All finite?  Names what and where when not. */
@@ -391,9 +515,9 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
     if (check_params(p, prm, &res->sched, &W, &H)) return ldm_last_status();
     const int B = prm->batch ? prm->batch : 1;
     const int f = ldm_vae_downscale(p->vae), h = H / f, w = W / f;
-    const int C = ldm_unet_in_channels(p->unet);
+    const int C = p->latent_ch, Cu = p->unet_in;   /* latent channels; the UNet's input */
     const int T = ldm_clip_max_length(p->clip), D = ldm_clip_hidden_size(p->clip);
-    const size_t per = (size_t)C * h * w, n = (size_t)B * per, TD = (size_t)T * D;
+    const size_t hw = (size_t)h * w, per = (size_t)C * hw, n = (size_t)B * per, TD = (size_t)T * D;
     const int cfg = prm->guidance > 1.0;    /* do_classifier_free_guidance */
     const int NB = cfg ? 2 * B : B;         /* UNet batch */
     res->batch = B; res->width = W; res->height = H;
@@ -401,15 +525,17 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
 
     ldm_sched *s = NULL;
     ldm_rng *rngs = NULL;
-    float *ctx = NULL, *emb = NULL, *x = NULL, *xin = NULL, *eps = NULL, *img = NULL;
+    float *ctx = NULL, *emb = NULL, *x = NULL, *xin = NULL, *eps = NULL, *img = NULL, *xs = NULL;
+    inpaint_state q = {0};
+    const int inpaint = prm->mask != NULL;
     int32_t *ids = NULL;
     int rc = -1;
 
     /* one arena for the three models at this size (dry runs cached per batch and size) */
     const int img2img = prm->init_image != NULL;
     if (img2img && !ldm_vae_has_encoder(p->vae)) {
-        ldm_error_kind(LDM_DATA, "%s: this bundle has no VAE encoder (vae.encoder.* weights); image "
-                       "to image needs one", ldm_bundle_path(p->bundle));
+        ldm_error_kind(LDM_DATA, "%s: this bundle has no VAE encoder (vae.encoder.* weights); %s "
+                       "needs one", ldm_bundle_path(p->bundle), inpaint ? "inpainting" : "image to image");
         return LDM_DATA;
     }
     if (arena_reserve(p, arena_need(p, NB, h, w, img2img))) goto done;
@@ -467,13 +593,15 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
             memcpy(res->latents_init, x, sizeof(float) * n);
         }
         for (size_t k = 0; k < n; k++) x[k] = x[k] * s->init_noise_sigma;
-    } else if (init_latents(p, prm, s, i0, rngs, B, per, h, w, x, res)) {
+    } else if (inpaint ? inpaint_latents(p, prm, s, i0, rngs, B, per, h, w, x, &q, res)
+                       : init_latents(p, prm, s, i0, rngs, B, per, h, w, x, res)) {
         goto done;
     }
 
     /* ---- denoising loop ---- */
-    xin = ldm_xmalloc(sizeof(float) * NB * per);
+    xin = ldm_xmalloc(sizeof(float) * NB * Cu * hw);
     eps = ldm_xmalloc(sizeof(float) * NB * per);
+    if (inpaint) xs = ldm_xmalloc(sizeof(float) * n);
     const float g = (float)prm->guidance;
     for (int i = i0; i < s->n_timesteps; i++) {
         if (prm->interrupt && *prm->interrupt) {
@@ -482,8 +610,19 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
             goto done;
         }
         /* latent_model_input = cat([x] * 2) if cfg; scale_model_input */
-        ldm_sched_scale_model_input(s, i, xin, x, n);
-        if (cfg) memcpy(xin + n, xin, n * sizeof(float));
+        if (Cu == C) {
+            ldm_sched_scale_model_input(s, i, xin, x, n);
+            if (cfg) memcpy(xin + n, xin, n * sizeof(float));
+        } else {
+            /* an inpainting UNet: cat([scaled latents, mask, masked image latents], dim=1) */
+            ldm_sched_scale_model_input(s, i, xs, x, n);
+            for (int b = 0; b < NB; b++) {
+                float *d = xin + (size_t)b * Cu * hw;
+                memcpy(d, xs + (size_t)(b % B) * per, sizeof(float) * per);
+                memcpy(d + per, q.mask, sizeof(float) * hw);
+                memcpy(d + per + hw, q.masked_latents, sizeof(float) * per);
+            }
+        }
         if (ldm_unet_forward(p->unet, &p->arena, xin, s->timesteps[i], ctx, NB, h, w, T, eps)) {
             ldm_error_prefix("unet, step %d", i + 1);
             goto done;
@@ -493,6 +632,7 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
             for (size_t k = 0; k < n; k++) eps[k] = eps[k] + g * (eps[n + k] - eps[k]);
         }
         if (ldm_sched_step(s, i, eps, x, B, per, rngs)) goto done;
+        if (inpaint && Cu == C) inpaint_blend(s, i, &q, B, C, hw, x, xs);
         /* denoising steps, not UNet evaluations (PNDM evaluates steps + 1 times) */
         if (prm->progress) {
             const int run = s->n_timesteps - i0, todo = img2img ? (run < prm->steps ? run : prm->steps) : prm->steps;
@@ -537,7 +677,8 @@ done:
         free(res->latents_final); res->latents_final = NULL;
     }
     ldm_sched_free(s);
-    free(rngs); free(ctx); free(emb); free(ids); free(x); free(xin); free(eps); free(img);
+    free(rngs); free(ctx); free(emb); free(ids); free(x); free(xin); free(eps); free(img); free(xs);
+    inpaint_free(&q);
     return rc ? ldm_last_status() : LDM_OK;
 }
 
@@ -597,6 +738,7 @@ char *ldm_a1111_parameters(const ldm_gen_params *prm, const ldm_gen_result *res,
     if (prm->init_image) {   /* A1111's key for img2img */
         fmt_num(g, sizeof g, prm->strength);
         sb_add(&b, ", Denoising strength: %s", g);
+        if (prm->mask) sb_add(&b, ", Mask blur: 0");   /* A1111's key; ldm does not blur */
     }
     if (res->batch > 1) sb_add(&b, ", Batch size: %d, Batch pos: %d", res->batch, i);
     if (prm->clip_skip > 1) sb_add(&b, ", Clip skip: %d", prm->clip_skip);

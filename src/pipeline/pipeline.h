@@ -53,6 +53,9 @@ ldm_backend *ldm_pipeline_backend(const ldm_pipeline *p);
 
 const ldm_bundle *ldm_pipeline_bundle(const ldm_pipeline *p);
 const ldm_tokenizer *ldm_pipeline_tokenizer(const ldm_pipeline *p);
+/* Whether the UNet is an inpainting one (in_channels = 2 * latent channels + 1, 9 for SD):
+ * such a model generates only with an init image and a mask. */
+int ldm_pipeline_is_inpaint(const ldm_pipeline *p);
 /* Default image side in pixels: unet sample_size * VAE downscale (512 for SD 1.x). */
 int ldm_pipeline_default_size(const ldm_pipeline *p);
 /* The VAE downscale factor (8); sizes must be multiples of it, see ldm_gen_check_bundle. */
@@ -82,6 +85,8 @@ typedef struct ldm_gen_params {
     int karras;                /* Karras sigmas (Euler, DPM++ only) */
     double eta;                /* DDIM eta (DDIM only; 0 = deterministic) */
     int spacing;               /* ldm_spacing override, or -1 = the bundle's config */
+    int final_sigmas;          /* DPM++: ldm_final_sigmas override, or -1 = the config's
+                                * final_sigmas_type (default zero, as diffusers >= 0.26) */
     /* diffusers' prompt_embeds / negative_prompt_embeds: [T, C] each on the host, or
      * NULL to tokenize and encode prompt/negative here (negative_embeds is needed when
      * guidance > 1) */
@@ -91,6 +96,12 @@ typedef struct ldm_gen_params {
      * text to image */
     const float *init_image;
     double strength;
+    /* inpainting (StableDiffusionInpaintPipeline), with init_image: the preprocessed mask
+     * [H, W], 1 = repaint, 0 = keep (binarised: ldm_mask_preprocess); NULL for none.  An
+     * inpainting UNet (in_channels 9) gets it with the masked image's latents at every
+     * step; an ordinary one keeps the init image's noised latents outside the mask.
+     * diffusers' default strength here is 1.0 (the caller sets it). */
+    const float *mask;
     ldm_progress_fn progress;  /* called after each step (step 1..total), may be NULL */
     void *progress_user;
     const volatile int *interrupt; /* when it becomes non-zero, stop between steps */
@@ -98,7 +109,7 @@ typedef struct ldm_gen_params {
 } ldm_gen_params;
 
 /* A zeroed parameter struct with the defaults: 50 steps, guidance 7.5, batch 1,
- * scheduler -1, spacing -1, strength 0.8 (used with an init image). */
+ * scheduler -1, spacing -1, final_sigmas -1, strength 0.8 (used with an init image). */
 ldm_gen_params ldm_gen_params_default(void);
 
 typedef struct ldm_gen_result {

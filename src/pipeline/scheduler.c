@@ -54,6 +54,16 @@ int ldm_spacing_from_name(const char *name) {
 }
 const char *ldm_spacing_name(ldm_spacing s) { return spacing_names[s]; }
 
+static const char *const final_names[LDM_FINAL_COUNT] = {"zero", "sigma_min", "v0.25"};
+int ldm_final_sigmas_from_name(const char *name) {
+    for (int k = 0; k < LDM_FINAL_COUNT; k++)
+        if (!strcmp(name, final_names[k])) return k;
+    return -1;
+}
+const char *ldm_final_sigmas_name(ldm_final_sigmas f) {
+    return (unsigned)f < LDM_FINAL_COUNT ? final_names[f] : "?";
+}
+
 int ldm_sched_is_ancestral(const ldm_sched_config *c) {
     return c->kind == LDM_SCHED_DDPM || c->kind == LDM_SCHED_EULER_A ||
            (c->kind == LDM_SCHED_DDIM && c->eta > 0);
@@ -240,6 +250,9 @@ int ldm_sched_config_parse(ldm_sched_config *c, const char *text, const char *me
             cfg_choice(j, member, "variance_type", "", vt, cls, &v)) goto done;
         if (cfg_bool_or(j, member, "lower_order_final", 1, &c->lower_order_final)) goto done;
         if (cfg_bool_or(j, member, "euler_at_final", 0, &c->euler_at_final)) goto done;
+        static const char *const ft[] = {"zero", "sigma_min", NULL};
+        if (cfg_choice(j, member, "final_sigmas_type", "zero", ft, cls, &v)) goto done;
+        c->final_sigmas = (ldm_final_sigmas)v;
         if (cfg_must_be_false(j, member, "use_lu_lambdas", cls)) goto done;
         if (cfg_has(j, "lambda_min_clipped")) {
             ldm_error("%s: field \"lambda_min_clipped\" is set; ldm's %s supports only the "
@@ -487,7 +500,9 @@ static int setup_euler(ldm_sched *s, int n, const float *sig_full, const float *
     return 0;
 }
 
-/* DPM-Solver++ timesteps and sigmas.  diffusers 0.25.1 has no final_sigmas_type: the
+/* DPM-Solver++ timesteps and sigmas.  The last sigma is final_sigmas_type's: 0 (diffusers'
+ * default since 0.26; the last step is then first order and returns the x0 prediction), or
+ * sigma(t=0) = sqrt((1-a0)/a0).  diffusers 0.25.1 has no final_sigmas_type: the
  * last step goes to sigma(t=0) = sqrt((1-a0)/a0) (not 0), and with Karras sigmas to the
  * last Karras sigma again (a step of h = 0 that leaves x unchanged).  lower_order_final
  * makes the last step first order only when there are fewer than 15 steps. */
@@ -524,11 +539,12 @@ static int setup_dpm(ldm_sched *s, int n, const float *sig_full, const float *lo
             ts[i] = (long)nearbyint(sigma_to_t(k[i], log_sig, T));
             s->sigmas[i] = (float)k[i];
         }
-        s->sigmas[n] = (float)k[n - 1];
+        s->sigmas[n] = s->cfg.final_sigmas == LDM_FINAL_ZERO ? 0.0f
+                       : s->cfg.final_sigmas == LDM_FINAL_V025 ? (float)k[n - 1] : sig_full[0];
         free(k);
     } else {
         for (int i = 0; i < n; i++) s->sigmas[i] = (float)np_interp((double)ts[i], sig_full, T);
-        s->sigmas[n] = sig_full[0];
+        s->sigmas[n] = s->cfg.final_sigmas == LDM_FINAL_ZERO ? 0.0f : sig_full[0];
     }
     for (int i = 0; i < n; i++) s->t_int[i] = (int)ts[i];
     free(ts);
@@ -840,7 +856,8 @@ static void dpm_alpha_sigma(float sigma, float *alpha_t, float *sigma_t) {
 static void step_dpm(ldm_sched *s, int i, const float *mo, float *x, size_t n) {
     const int N = s->n_timesteps;
     const int lower_final = i == N - 1 && (s->cfg.euler_at_final ||
-                                           (s->cfg.lower_order_final && N < 15));
+                                           (s->cfg.lower_order_final && N < 15) ||
+                                           s->cfg.final_sigmas == LDM_FINAL_ZERO);
     const int lower_second = i == N - 2 && s->cfg.lower_order_final && N < 15;
     /* convert_model_output -> x0 prediction; model_outputs shift */
     float a_s0, s_s0;

@@ -44,6 +44,11 @@ typedef enum {
 typedef enum { LDM_SPACING_LEADING, LDM_SPACING_TRAILING, LDM_SPACING_LINSPACE } ldm_spacing;
 typedef enum { LDM_PRED_EPSILON, LDM_PRED_V } ldm_prediction;
 typedef enum { LDM_BETA_LINEAR, LDM_BETA_SCALED_LINEAR } ldm_beta_schedule;
+/* DPM++'s last sigma (diffusers' final_sigmas_type, since 0.26): ZERO (the default: the
+ * last step denoises to sigma 0, first order), SIGMA_MIN (to sqrt((1-a0)/a0)), or V025:
+ * diffusers 0.25, before the field existed: sigma_min, except that with Karras sigmas the
+ * last Karras sigma is repeated. */
+typedef enum { LDM_FINAL_ZERO, LDM_FINAL_SIGMA_MIN, LDM_FINAL_V025, LDM_FINAL_COUNT } ldm_final_sigmas;
 
 /* The effective configuration of one scheduler class (diffusers field names). */
 typedef struct ldm_sched_config {
@@ -62,6 +67,7 @@ typedef struct ldm_sched_config {
     int solver_order;           /* DPM++: 1 or 2 */
     int lower_order_final;      /* DPM++ */
     int euler_at_final;         /* DPM++ */
+    ldm_final_sigmas final_sigmas; /* DPM++ */
     double eta;                 /* DDIM: pipeline argument, 0 = deterministic */
 } ldm_sched_config;
 
@@ -73,6 +79,9 @@ const char *ldm_sched_class_name(ldm_sched_kind k);
 /* AUTOMATIC1111's sampler name ("DDIM", "Euler a", "DPM++ 2M Karras", ...). */
 const char *ldm_sched_a1111_name(const ldm_sched_config *c);
 int ldm_spacing_from_name(const char *name);   /* -1 if unknown */
+/* "zero", "sigma_min", "v0.25" <-> ldm_final_sigmas (-1 if unknown). */
+int ldm_final_sigmas_from_name(const char *name);
+const char *ldm_final_sigmas_name(ldm_final_sigmas f);
 const char *ldm_spacing_name(ldm_spacing s);
 
 /* Parse a scheduler_config.json.  kind < 0 selects the config's own "_class_name";
