@@ -248,6 +248,16 @@ static void test_meta(void) {
          "\"guidance\":7,\"scheduler\":\"pndm\",\"karras\":true,\"eta\":0,\"timestep_spacing\":null,"
          "\"width\":64,\"height\":64,\"clip_skip\":1,\"batch_size\":1,\"batch_index\":0,"
          "\"grid\":{\"guidance\":[],\"steps\":[1]}}", "\"grid\""},
+        /* the picture copies are found by these hashes (images/<sha>.png): nothing else passes */
+        {"{\"ldm_version\":\"1\",\"bundle_hash\":\"h\",\"model_name\":\"m\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,"
+         "\"guidance\":7,\"scheduler\":\"pndm\",\"karras\":true,\"eta\":0,\"timestep_spacing\":null,"
+         "\"width\":64,\"height\":64,\"clip_skip\":1,\"batch_size\":1,\"batch_index\":0,"
+         "\"strength\":1,\"init_image_sha256\":\"../../../../etc/passwd\"}", "\"init_image_sha256\""},
+        {"{\"ldm_version\":\"1\",\"bundle_hash\":\"h\",\"model_name\":\"m\",\"prompt\":\"p\",\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,"
+         "\"guidance\":7,\"scheduler\":\"pndm\",\"karras\":true,\"eta\":0,\"timestep_spacing\":null,"
+         "\"width\":64,\"height\":64,\"clip_skip\":1,\"batch_size\":1,\"batch_index\":0,"
+         "\"strength\":1,\"init_image_sha256\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\",\"mask_sha256\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}",
+         "\"mask_sha256\""},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         int r = ldm_record_parse_png(bad[i].json, "img.png: ldm", &b);

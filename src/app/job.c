@@ -1047,6 +1047,13 @@ out:
 /* ------------------------------------------------------------------------------------ */
 /* the replay job */
 
+/* Whether version "MAJOR.MINOR[.PATCH]" is before major.minor (unparsable: no). */
+static int version_before(const char *v, int major, int minor) {
+    int a, b;
+    if (!v || sscanf(v, "%d.%d", &a, &b) != 2) return 0;
+    return a < major || (a == major && b < minor);
+}
+
 ldm_status ldm_job_from_record(const ldm_gen_record *m, ldm_job *j) {
     j->prm.prompt = m->prompt;
     j->prm.negative = m->negative_prompt;
@@ -1080,6 +1087,10 @@ ldm_status ldm_job_from_record(const ldm_gen_record *m, ldm_job *j) {
         free(s);
         return LDM_DATA;
     }
+    /* ldm 0.1 ran DPM++ as diffusers 0.25 did (no final_sigmas_type); its images replay so */
+    if (!m->final_sigmas && m->scheduler && !strcmp(m->scheduler, "dpmpp_2m") &&
+        version_before(m->ldm_version, 0, 2))
+        j->prm.final_sigmas = LDM_FINAL_V025;
     if (m->grid.rows > 0) {
         j->grid = m->grid;
         j->prm.batch = 1;

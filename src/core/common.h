@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define LDM_VERSION "0.1.0"
+#define LDM_VERSION "0.2.0"
 
 #if defined(__GNUC__)
 #define LDM_PRINTF(a, b) __attribute__((format(printf, a, b)))
