@@ -97,7 +97,7 @@ asan:
 FUZZ_CC      ?= clang
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_NAMES   := safetensors bundle png tokenizer config image
+FUZZ_NAMES   := safetensors bundle png tokenizer config image record
 FUZZ_FLAGS   := -O1 -g -std=c11 -D_GNU_SOURCE -DLDM_NO_CPU_BACKEND -Wall -Wextra -Isrc $(PKG_CFLAGS) \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 # The harnesses need the dry backend only: the CPU backend (OpenMP, F16C builtins clang 14

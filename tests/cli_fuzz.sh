@@ -6,7 +6,7 @@
 # are kept in build-fuzz/ci/artifacts/NAME/.  Without clang the script says so and skips.
 . tests/lib.sh
 FUZZ_CC=${FUZZ_CC:-clang}
-NAMES="safetensors bundle png tokenizer config image"
+NAMES="safetensors bundle png tokenizer config image record"
 if ! command -v "$FUZZ_CC" >/dev/null 2>&1; then
     echo "SKIP: $FUZZ_CC not found: the fuzz harnesses were not built or run" \
          "(scripts/install-deps.sh installs clang and libclang-rt-14-dev)"

@@ -6,7 +6,7 @@
 #   tests/fuzz/run.sh --corpus [NAME...]  run each harness once over every input of its
 #                                         committed corpus (tests/fuzz/corpus/NAME), no fuzzing
 #
-# NAMEs: safetensors bundle png tokenizer config image (all when none is given).  Fuzzing starts
+# NAMEs: safetensors bundle png tokenizer config image record (all when none is given).  Fuzzing starts
 # from the committed corpus and from $FUZZ_WORK/corpus/NAME (default build-fuzz/corpus/NAME),
 # where the new inputs it finds are kept; a crash is written to $FUZZ_WORK/artifacts/NAME/
 # (add it to tests/fuzz/corpus/NAME once fixed).  Each harness prints one line:
@@ -16,7 +16,7 @@ FUZZ_BUILD=${FUZZ_BUILD:-build-fuzz}
 FUZZ_WORK=${FUZZ_WORK:-$FUZZ_BUILD}
 mode=fuzz
 if [ "$1" = "--corpus" ]; then mode=corpus; shift; else secs=${1:?usage: run.sh SECONDS|--corpus [NAME...]}; shift; fi
-names=${*:-safetensors bundle png tokenizer config image}
+names=${*:-safetensors bundle png tokenizer config image record}
 status=0
 for n in $names; do
     bin=$FUZZ_BUILD/fuzz_$n
