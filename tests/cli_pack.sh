@@ -239,4 +239,24 @@ cp "$TMP/sd1.ldmb" "$TMP/dmg2.ldmb"
 flip "$TMP/dmg2.ldmb" $(($(member_offset "$TMP/dmg2.ldmb" scheduler/scheduler_config.json) + 5))
 expect_fail "damaged config member" 1 "member scheduler/scheduler_config.json" "$PACK" --verify "$TMP/dmg2.ldmb"
 
+# --random-weights: configs only (SD1- and SD2-style, and the 9-channel inpainting UNet):
+# the same tensors and parameter counts as the real folders, deterministic, and it generates
+for m in sd1 sd2 sd1_inpaint; do
+    R="$TMP/cfg-$m"; mkdir -p "$R"
+    for c in unet vae text_encoder; do mkdir -p "$R/$c"; cp "$M/$m/$c/config.json" "$R/$c/"; done
+    mkdir -p "$R/tokenizer" "$R/scheduler"
+    cp -L "$M/$m/tokenizer/"* "$R/tokenizer/"; cp -L "$M/$m/scheduler/"* "$R/scheduler/"
+    check "$m: --random-weights packs configs alone" "$PACK" -q --random-weights "$R" -o "$TMP/rw-$m.ldmb"
+    "$PACK" -q --random-weights "$R" -o "$TMP/rw2-$m.ldmb"
+    check "$m: --random-weights is deterministic" cmp -s "$TMP/rw-$m.ldmb" "$TMP/rw2-$m.ldmb"
+    "$PACK" -q "$M/$m" -o "$TMP/real-$m.ldmb"
+    "$PACK" --info --json "$TMP/rw-$m.ldmb" | grep -E '"(tensors|parameters)"' > "$TMP/rw.counts"
+    "$PACK" --info --json "$TMP/real-$m.ldmb" | grep -E '"(tensors|parameters)"' > "$TMP/real.counts"
+    check "$m: the random bundle has the real one's tensors and parameters" cmp -s "$TMP/rw.counts" "$TMP/real.counts"
+done
+check "a random-weights bundle generates" "$GEN" --bundle "$TMP/rw-sd1.ldmb" --no-history -q -n 2 -o "$TMP/rw.png" x
+check "... a PNG" test -s "$TMP/rw.png"
+expect_fail "--random-weights without configs" 1 'no unet, vae or text_encoder config|missing' "$PACK" --random-weights --tokenizer "$M/sd1/tokenizer" -o "$TMP/rw-none.ldmb"
+check "nothing written" test ! -e "$TMP/rw-none.ldmb"
+
 finish

@@ -16,6 +16,9 @@ typedef struct ldm_pack_opts {
     const char *output;         /* the bundle to write */
     int clamp;                  /* clamp out-of-range values to ±65504 instead of failing */
     int no_model_check;         /* skip ldm_pack_check_models (tests of the format only) */
+    /* the folders hold configs (and the tokenizer) only: every weight the configs need is
+     * made up, deterministically: N(0, 0.02) (seeded from the tensor's name), norm weights 1, biases 0 (benchmarks of full-size shapes without weights) */
+    int random_weights;
 } ldm_pack_opts;
 
 /* Pack.  Writes a new temporary file in OUTPUT's folder (".ldm-XXXXXX"), re-opens and

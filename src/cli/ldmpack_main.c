@@ -32,6 +32,8 @@ static const char USAGE[] =
     "      --scheduler DIR    take scheduler_config.json from DIR\n"
     "      --clamp            clamp weights beyond the fp16 range to +-65504 (default: error)\n"
     "      --no-check         do not check the weights against the model configs\n"
+    "      --random-weights   the folders hold configs only: make deterministic random\n"
+    "                         weights (N(0, 0.02), norms 1, biases 0) for benchmarks\n"
     "      --info             describe BUNDLE: components, configs, parameters, sizes, hash\n"
     "      --json             with --info: print JSON\n"
     "      --verify           check every tensor checksum and the content hash of BUNDLE\n"
@@ -50,7 +52,7 @@ static int usage_error(const char *msg) {
 
 int main(int argc, char **argv) {
     signal(SIGXFSZ, SIG_IGN);   /* a file size limit: write() fails with EFBIG, reported */
-    enum { O_UNET = 256, O_VAE, O_TEXT, O_TOK, O_SCHED, O_CLAMP, O_NOCHECK, O_INFO, O_JSON, O_VERIFY, O_VERSION };
+    enum { O_UNET = 256, O_VAE, O_TEXT, O_TOK, O_SCHED, O_CLAMP, O_NOCHECK, O_INFO, O_JSON, O_VERIFY, O_VERSION, O_RANDOM };
     static const struct option opts[] = {
         { "output", required_argument, 0, 'o' },     { "unet", required_argument, 0, O_UNET },
         { "vae", required_argument, 0, O_VAE },        { "text-encoder", required_argument, 0, O_TEXT },
@@ -59,7 +61,8 @@ int main(int argc, char **argv) {
         { "info", no_argument, 0, O_INFO },            { "json", no_argument, 0, O_JSON },
         { "verify", no_argument, 0, O_VERIFY },        { "quiet", no_argument, 0, 'q' },
         { "verbose", no_argument, 0, 'v' },            { "help", no_argument, 0, 'h' },
-        { "version", no_argument, 0, O_VERSION },      { 0, 0, 0, 0 },
+        { "version", no_argument, 0, O_VERSION },      { "random-weights", no_argument, 0, O_RANDOM },
+        { 0, 0, 0, 0 },
     };
     cli_init("ldmpack");
     signal(SIGXFSZ, SIG_IGN);   /* a file-size limit is a write error, not a kill */
@@ -76,6 +79,7 @@ int main(int argc, char **argv) {
         case O_SCHED: po.scheduler = optarg; break;
         case O_CLAMP: po.clamp = 1; break;
         case O_NOCHECK: po.no_model_check = 1; break;
+        case O_RANDOM: po.random_weights = 1; break;
         case O_INFO: info = 1; break;
         case O_JSON: json = 1; break;
         case O_VERIFY: verify = 1; break;

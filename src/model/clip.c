@@ -77,14 +77,15 @@ out:
 }
 
 /* The model from a parsed config: weights from b, or weightless when b is NULL. */
-static ldm_clip *clip_build(json_t *j, const ldm_bundle *b, ldm_backend *be) {
+static ldm_clip *clip_build(json_t *j, const ldm_bundle *b, ldm_backend *be, ldm_weight_fn want,
+                            void *user) {
     ldm_clip *m = ldm_xcalloc(1, sizeof *m);
     m->be = be;
     int rc = parse_config(m, j);
     json_decref(j);
     if (rc) { free(m); return NULL; }
     const int C = m->hidden, I = m->inter;
-    ldm_loader L = {b, be, 0, NULL, 0, 0};
+    ldm_loader L = {b, be, 0, NULL, 0, 0, want, user};
     m->tok_emb = ldm_load_weight(&L, LDM_MAT(m->vocab, C), PFX "embeddings.token_embedding.weight");
     m->pos_emb = ldm_load_weight(&L, LDM_MAT(m->max_pos, C),
                                  PFX "embeddings.position_embedding.weight");
@@ -118,17 +119,27 @@ static ldm_clip *clip_build(json_t *j, const ldm_bundle *b, ldm_backend *be) {
 
 ldm_clip *ldm_clip_load(const ldm_bundle *b, ldm_backend *be) {
     json_t *j = cfg_load(b, MEMBER);
-    return j ? clip_build(j, b, be) : NULL;
+    return j ? clip_build(j, b, be, NULL, NULL) : NULL;
 }
 
-ldm_clip *ldm_clip_from_config(const char *config_json) {
+static ldm_clip *clip_from_config(const char *config_json, ldm_weight_fn want, void *user) {
     json_t *j = cfg_parse(config_json, MEMBER);
     if (!j) return NULL;
     ldm_backend *dry = ldm_backend_new("dry", NULL);
-    ldm_clip *m = clip_build(j, NULL, dry);
+    ldm_clip *m = clip_build(j, NULL, dry, want, user);
     if (m) m->owns_be = 1;
     else ldm_backend_free(dry);
     return m;
+}
+
+ldm_clip *ldm_clip_from_config(const char *config_json) {
+    return clip_from_config(config_json, NULL, NULL);
+}
+
+int ldm_clip_list_weights(const char *config_json, ldm_weight_fn fn, void *user) {
+    ldm_clip *m = clip_from_config(config_json, fn, user);
+    ldm_clip_free(m);
+    return m ? 0 : -1;
 }
 
 void ldm_clip_free(ldm_clip *m) {

@@ -271,13 +271,17 @@ int cfg_count_list(const json_t *j, const char *member, const char *field, int *
 
 ldm_tensor *ldm_load_weight(ldm_loader *L, int ndim, int64_t d0, int64_t d1, int64_t d2,
                             int64_t d3, const char *fmt, ...) {
-    if (L->failed || !L->b) return NULL;   /* !b: a weightless model (shapes only) */
+    if (L->failed || (!L->b && !L->want)) return NULL;   /* !b: a weightless model (shapes only) */
     char name[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
     const int64_t shape[4] = {d0, d1, d2, d3};
+    if (!L->b) {
+        L->want(L->want_user, name, ndim, shape);
+        return NULL;
+    }
     ldm_tensor *t = ldm_bundle_need(L->b, name, ndim, shape);
     if (!t) { L->failed = 1; return NULL; }
     if (L->n == L->cap) {

@@ -81,16 +81,22 @@ int cfg_count_list(const json_t *j, const char *member, const char *field, int *
  * (a model built from its config alone, for memory planning on the dry backend): every
  * lookup returns NULL without failing:
  *
- *   ldm_loader L = {b, be};
+ *   ldm_loader L = {.b = b, .be = be};
  *   w = ldm_load_weight(&L, LDM_CONV(cout, cin, 3), "vae.decoder.up_blocks.%d.resnets.%d.conv1.weight", i, j);
  *   if (ldm_loader_finish(&L, &m->weights_buf)) goto fail;
  */
+/* Called for every weight a weightless loader would fetch (name, shape): the weight list
+ * of a config (ldmpack --random-weights). */
+typedef void (*ldm_weight_fn)(void *user, const char *name, int ndim, const int64_t *shape);
+
 typedef struct ldm_loader {
     const ldm_bundle *b;
     ldm_backend *be;
     int failed;
     ldm_tensor **w;      /* every weight fetched, in order */
     size_t n, cap;
+    ldm_weight_fn want;  /* with b == NULL: told each weight (may be NULL) */
+    void *want_user;
 } ldm_loader;
 
 /* Prepare the fetched weights (unless a fetch failed) and free the list.  0, or -1 with

@@ -28,6 +28,15 @@ size_t ldm_clip_arena_bytes(const ldm_clip *m, int B);
 int ldm_clip_encode(ldm_clip *m, ldm_arena *a, const int32_t *ids, int B, int clip_skip,
                     float *out);
 
+/* The weights each model's config needs, in loading order: fn(user, name, ndim, shape)
+ * once per tensor (bundle names: "unet.conv_in.weight", ...; the VAE's include its
+ * encoder).  0, or -1 with ldm_error when the config is refused.  For ldmpack
+ * --random-weights. */
+typedef void (*ldm_weight_list_fn)(void *user, const char *name, int ndim, const int64_t *shape);
+int ldm_clip_list_weights(const char *config_json, ldm_weight_list_fn fn, void *user);
+int ldm_unet_list_weights(const char *config_json, ldm_weight_list_fn fn, void *user);
+int ldm_vae_list_weights(const char *config_json, ldm_weight_list_fn fn, void *user);
+
 /* ---- UNet (diffusers UNet2DConditionModel, SD 1.x / 2.x family) ---- */
 typedef struct ldm_unet ldm_unet;
 ldm_unet *ldm_unet_load(const ldm_bundle *b, ldm_backend *be);

@@ -276,7 +276,7 @@ static int parse_config(ldm_unet *m, unet_arch *A, json_t *root) {
 /* prefix.weight [out, in] (+ prefix.bias [out]) */
 static unet_linear load_linear(ldm_loader *L, const char *prefix, int out, int in, int bias) {
     unet_linear l = {0};
-    if (!L->b) return l; /* weightless model (ldm_unet_from_config) */
+    if (!L->b && !L->want) return l; /* weightless model (ldm_unet_from_config) */
     l.w = ldm_load_weight(L, LDM_MAT(out, in), "unet.%s.weight", prefix);
     if (bias) l.b = ldm_load_weight(L, LDM_VEC(out), "unet.%s.bias", prefix);
     return l;
@@ -285,7 +285,7 @@ static unet_linear load_linear(ldm_loader *L, const char *prefix, int out, int i
 /* prefix.weight [out, in, k, k], prefix.bias [out] */
 static unet_linear load_conv(ldm_loader *L, const char *prefix, int out, int in, int k) {
     unet_linear l = {0};
-    if (!L->b) return l; /* weightless model (ldm_unet_from_config) */
+    if (!L->b && !L->want) return l; /* weightless model (ldm_unet_from_config) */
     l.w = ldm_load_weight(L, LDM_CONV(out, in, k), "unet.%s.weight", prefix);
     l.b = ldm_load_weight(L, LDM_VEC(out), "unet.%s.bias", prefix);
     return l;
@@ -293,7 +293,7 @@ static unet_linear load_conv(ldm_loader *L, const char *prefix, int out, int in,
 
 static unet_norm load_norm(ldm_loader *L, const char *prefix, int c) {
     unet_norm n = {0};
-    if (!L->b) return n; /* weightless model (ldm_unet_from_config) */
+    if (!L->b && !L->want) return n; /* weightless model (ldm_unet_from_config) */
     n.g = ldm_load_weight(L, LDM_VEC(c), "unet.%s.weight", prefix);
     n.b = ldm_load_weight(L, LDM_VEC(c), "unet.%s.bias", prefix);
     return n;
@@ -495,7 +495,7 @@ ldm_unet *ldm_unet_load(const ldm_bundle *b, ldm_backend *be) {
         free(m);
         return NULL;
     }
-    ldm_loader L = {b, be, 0, NULL, 0, 0};
+    ldm_loader L = {.b = b, .be = be};
     int bad = load_weights(m, &A, &L);
     if (ldm_loader_finish(&L, &m->weights) || bad) {
         ldm_unet_free(m);
@@ -504,7 +504,7 @@ ldm_unet *ldm_unet_load(const ldm_bundle *b, ldm_backend *be) {
     return m;
 }
 
-ldm_unet *ldm_unet_from_config(const char *config_json) {
+static ldm_unet *unet_from_config(const char *config_json, ldm_weight_fn want, void *user) {
     json_t *root = cfg_parse(config_json, CFG_NAME);
     if (!root) return NULL;
     ldm_unet *m = ldm_xcalloc(1, sizeof *m);
@@ -514,13 +514,23 @@ ldm_unet *ldm_unet_from_config(const char *config_json) {
     memset(&A, 0, sizeof A);
     int rc = parse_config(m, &A, root);
     json_decref(root);
-    ldm_loader L = {NULL, m->be, 0, NULL, 0, 0};
+    ldm_loader L = {NULL, m->be, 0, NULL, 0, 0, want, user};
     if (!rc) rc = load_weights(m, &A, &L);
     if (ldm_loader_finish(&L, &m->weights) || rc) {
         ldm_unet_free(m);
         return NULL;
     }
     return m;
+}
+
+ldm_unet *ldm_unet_from_config(const char *config_json) {
+    return unet_from_config(config_json, NULL, NULL);
+}
+
+int ldm_unet_list_weights(const char *config_json, ldm_weight_fn fn, void *user) {
+    ldm_unet *m = unet_from_config(config_json, fn, user);
+    ldm_unet_free(m);
+    return m ? 0 : -1;
 }
 
 void ldm_unet_set_ff_chunk(ldm_unet *m, int rows) { m->ff_rows = rows > 0 ? rows : 0; }

@@ -193,11 +193,10 @@ static void load_attn(ldm_loader *L, vae_attn *t, int C, const char *pfx) {
 
 /* The encoder's own config fields and weights, when the bundle has them (a decoder-only
  * bundle can still generate from text).  0, or -1 with the loader failed. */
-static int load_encoder(ldm_vae *m, const ldm_bundle *b, ldm_loader *L) {
+static int load_encoder(ldm_vae *m, const ldm_bundle *b, ldm_loader *L, json_t *j) {
     vae_encoder *e = &m->enc;
-    if (!b || !ldm_bundle_tensor(b, "vae.encoder.conv_in.weight")) return 0;
-    json_t *j = cfg_load(b, MEMBER);
-    if (!j) { L->failed = 1; return -1; }
+    /* a weight list (L->want) includes the encoder */
+    if (b ? !ldm_bundle_tensor(b, "vae.encoder.conv_in.weight") : !L->want) return 0;
     const char *types[MAX_BLOCKS];
     int n_types = 0, double_z = 1, rc = -1;
     if (cfg_int_or(j, MEMBER, "in_channels", 3, &e->in_ch) ||
@@ -222,7 +221,6 @@ static int load_encoder(ldm_vae *m, const ldm_bundle *b, ldm_loader *L) {
     }
     rc = 0;
 out:
-    json_decref(j);
     if (rc) { L->failed = 1; return -1; }
     const int Z2 = 2 * m->latent, c0 = m->block_out[0], top = m->block_out[m->n_blocks - 1];
     char pfx[256];
@@ -269,13 +267,13 @@ out:
 }
 
 /* The model from a parsed config: weights from b, or weightless when b is NULL. */
-static ldm_vae *vae_build(json_t *j, const ldm_bundle *b, ldm_backend *be) {
+static ldm_vae *vae_build(json_t *j, const ldm_bundle *b, ldm_backend *be, ldm_weight_fn want,
+                          void *user) {
     ldm_vae *m = ldm_xcalloc(1, sizeof *m);
     m->be = be;
     int rc = parse_config(m, j);
-    json_decref(j);
-    if (rc) { free(m); return NULL; }
-    ldm_loader L = {b, be, 0, NULL, 0, 0};
+    if (rc) { json_decref(j); free(m); return NULL; }
+    ldm_loader L = {b, be, 0, NULL, 0, 0, want, user};
     const int Z = m->latent, top = m->block_out[m->n_blocks - 1];
     char pfx[256];
     if (m->use_pq) {
@@ -312,24 +310,35 @@ static ldm_vae *vae_build(json_t *j, const ldm_bundle *b, ldm_backend *be) {
     m->norm_out_b = ldm_load_weight(&L, LDM_VEC(c0), "vae.decoder.conv_norm_out.bias");
     m->out_w = ldm_load_weight(&L, LDM_CONV(m->out_ch, c0, 3), "vae.decoder.conv_out.weight");
     m->out_b = ldm_load_weight(&L, LDM_VEC(m->out_ch), "vae.decoder.conv_out.bias");
-    if (!L.failed) load_encoder(m, b, &L);
+    if (!L.failed) load_encoder(m, b, &L, j);
+    json_decref(j);
     if (ldm_loader_finish(&L, &m->weights)) { ldm_vae_free(m); return NULL; }
     return m;
 }
 
 ldm_vae *ldm_vae_load(const ldm_bundle *b, ldm_backend *be) {
     json_t *j = cfg_load(b, MEMBER);
-    return j ? vae_build(j, b, be) : NULL;
+    return j ? vae_build(j, b, be, NULL, NULL) : NULL;
 }
 
-ldm_vae *ldm_vae_from_config(const char *config_json) {
+static ldm_vae *vae_from_config(const char *config_json, ldm_weight_fn want, void *user) {
     json_t *j = cfg_parse(config_json, MEMBER);
     if (!j) return NULL;
     ldm_backend *dry = ldm_backend_new("dry", NULL);
-    ldm_vae *m = vae_build(j, NULL, dry);
+    ldm_vae *m = vae_build(j, NULL, dry, want, user);
     if (m) m->owns_be = 1;
     else ldm_backend_free(dry);
     return m;
+}
+
+ldm_vae *ldm_vae_from_config(const char *config_json) {
+    return vae_from_config(config_json, NULL, NULL);
+}
+
+int ldm_vae_list_weights(const char *config_json, ldm_weight_fn fn, void *user) {
+    ldm_vae *m = vae_from_config(config_json, fn, user);
+    ldm_vae_free(m);
+    return m ? 0 : -1;
 }
 
 void ldm_vae_free(ldm_vae *m) {
