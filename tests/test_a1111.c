@@ -21,6 +21,8 @@
 #include "test.h"
 #include "model_test_util.h"
 
+#include "app/job.h"
+#include "app/record.h"
 #include "core/common.h"
 #include "format/safetensors.h"
 #include "model/prompt.h"
@@ -452,9 +454,45 @@ static void test_emphasis(void) {
     CHECK(ldm_prompt_emphasis(z2, w2, 2, 2) == -1, "zero mean with weights: not finite, refused");
 }
 
+/* ---- the record: an image made before the syntax was recorded replays as plain ---- */
+
+static void test_record(void) {
+    static const char *base = "{\"ldm_version\":\"0.1.0\",\"bundle_hash\":\"h\",\"model_name\":\"m\",\"prompt\":\"(p)\","
+                              "\"negative_prompt\":\"\",\"seed\":\"1\",\"steps\":2,\"guidance\":7,\"scheduler\":\"pndm\","
+                              "\"karras\":false,\"eta\":0,\"timestep_spacing\":null,\"width\":64,\"height\":64,"
+                              "\"clip_skip\":1,\"batch_size\":1,\"batch_index\":0%s}";
+    const struct { const char *extra; int want; } cases[] = {
+        {"", LDM_SYNTAX_PLAIN}, {",\"prompt_syntax\":\"plain\"", LDM_SYNTAX_PLAIN},
+        {",\"prompt_syntax\":\"a1111\"", LDM_SYNTAX_A1111}, {",\"prompt_syntax\":\"A1111\"", -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char js[1024];
+        snprintf(js, sizeof js, base, cases[i].extra);
+        ldm_gen_record r;
+        int rc = ldm_record_parse_png(js, "t.png", &r);
+        CHECK(rc == 0, "record %zu: %s", i, ldm_last_error());
+        if (rc) continue;
+        ldm_job j;
+        ldm_job_init(&j);
+        ldm_status st = ldm_job_from_record(&r, &j);
+        if (cases[i].want < 0)
+            CHECK(st == LDM_DATA && strstr(ldm_last_error(), "unknown prompt syntax \"A1111\""), "record %zu: %s",
+                  i, ldm_last_error());
+        else
+            CHECK(st == LDM_OK && j.prm.prompt_syntax == cases[i].want, "record %zu: syntax %d", i,
+                  j.prm.prompt_syntax);
+        ldm_record_free(&r);
+    }
+    ldm_job j;
+    ldm_job_init(&j);
+    CHECK(j.prm.prompt_syntax == LDM_SYNTAX_A1111 && ldm_gen_params_default().prompt_syntax == LDM_SYNTAX_PLAIN,
+          "ldmgen's default is a1111, the pipeline's plain");
+}
+
 int main(void) {
     mt_tmpdir();
     test_emphasis();
+    test_record();
     json_error_t je;
     json_t *index = json_load_file(EXP "index.json", 0, &je);
     CHECK(index != NULL, "%s: %s", EXP "index.json", je.text);
