@@ -77,19 +77,20 @@ check "--help lists the schedulers" grep -q 'dpmpp_2m' "$TMP/help"
 "$GEN" --version > "$TMP/ver" 2>&1; check "--version exits 0" test $? -eq 0
 check "--version prints the version" grep -qE '^ldmgen \(ldm\) [0-9]+\.[0-9]+' "$TMP/ver"
 
-# ---- tokenize: ids of the fixture prompts ----
+# ---- tokenize --prompt-syntax plain: ids of the fixture prompts, as before the A1111
+# syntax (tests/cli_a1111.sh has the default output) ----
 line=$(sed -n 1p "$FIX/clip/cases.jsonl")
 text=$(printf '%s\n' "$line" | sed 's/^{"text": "\([^"]*\)".*/\1/')
 want1=$(printf '%s\n' "$line" | sed 's/.*"input_ids_sd1": \[\([^]]*\)\].*/\1/' | tr -d ',')
 want2=$(printf '%s\n' "$line" | sed 's/.*"input_ids_sd2": \[\([^]]*\)\].*/\1/' | tr -d ',')
-got1=$("$GEN" tokenize --bundle "$B1" -- "$text"); rc=$?
+got1=$("$GEN" tokenize --bundle "$B1" --prompt-syntax plain -- "$text"); rc=$?
 check "tokenize exits 0" test $rc -eq 0
 check "tokenize sd1 ids of \"$text\"" test "$got1" = "$want1"
-got2=$(LDM_BUNDLE="$B2" "$GEN" tokenize "$text")
+got2=$(LDM_BUNDLE="$B2" "$GEN" tokenize --prompt-syntax plain "$text")
 check "tokenize sd2 ids (pad !) via LDM_BUNDLE" test "$got2" = "$want2"
 check "tokenize prints 77 ids" test "$(printf '%s\n' "$got1" | wc -w)" -eq 77
 long=$(for i in $(seq 1 90); do printf 'word '; done)
-"$GEN" tokenize --bundle "$B1" "$long" > /dev/null 2> "$TMP/err"
+"$GEN" tokenize --bundle "$B1" --prompt-syntax plain "$long" > /dev/null 2> "$TMP/err"
 check "tokenize warns when truncating" grep -q 'truncated' "$TMP/err"
 expect_fail "tokenize missing bundle" 1 'none\.ldmb' "$GEN" tokenize --bundle "$TMP/none.ldmb" "$P"
 expect_fail "tokenize no prompt" 2 'one prompt' "$GEN" tokenize --bundle "$B1"
@@ -142,8 +143,8 @@ seed=$(sed -n 's/^seed: \([0-9]*\)$/\1/p' "$TMP/err")
 check "random seed printed on stderr" test -n "$seed"
 check "random seed in the parameters" grep -aq "Seed: $seed, " "$OUT/r.png"
 
-# ---- long prompt warning ----
-"$GEN" --bundle "$B1" -n 1 --seed 1 -o "$OUT/long.png" "$long" > /dev/null 2> "$TMP/err"
+# ---- long prompt warning (the plain syntax truncates; A1111's makes chunks) ----
+"$GEN" --bundle "$B1" -n 1 --seed 1 --prompt-syntax plain -o "$OUT/long.png" "$long" > /dev/null 2> "$TMP/err"
 check "long prompt: warning" grep -q 'longer than 75 tokens.*truncated' "$TMP/err"
 check "long prompt: image written" test -s "$OUT/long.png"
 

@@ -51,7 +51,10 @@ check "-g 1: prompt only, from the cache" grep -q 'text embedding (prompt): cach
 check "-g 1: no negative prompt" sh -c "! grep -q 'negative prompt' '$TMP/err6'"
 $G --seed 5 --clip-skip 2 -o "$O/c7.png" -v "$P" > /dev/null 2> "$TMP/err7"
 check "clip skip is part of the key (miss)" grep -q 'text embedding (prompt): cache miss' "$TMP/err7"
-check "negative prompt uses the last layer (hit)" grep -q 'text embedding (negative prompt): cache hit' "$TMP/err7"
+check "A1111 syntax: the negative prompt at clip skip 2 too (miss)" grep -q 'text embedding (negative prompt): cache miss' "$TMP/err7"
+$G --seed 5 --clip-skip 2 --prompt-syntax plain --no-history -o "$O/c8.png" -v "$P" > /dev/null 2> "$TMP/err8"
+check "plain syntax: the negative prompt uses the last layer (hit)" grep -q 'text embedding (negative prompt): cache hit' "$TMP/err8"
+check "plain syntax: the prompt at clip skip 2 (hit)" grep -q 'text embedding (prompt): cache hit' "$TMP/err8"
 # (last: a cap of 0 empties the cache)
 $G --seed 5 -o "$O/c5.png" --cache-max-mb 0 -q "capped prompt"
 $G --seed 5 -o "$O/c5.png" --overwrite -v --cache-max-mb 0 "capped prompt" > /dev/null 2> "$TMP/err5"

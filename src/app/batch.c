@@ -149,7 +149,7 @@ static int valid_utf8(const char *s, size_t n, size_t *bad) {
 static const char *const known_keys[] = {
     "prompt", "negative", "negative_prompt", "seed", "steps", "guidance", "scheduler", "karras",
     "eta", "timestep_spacing", "timestep-spacing", "width", "height", "clip_skip", "clip-skip",
-    "batch", "output", NULL};
+    "batch", "output", "prompt_syntax", "prompt-syntax", NULL};
 
 static int json_whole(json_t *v, long lo, long hi, long *out) {
     if (!json_is_integer(v)) return -1;
@@ -185,7 +185,7 @@ static void parse_json_entry(ldm_prompt_entry *e, const char *text, size_t len) 
             char *k = ldm_escape_controls(key);
             entry_fail(e, "unknown key \"%.60s\" (known: prompt, negative, seed, steps, guidance, "
                        "scheduler, karras, eta, timestep_spacing, width, height, clip_skip, batch, "
-                       "output)", k);
+                       "output, prompt_syntax)", k);
             free(k);
             goto done;
         }
@@ -277,6 +277,15 @@ static void parse_json_entry(ldm_prompt_entry *e, const char *text, size_t len) 
         if (json_whole(v, 1, 12, &n)) { entry_fail(e, "\"clip_skip\": expected a whole number from 1 to 12"); goto done; }
         p->clip_skip = (int)n;
         e->set |= LDM_PE_CLIP_SKIP;
+    }
+    json_t *yv = json_object_get(o, "prompt_syntax"), *yv2 = json_object_get(o, "prompt-syntax");
+    if (yv && yv2) { entry_fail(e, "\"prompt_syntax\" given twice"); goto done; }
+    if ((v = yv ? yv : yv2)) {
+        if (!json_is_string(v) || (p->prompt_syntax = ldm_prompt_syntax_from_name(json_string_value(v))) < 0) {
+            entry_fail(e, "\"prompt_syntax\": expected \"a1111\" or \"plain\"");
+            goto done;
+        }
+        e->set |= LDM_PE_SYNTAX;
     }
     if ((v = json_object_get(o, "batch"))) {
         if (json_whole(v, 1, 64, &n)) { entry_fail(e, "\"batch\": expected a whole number from 1 to 64"); goto done; }
@@ -381,6 +390,7 @@ ldm_gen_params ldm_prompt_entry_params(const ldm_prompt_entry *e, const ldm_gen_
     if (e->set & LDM_PE_HEIGHT) p.height = o->height;
     if (e->set & LDM_PE_CLIP_SKIP) p.clip_skip = o->clip_skip;
     if (e->set & LDM_PE_BATCH) p.batch = o->batch;
+    if (e->set & LDM_PE_SYNTAX) p.prompt_syntax = o->prompt_syntax;
     return p;
 }
 

@@ -43,6 +43,7 @@ enum {   /* the options an entry sets (ldm_prompt_entry.set) */
     LDM_PE_GUIDANCE = 1 << 3, LDM_PE_SCHEDULER = 1 << 4, LDM_PE_KARRAS = 1 << 5,
     LDM_PE_ETA = 1 << 6, LDM_PE_SPACING = 1 << 7, LDM_PE_WIDTH = 1 << 8,
     LDM_PE_HEIGHT = 1 << 9, LDM_PE_CLIP_SKIP = 1 << 10, LDM_PE_BATCH = 1 << 11,
+    LDM_PE_SYNTAX = 1 << 12,
 };
 
 typedef struct ldm_prompt_entry {

@@ -7,7 +7,8 @@
 
 #include "core/common.h"
 
-#define MEMO 4
+/* a prompt's chunks, a negative prompt's and the padding chunk */
+#define MEMO (2 * LDM_MAX_PROMPT_CHUNKS + 2)
 
 typedef struct {
     int32_t *ids;          /* [T] */
@@ -61,16 +62,14 @@ static ldm_cache_key key_of(const ldm_embedder *e, const int32_t *ids, int T, in
     return k;
 }
 
-int ldm_embed_text(ldm_embedder *e, ldm_pipeline *p, const char *text, int clip_skip,
-                   const char *what, float *out, int *truncated) {
+int ldm_embed_chunk(void *embedder, ldm_pipeline *p, const int32_t *chunk, int clip_skip,
+                    const char *what, float *out) {
+    ldm_embedder *e = embedder;
     const int T = ldm_pipeline_text_length(p), D = ldm_pipeline_text_dim(p);
     const size_t TD = (size_t)T * D;
     if (clip_skip < 1) clip_skip = 1;
     int32_t *ids = ldm_xmalloc(sizeof(int32_t) * (size_t)T);
-    if (ldm_tokenize(ldm_pipeline_tokenizer(p), text, ids, T, truncated) < 0) {
-        free(ids);
-        return ldm_error_prefix("tokenizing the %s", what);
-    }
+    memcpy(ids, chunk, sizeof(int32_t) * (size_t)T);
     for (int m = 0; m < e->n_memo; m++)
         if (e->memo[m].clip_skip == clip_skip && !memcmp(e->memo[m].ids, ids, sizeof(int32_t) * T)) {
             memcpy(out, e->memo[m].emb, sizeof(float) * TD);
@@ -89,7 +88,7 @@ int ldm_embed_text(ldm_embedder *e, ldm_pipeline *p, const char *text, int clip_
         double t = now_s();
         if (ldm_pipeline_encode_text(p, ids, 1, clip_skip, out)) {
             free(ids);
-            return ldm_error_prefix("text encoder (%s)", what);
+            return -1;
         }
         ldm_log(2, "text embedding (%s): %s, encoded in %.2f s\n", what,
                 e->db ? "cache miss" : "cache not used", now_s() - t);

@@ -208,7 +208,6 @@ struct ldm_session {
     ldm_status broken;        /* the backend or the models failed: no job can run */
     char broken_msg[1024];
     ldm_embedder *emb;        /* after loading */
-    float *pos, *neg;         /* text embeddings of the generation running */
 };
 
 /* Everything one run shares: the bundle identity, names, rows and the pipeline (the
@@ -262,6 +261,7 @@ static void make_record(const run_state *r, const ldm_gen_params *prm, int idx, 
     m->width = r->W;
     m->height = r->H;
     m->clip_skip = prm->clip_skip > 1 ? prm->clip_skip : 1;
+    ldm_record_set(&m->prompt_syntax, ldm_prompt_syntax_name(prm->prompt_syntax));
     m->batch_size = batch;
     m->batch_index = idx;
     m->replay_of = r->j->replay_of;
@@ -326,8 +326,7 @@ static void on_step(void *user, int step, int total) {
 
 /* Embeddings for prm through the cache, then ldm_generate.  On failure the rows are
  * finished and the status returned. */
-static ldm_status generate(run_state *r, ldm_gen_params *prm, ldm_gen_result *res, const char *label,
-                           float *pos, float *neg) {
+static ldm_status generate(run_state *r, ldm_gen_params *prm, ldm_gen_result *res, const char *label) {
     ldm_job *j = r->j;
     memset(res, 0, sizeof *res);
     prm->interrupt = j->interrupt;
@@ -335,23 +334,29 @@ static ldm_status generate(run_state *r, ldm_gen_params *prm, ldm_gen_result *re
     r->label = label;
     r->step_start = now_s();
     if (j->hooks.progress) { prm->progress = on_step; prm->progress_user = r; }
-    const int cfg = prm->guidance > 1.0;
-    int trunc = 0;
     double t0 = now_s();
-    /* the negative prompt uses the last layer, as diffusers' encode_prompt does */
-    if (ldm_embed_text(r->emb, r->p, prm->prompt, prm->clip_skip, "prompt", pos, &trunc)) goto fail;
-    res->prompt_truncated = trunc;
-    if (cfg && ldm_embed_text(r->emb, r->p, prm->negative ? prm->negative : "", 1, "negative prompt",
-                              neg, &trunc))
+    /* the prompt syntax, its chunks, weights and padding, and which texts get clip skip,
+     * are the pipeline's (ldm_pipeline_embed_text); each chunk goes through the cache */
+    ldm_text_embeds te;
+    if (ldm_pipeline_embed_text(r->p, prm, ldm_embed_chunk, r->emb, &te)) {
+        ldm_text_embeds_free(&te);
         goto fail;
-    if (cfg) res->negative_truncated = trunc;
-    prm->prompt_embeds = pos;
-    prm->negative_embeds = cfg ? neg : NULL;
+    }
+    if (te.prompt_chunks > 1 || te.negative_chunks > 1)
+        ldm_log(2, "text: prompt %d chunk%s, negative prompt %d chunk%s%s\n", te.prompt_chunks,
+                te.prompt_chunks == 1 ? "" : "s", te.negative_chunks, te.negative_chunks == 1 ? "" : "s",
+                te.pad_conds ? ", padded to the same length" : "");
+    prm->prompt_embeds = te.prompt;
+    prm->negative_embeds = te.negative;
+    prm->text_tokens = te.tokens;
     double t_text = now_s() - t0;
-    int pt = res->prompt_truncated, nt = res->negative_truncated;
     ldm_status st = ldm_generate(r->p, prm, res);
-    res->prompt_truncated = pt;
-    res->negative_truncated = nt;
+    prm->prompt_embeds = prm->negative_embeds = NULL;
+    prm->text_tokens = 0;
+    res->prompt_truncated = te.prompt_truncated;
+    res->negative_truncated = te.negative_truncated;
+    res->pad_conds = te.pad_conds;
+    ldm_text_embeds_free(&te);
     res->t_text += t_text;
     res->t_total += t_text;
     if (st == LDM_OK && j->interrupt && *j->interrupt) {
@@ -404,11 +409,11 @@ static int write_latent(const run_state *r, const char *path, const float *lat,
 }
 
 /* A plain run: one generation of B images, written as names[]. */
-static ldm_status run_batch(run_state *r, float *pos, float *neg) {
+static ldm_status run_batch(run_state *r) {
     ldm_job *j = r->j;
     ldm_gen_params prm = r->cell[0];
     ldm_gen_result res;
-    ldm_status rc = generate(r, &prm, &res, "", pos, neg);
+    ldm_status rc = generate(r, &prm, &res, "");
     if (rc) return rc;
     warn_truncated(r, &res);
     const size_t img_bytes = (size_t)res.width * res.height * 3;
@@ -459,7 +464,7 @@ static ldm_status run_batch(run_state *r, float *pos, float *neg) {
 }
 
 /* The grid: one generation per cell (same seed), composed with titles. */
-static ldm_status run_grid(run_state *r, float *pos, float *neg) {
+static ldm_status run_grid(run_state *r) {
     ldm_job *j = r->j;
     const int rows = j->grid.rows, cols = j->grid.cols, n = r->n_cells;
     uint8_t **cells = ldm_xcalloc((size_t)n, sizeof *cells);
@@ -480,7 +485,7 @@ static ldm_status run_grid(run_state *r, float *pos, float *neg) {
         labels[k] = ldm_xstrdup(label);
         char plabel[32];
         snprintf(plabel, sizeof plabel, "cell %d/%d ", k + 1, n);
-        if ((rc = generate(r, &prm, &res, plabel, pos, neg))) break;
+        if ((rc = generate(r, &prm, &res, plabel))) break;
         if (k == 0) warn_truncated(r, &res);
         ldm_log(2, "cell %s: text %.2f s, sampling %.2f s, decode %.2f s\n", label, res.t_text,
                 res.t_sampling, res.t_decode);
@@ -640,6 +645,7 @@ static ldm_status load_init(run_state *r) {
 void ldm_job_init(ldm_job *j) {
     memset(j, 0, sizeof *j);
     j->prm = ldm_gen_params_default();
+    j->prm.prompt_syntax = LDM_SYNTAX_A1111;   /* ldmgen's default; the pipeline's is plain */
     j->output = "out.png";
     j->cache_max_mb = 256;
     j->only_index = -1;
@@ -846,8 +852,6 @@ void ldm_session_close(ldm_session *ss) {
         int n = ldm_backend_profile(ss->be, st);
         ss->cfg.hooks.profile(ss->cfg.hooks.user, ldm_backend_name(ss->be), st, n);
     }
-    free(ss->pos);
-    free(ss->neg);
     ldm_embedder_free(ss->emb);
     ldm_pipeline_close(ss->p);
     ldm_backend_free(ss->be);
@@ -1020,12 +1024,9 @@ ldm_status ldm_session_run(ldm_session *ss, ldm_job *j) {
         ldm_log(2, "models loaded in %.2f s\n", now_s() - t_load);
         ss->emb = ldm_embedder_new(ss->store.cache ? ss->store.db : NULL, ss->hash, ldm_backend_name(ss->be),
                                    PRECISION, ss->cfg.cache_max_mb > 0 ? (size_t)(ss->cfg.cache_max_mb * 1048576.0) : 0);
-        const size_t TD = (size_t)ldm_pipeline_text_length(ss->p) * ldm_pipeline_text_dim(ss->p);
-        ss->pos = ldm_xmalloc(sizeof(float) * TD);
-        ss->neg = ldm_xmalloc(sizeof(float) * TD);
     }
     r->emb = ss->emb;
-    rc = grid ? run_grid(r, ss->pos, ss->neg) : run_batch(r, ss->pos, ss->neg);
+    rc = grid ? run_grid(r) : run_batch(r);
     if (rc == LDM_OK && r->s.record && j->history_lost && r->s.require) {
         ldm_error("%s", r->s.lost_msg);
         rc = LDM_RUNTIME;
@@ -1065,6 +1066,14 @@ ldm_status ldm_job_from_record(const ldm_gen_record *m, ldm_job *j) {
     j->prm.width = m->width;
     j->prm.height = m->height;
     j->prm.clip_skip = m->clip_skip;
+    /* an image made before the syntax was recorded was made with the plain one */
+    const char *syn = m->prompt_syntax && m->prompt_syntax[0] ? m->prompt_syntax : "plain";
+    if ((j->prm.prompt_syntax = ldm_prompt_syntax_from_name(syn)) < 0) {
+        char *s = ldm_escape_controls(syn);
+        ldm_error_kind(LDM_DATA, "unknown prompt syntax \"%.60s\"", s);
+        free(s);
+        return LDM_DATA;
+    }
     j->prm.karras = m->karras;
     j->prm.eta = m->eta;
     if ((j->prm.scheduler = ldm_sched_kind_from_name(m->scheduler ? m->scheduler : "")) < 0) {

@@ -65,6 +65,7 @@ enum { LDM_V_P = 1, LDM_V_H = 2, LDM_V_O = 4, LDM_V_R = 8, LDM_V_A = 16 };
     X(INT, width, LDM_V_P | LDM_V_H, 8, 8192)                                         \
     X(INT, height, LDM_V_P | LDM_V_H, 8, 8192)                                        \
     X(INT, clip_skip, LDM_V_P | LDM_V_H, 1, 12)                                       \
+    X(STR, prompt_syntax, LDM_V_P | LDM_V_H | LDM_V_A, 0, 0)                          \
     X(INT, batch_size, LDM_V_P | LDM_V_H, 1, 64)                                      \
     X(INT, batch_index, LDM_V_P | LDM_V_H, 0, 63)                                     \
     X(DBL, strength, LDM_V_P | LDM_V_H | LDM_V_A, 0, 1)                              \

@@ -4,7 +4,7 @@
  *
  *   ldmgen [options] [--] "prompt"              generate image(s) or a grid
  *   ldmgen [options] --prompts FILE              every line of a prompt file (prompts.c)
- *   ldmgen tokenize [--bundle FILE] [--] "prompt" print the 77 input ids
+ *   ldmgen tokenize [--bundle FILE] [--] "prompt" the text encoder's input: chunks, ids, weights
  *   ldmgen history ... / ldmgen show ID          the generation history (history.c)
  *   ldmgen history merge OUT.db IN.db...         histories into one (merge.c)
  *   ldmgen replay ID|IMAGE.png                   regenerate and compare (replay.c)
@@ -34,6 +34,7 @@
 #include "cli/replay.h"
 #include "core/common.h"
 #include "format/bundle.h"
+#include "model/prompt.h"
 #include "model/tokenizer.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/scheduler.h"
@@ -41,7 +42,7 @@
 static const char USAGE[] =
     "usage: ldmgen [options] [--] \"prompt\"\n"
     "       ldmgen [options] --prompts FILE [--shard K/N] [--force] [--fail-fast]\n"
-    "       ldmgen tokenize [--bundle FILE] [--] \"prompt\"\n"
+    "       ldmgen tokenize [--bundle FILE] [--prompt-syntax S] [--] \"prompt\"\n"
     "       ldmgen history [--grep TEXT] [--since DATE] [--seed S] ... (ldmgen history --help)\n"
     "       ldmgen history merge OUT.db IN.db...\n"
     "       ldmgen show ID\n"
@@ -74,6 +75,9 @@ static const char USAGE[] =
     "                           v0.25 (diffusers 0.25); default: the bundle's final_sigmas_type,\n"
     "                           else zero\n"
     "      --clip-skip N        use the text encoder's N-th last layer, 1..12 (default 1)\n"
+    "      --prompt-syntax S    a1111: AUTOMATIC1111's (word:1.2) (word) [word] \\( BREAK,\n"
+    "                           prompts of any length in chunks of 75 tokens (default);\n"
+    "                           plain: the text as it is, cut to 75 tokens (diffusers)\n"
     "      --grid g=LIST        guidance values along the rows of a grid image, e.g. g=1,3,7.5\n"
     "      --grid n=LIST        step counts along its columns, e.g. n=10,25 (one seed for all)\n"
     "      --init-img FILE      image to image from this PNG or JPEG (alpha is composited\n"
@@ -178,18 +182,56 @@ static void catch_signals(void) {
 
 /* ---- ldmgen tokenize ---- */
 
+/* "plain" / "a1111" -> LDM_SYNTAX_*, or -1 after a usage message. */
+static int parse_syntax(const char *s) {
+    int v = ldm_prompt_syntax_from_name(s);
+    if (v < 0) usage_error("prompt syntax \"%s\": expected a1111 or plain", s);
+    return v;
+}
+
+/* The A1111 syntax's chunks: per chunk, one line per token (position, id, weight, the
+ * token's text), runs of three or more equal (id, weight) on one line (the padding). */
+static void print_chunks(const ldm_tokenizer *tok, const ldm_prompt_tokens *pt) {
+    printf("%d chunk%s of %d ids, %d tokens\n", pt->n_chunks, pt->n_chunks == 1 ? "" : "s", pt->T,
+           pt->token_count);
+    for (int c = 0; c < pt->n_chunks; c++) {
+        printf("chunk %d: %d token%s\n", c + 1, pt->chunk_tokens[c], pt->chunk_tokens[c] == 1 ? "" : "s");
+        const int32_t *id = pt->ids + (size_t)c * pt->T;
+        const float *w = pt->weights + (size_t)c * pt->T;
+        for (int k = 0; k < pt->T;) {
+            int e = k + 1;
+            while (e < pt->T && id[e] == id[k] && w[e] == w[k]) e++;
+            if (e - k < 3) e = k + 1;
+            char pos[32];
+            if (e - k > 1) snprintf(pos, sizeof pos, "%d-%d", k, e - 1);
+            else snprintf(pos, sizeof pos, "%d", k);
+            char *text = ldm_tokenizer_token_text(tok, id[k]);
+            char *shown = ldm_escape_controls(text ? text : "?");
+            printf("%7s %6d  %-8g  %s\n", pos, (int)id[k], (double)w[k], shown);
+            free(shown);
+            free(text);
+            k = e;
+        }
+    }
+}
+
 static int cmd_tokenize(int argc, char **argv) {
     static const struct option opts[] = {
-        {"bundle", required_argument, 0, 'B'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"bundle", required_argument, 0, 'B'}, {"prompt-syntax", required_argument, 0, 'S'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *bundle_opt = NULL;
-    int c;
+    int c, syntax = LDM_SYNTAX_A1111;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'B': bundle_opt = optarg; break;
-        case 'h': fputs("usage: ldmgen tokenize [--bundle FILE] [--] \"prompt\"\n"
-                        "Print the prompt's input ids (BOS, tokens, EOS, padding), space-separated.\n",
+        case 'S': if ((syntax = parse_syntax(optarg)) < 0) return 2; break;
+        case 'h': fputs("usage: ldmgen tokenize [--bundle FILE] [--prompt-syntax a1111|plain] [--] \"prompt\"\n"
+                        "Print what the text encoder gets for the prompt.  a1111 (default): the\n"
+                        "number of chunks and of tokens, then for each chunk a line per position:\n"
+                        "position (a range for a run of equal ids), id, weight, token (\"</w>\" ends\n"
+                        "a word).  plain: the input ids (BOS, tokens, EOS, padding) on one line.\n",
                         stdout);
                   return 0;
         case ':': return usage_error("option %s needs a value", argv[optind - 1]);
@@ -204,17 +246,19 @@ static int cmd_tokenize(int argc, char **argv) {
     if (!b) return fail(ldm_last_status());
     ldm_tokenizer *tok = ldm_bundle_tokenizer(b);
     if (!tok) { ldm_bundle_close(b); return fail(LDM_DATA); }
-    int T = ldm_tokenizer_get_info(tok).max_length;
-    int32_t *ids = ldm_xmalloc(sizeof(int32_t) * (size_t)T);
-    int trunc = 0, rc = 0;
-    if (ldm_tokenize(tok, argv[optind], ids, T, &trunc) < 0) {
+    int rc = 0;
+    ldm_prompt_tokens pt;
+    if (ldm_prompt_tokenize(tok, argv[optind], syntax, &pt) < 0) {
+        ldm_error_prefix("prompt");
         rc = fail(LDM_USAGE);
-    } else {
-        if (trunc) ldm_warn("the prompt is longer than %d tokens; it was truncated", T - 2);
-        for (int i = 0; i < T; i++) printf(i ? " %d" : "%d", (int)ids[i]);
+    } else if (syntax == LDM_SYNTAX_PLAIN) {
+        if (pt.truncated) ldm_warn("the prompt is longer than %d tokens; it was truncated", pt.T - 2);
+        for (int i = 0; i < pt.T; i++) printf(i ? " %d" : "%d", (int)pt.ids[i]);
         printf("\n");
+    } else {
+        print_chunks(tok, &pt);
     }
-    free(ids);
+    ldm_prompt_tokens_free(&pt);
     ldm_tokenizer_free(tok);
     ldm_bundle_close(b);
     return rc;
@@ -235,7 +279,7 @@ int main(int argc, char **argv) {
 
     enum { O_BUNDLE = 256, O_SEED, O_NEG, O_SCHED, O_KARRAS, O_ETA, O_SPACING, O_FINAL, O_CLIPSKIP,
            O_NOHIST, O_VERSION, O_DB, O_NOCACHE, O_CACHEMAX, O_REQHIST, O_GRID, O_LATENT,
-           O_INIT, O_STRENGTH, O_NOCOPY, O_MASK,
+           O_INIT, O_STRENGTH, O_NOCOPY, O_MASK, O_SYNTAX,
            O_PROMPTS, O_SHARD, O_SHARDCOUNT, O_FORCE, O_FAILFAST, O_OVERWRITE };
     static const struct option opts[] = {
         {"bundle", required_argument, 0, O_BUNDLE},   {"output", required_argument, 0, 'o'},
@@ -247,6 +291,7 @@ int main(int argc, char **argv) {
         {"timestep-spacing", required_argument, 0, O_SPACING},
         {"final-sigmas", required_argument, 0, O_FINAL},
         {"clip-skip", required_argument, 0, O_CLIPSKIP},
+        {"prompt-syntax", required_argument, 0, O_SYNTAX},
         {"no-history", no_argument, 0, O_NOHIST},     {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},             {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, O_VERSION},       {"db", required_argument, 0, O_DB},
@@ -325,6 +370,9 @@ int main(int argc, char **argv) {
         case O_CLIPSKIP:
             if (parse_int(optarg, 1, 12, &prm->clip_skip))
                 return usage_error("clip skip \"%s\": expected an integer from 1 to 12", optarg);
+            break;
+        case O_SYNTAX:
+            if ((prm->prompt_syntax = parse_syntax(optarg)) < 0) return 2;
             break;
         case O_NOHIST: job.no_history = 1; break;
         case O_REQHIST: job.require_history = 1; break;

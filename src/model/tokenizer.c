@@ -688,6 +688,41 @@ void ldm_tokenizer_free(ldm_tokenizer *t) {
 
 ldm_tokenizer_info ldm_tokenizer_get_info(const ldm_tokenizer *t) { return t->info; }
 
+int32_t ldm_tokenizer_token_id(const ldm_tokenizer *t, const char *token) { return vocab_get(t, token); }
+
+char *ldm_tokenizer_token_text(const ldm_tokenizer *t, int32_t id) {
+    for (int k = 0; k < t->n_added; k++)
+        if (t->added[k].id == id) {
+            char *s;
+            encode_utf8(t->added[k].cps, t->added[k].len, &s);
+            return s;
+        }
+    const char *key = NULL, *k;
+    json_t *v;
+    json_object_foreach(t->vocab, k, v) {
+        if (json_integer_value(v) == id) { key = k; break; }
+    }
+    if (!key) return NULL;
+    /* the byte-level alphabet back to bytes, up to a "</w>" suffix */
+    size_t n = strlen(key), eow = n >= 4 && !strcmp(key + n - 4, "</w>") ? n - 4 : n;
+    char *out = ldm_xmalloc(n + 1);
+    size_t o = 0, i = 0;
+    while (i < eow) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t len = utf8proc_iterate((const utf8proc_uint8_t *)key + i, (utf8proc_ssize_t)(eow - i), &cp);
+        if (len <= 0) { out[o++] = key[i++]; continue; }
+        int b = -1;
+        for (int x = 0; x < 256 && b < 0; x++)
+            if (byte_to_cp(x) == cp) b = x;
+        if (b >= 0) out[o++] = (char)b;
+        else { memcpy(out + o, key + i, (size_t)len); o += (size_t)len; }
+        i += (size_t)len;
+    }
+    memcpy(out + o, key + eow, n - eow);
+    out[o + n - eow] = 0;
+    return out;
+}
+
 /* ---- encoding ------------------------------------------------------------------ */
 
 /* BPE of one word given as UTF-8 bytes; ids appended to out. */

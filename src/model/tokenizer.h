@@ -73,4 +73,12 @@ typedef struct {
 } ldm_tokenizer_info;
 ldm_tokenizer_info ldm_tokenizer_get_info(const ldm_tokenizer *tok);
 
+/* The id of a vocabulary token (",</w>"), or -1 when the vocabulary has none. */
+int32_t ldm_tokenizer_token_id(const ldm_tokenizer *tok, const char *token);
+/* The text of token `id` for people: a vocabulary token's byte-level symbols turned back
+ * into the UTF-8 bytes they stand for, with its "</w>" (end of word) kept ("photo</w>");
+ * an added token's content; NULL for an id no token has.  A token may hold part of a
+ * character's bytes only.  malloc'd. */
+char *ldm_tokenizer_token_text(const ldm_tokenizer *tok, int32_t id);
+
 #endif

@@ -3,7 +3,8 @@
  *
  * Matching diffusers 0.25.1 details kept here on purpose:
  * - the negative prompt is encoded from the last layer even when clip skip is set for
- *   the prompt (encode_prompt only applies clip_skip to the prompt);
+ *   the prompt (encode_prompt only applies clip_skip to the prompt), in the plain prompt
+ *   syntax; in AUTOMATIC1111's, clip skip applies to both, as A1111 does;
  * - guidance is applied only when g > 1 (do_classifier_free_guidance);
  * - each image has its own generator (generator=[Generator().manual_seed(S+i), ...]):
  *   its initial latents and its step noise are drawn from it, per image;
@@ -26,7 +27,7 @@
 
 /* Arena sizes measured by dry runs, per UNet batch and latent size. */
 #define PLAN_CACHE 8
-typedef struct { int nb, h, w, encode; size_t bytes; } arena_plan;
+typedef struct { int nb, h, w, encode, T; size_t bytes; } arena_plan;
 
 struct ldm_pipeline {
     ldm_bundle *bundle;
@@ -184,6 +185,116 @@ int ldm_pipeline_encode_text(ldm_pipeline *p, const int32_t *ids, int B, int cli
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* the text: prompt and negative prompt in their syntax (model/prompt.h) */
+
+/* One text's embedding [chunks * T, D] (malloc'd) at clip skip `skip`. */
+static int embed_one(ldm_pipeline *p, const char *text, int syntax, int skip, const char *what,
+                     ldm_chunk_encoder enc, void *user, float **out, int *chunks, int *truncated) {
+    ldm_prompt_tokens pt;
+    *out = NULL;
+    if (ldm_prompt_tokenize(p->tok, text, syntax, &pt)) return ldm_error_prefix("%s", what);
+    const int T = pt.T, D = ldm_clip_hidden_size(p->clip);
+    const size_t TD = (size_t)T * D;
+    float *e = ldm_xmalloc(sizeof(float) * TD * (size_t)pt.n_chunks);
+    int rc = 0;
+    for (int c = 0; c < pt.n_chunks && !rc; c++) {
+        char label[96];
+        if (pt.n_chunks > 1) snprintf(label, sizeof label, "%s, chunk %d of %d", what, c + 1, pt.n_chunks);
+        else snprintf(label, sizeof label, "%s", what);
+        const int32_t *ids = pt.ids + (size_t)c * T;
+        float *z = e + (size_t)c * TD;
+        if (enc ? enc(user, p, ids, skip, label, z) : ldm_pipeline_encode_text(p, ids, 1, skip, z)) {
+            rc = ldm_error_prefix("text encoder (%s)", label);
+        } else if (ldm_prompt_emphasis(z, pt.weights + (size_t)c * T, T, D)) {
+            rc = ldm_error_kind(LDM_USAGE, "%s: its weights give a text embedding that is not finite (%s); "
+                                "use weights nearer to 1", what, label);
+        }
+    }
+    if (!rc) {
+        *out = e;
+        *chunks = pt.n_chunks;
+        *truncated = pt.truncated;
+    } else {
+        free(e);
+    }
+    ldm_prompt_tokens_free(&pt);
+    return rc;
+}
+
+/* x [from * TD] grown to [to * TD] with copies of the chunk pad [TD]. */
+static float *pad_chunks(float *x, int from, int to, const float *pad, size_t TD) {
+    float *y = ldm_xmalloc(sizeof(float) * TD * (size_t)to);
+    memcpy(y, x, sizeof(float) * TD * (size_t)from);
+    for (int c = from; c < to; c++) memcpy(y + (size_t)c * TD, pad, sizeof(float) * TD);
+    free(x);
+    return y;
+}
+
+ldm_status ldm_pipeline_embed_text(ldm_pipeline *p, const ldm_gen_params *prm, ldm_chunk_encoder enc,
+                                   void *user, ldm_text_embeds *out) {
+    memset(out, 0, sizeof *out);
+    if (!p->clip) return ldm_error("pipeline: models not loaded"), LDM_RUNTIME;
+    if (!prm->prompt) return ldm_error_kind(LDM_USAGE, "no prompt"), LDM_USAGE;
+    const int cfg = prm->guidance > 1.0, syntax = prm->prompt_syntax;
+    const int skip = prm->clip_skip > 1 ? prm->clip_skip : 1;
+    const int neg_skip = syntax == LDM_SYNTAX_A1111 ? skip : 1;
+    const char *negative = prm->negative ? prm->negative : "";
+    const int T = ldm_pipeline_text_length(p), D = ldm_clip_hidden_size(p->clip);
+    const size_t TD = (size_t)T * D;
+    if (!enc && syntax == LDM_SYNTAX_PLAIN && cfg && skip == 1) {
+        /* the pipeline's own plain encoding: both texts in one batch, as it always was */
+        int32_t *ids = ldm_xmalloc(sizeof(int32_t) * 2 * (size_t)T);
+        float *e = ldm_xmalloc(sizeof(float) * 2 * TD);
+        int rc = 0;
+        if (ldm_tokenize(p->tok, negative, ids, T, &out->negative_truncated) < 0)
+            rc = ldm_error_prefix("negative prompt");
+        else if (ldm_tokenize(p->tok, prm->prompt, ids + T, T, &out->prompt_truncated) < 0)
+            rc = ldm_error_prefix("prompt");
+        else if (ldm_pipeline_encode_text(p, ids, 2, 1, e))
+            rc = ldm_error_prefix("text encoder");
+        free(ids);
+        if (rc) {
+            free(e);
+            return ldm_last_status();
+        }
+        out->negative = e;
+        out->prompt = ldm_xmalloc(sizeof(float) * TD);
+        memcpy(out->prompt, e + TD, sizeof(float) * TD);
+        out->prompt_chunks = out->negative_chunks = 1;
+        out->tokens = T;
+        return LDM_OK;
+    }
+    if (embed_one(p, prm->prompt, syntax, skip, "prompt", enc, user, &out->prompt, &out->prompt_chunks,
+                  &out->prompt_truncated) ||
+        (cfg && embed_one(p, negative, syntax, neg_skip, "negative prompt", enc, user, &out->negative,
+                          &out->negative_chunks, &out->negative_truncated)))
+        return ldm_last_status();
+    int n = out->prompt_chunks;
+    if (cfg && out->negative_chunks != n) {
+        /* A1111's pad_cond: the shorter gets the empty prompt's chunk until they match */
+        const int short_neg = out->negative_chunks < n;
+        float *pad;
+        int pc, pt;
+        if (embed_one(p, "", syntax, short_neg ? neg_skip : skip, "padding", enc, user, &pad, &pc, &pt))
+            return ldm_last_status();
+        if (short_neg) out->negative = pad_chunks(out->negative, out->negative_chunks, n, pad, TD);
+        else out->prompt = pad_chunks(out->prompt, n, out->negative_chunks, pad, TD);
+        if (!short_neg) n = out->negative_chunks;
+        free(pad);
+        out->pad_conds = 1;
+    }
+    out->tokens = n * T;
+    return LDM_OK;
+}
+
+void ldm_text_embeds_free(ldm_text_embeds *t) {
+    if (!t) return;
+    free(t->prompt);
+    free(t->negative);
+    t->prompt = t->negative = NULL;
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* parameters */
 
 ldm_gen_params ldm_gen_params_default(void) {
@@ -284,6 +395,23 @@ static int check_params(ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_co
         return ldm_error_kind(LDM_USAGE, "batch %d: expected 1..64", prm->batch);
     if (prm->clip_skip < 0 || prm->clip_skip > 12)
         return ldm_error_kind(LDM_USAGE, "clip skip %d: expected 1..12", prm->clip_skip);
+    if (prm->prompt_syntax != LDM_SYNTAX_PLAIN && prm->prompt_syntax != LDM_SYNTAX_A1111)
+        return ldm_error_kind(LDM_USAGE, "prompt syntax %d: unknown", prm->prompt_syntax);
+    if (prm->prompt_embeds &&
+        (prm->text_tokens < 0 || prm->text_tokens > LDM_MAX_PROMPT_CHUNKS * ldm_pipeline_text_length(p)))
+        return ldm_error_kind(LDM_USAGE, "text_tokens %d: expected 0..%d", prm->text_tokens,
+                              LDM_MAX_PROMPT_CHUNKS * ldm_pipeline_text_length(p));
+    if (!prm->prompt_embeds && prm->prompt_syntax == LDM_SYNTAX_A1111) {
+        /* the prompts' syntax, before any work: a bad weight or too many chunks */
+        const int cfg = prm->guidance > 1.0;
+        for (int k = 0; k < 1 + cfg; k++) {
+            const char *text = k ? (prm->negative ? prm->negative : "") : prm->prompt;
+            ldm_prompt_tokens pt;
+            if (ldm_prompt_tokenize(p->tok, text, LDM_SYNTAX_A1111, &pt))
+                return ldm_error_prefix("%s", k ? "negative prompt" : "prompt");
+            ldm_prompt_tokens_free(&pt);
+        }
+    }
     const int m = p->size_multiple;
     int W = prm->width ? prm->width : p->default_size, H = prm->height ? prm->height : p->default_size;
     if (W < m || H < m || W % m || H % m || W > 8192 || H > 8192)
@@ -327,21 +455,13 @@ static void to_rgb8(const float *img, int H, int W, uint8_t *rgb) {
         }
 }
 
-/* Tokenize text into ids[T]; *trunc set when cut. */
-static int tokenize(ldm_pipeline *p, const char *text, int32_t *ids, int T, int *trunc) {
-    if (ldm_tokenize(p->tok, text, ids, T, trunc) < 0)
-        return ldm_error_prefix("tokenizing \"%.40s%s\"", text, strlen(text) > 40 ? "..." : "");
-    return 0;
-}
-
-/* Activation bytes for the three models at UNet batch nb and latent h x w: the largest
- * of their dry runs, measured once per (nb, h, w). */
-static size_t arena_need(ldm_pipeline *p, int nb, int h, int w, int encode) {
+/* Activation bytes for the three models at UNet batch nb, latent h x w and text context
+ * T: the largest of their dry runs, measured once per (nb, h, w, encode, T). */
+static size_t arena_need(ldm_pipeline *p, int nb, int h, int w, int encode, int T) {
     for (int i = 0; i < p->n_plans; i++)
         if (p->plans[i].nb == nb && p->plans[i].h == h && p->plans[i].w == w &&
-            p->plans[i].encode == encode)
+            p->plans[i].encode == encode && p->plans[i].T == T)
             return p->plans[i].bytes;
-    const int T = ldm_clip_max_length(p->clip);
     size_t need = ldm_clip_arena_bytes(p->clip, 2);
     size_t u = ldm_unet_arena_bytes(p->unet, nb, h, w, T);
     size_t v = ldm_vae_arena_bytes(p->vae, 1, h, w);
@@ -352,7 +472,7 @@ static size_t arena_need(ldm_pipeline *p, int nb, int h, int w, int encode) {
         size_t e = ldm_vae_encode_arena_bytes(p->vae, h * f, w * f);
         if (e > need) need = e;
     }
-    arena_plan e = {nb, h, w, encode, need};
+    arena_plan e = {nb, h, w, encode, T, need};
     if (p->n_plans < PLAN_CACHE) p->plans[p->n_plans++] = e;
     else {
         memmove(p->plans, p->plans + 1, sizeof p->plans[0] * (PLAN_CACHE - 1));
@@ -516,8 +636,10 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
     const int B = prm->batch ? prm->batch : 1;
     const int f = ldm_vae_downscale(p->vae), h = H / f, w = W / f;
     const int C = p->latent_ch, Cu = p->unet_in;   /* latent channels; the UNet's input */
-    const int T = ldm_clip_max_length(p->clip), D = ldm_clip_hidden_size(p->clip);
-    const size_t hw = (size_t)h * w, per = (size_t)C * hw, n = (size_t)B * per, TD = (size_t)T * D;
+    const int D = ldm_clip_hidden_size(p->clip);
+    int T = ldm_clip_max_length(p->clip);   /* the text context: 77 * chunks */
+    const size_t hw = (size_t)h * w, per = (size_t)C * hw, n = (size_t)B * per;
+    size_t TD = (size_t)T * D;
     const int cfg = prm->guidance > 1.0;    /* do_classifier_free_guidance */
     const int NB = cfg ? 2 * B : B;         /* UNet batch */
     res->batch = B; res->width = W; res->height = H;
@@ -528,22 +650,21 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
     float *ctx = NULL, *emb = NULL, *x = NULL, *xin = NULL, *eps = NULL, *img = NULL, *xs = NULL;
     inpaint_state q = {0};
     const int inpaint = prm->mask != NULL;
-    int32_t *ids = NULL;
     int rc = -1;
 
-    /* one arena for the three models at this size (dry runs cached per batch and size) */
     const int img2img = prm->init_image != NULL;
     if (img2img && !ldm_vae_has_encoder(p->vae)) {
         ldm_error_kind(LDM_DATA, "%s: this bundle has no VAE encoder (vae.encoder.* weights); %s "
                        "needs one", ldm_bundle_path(p->bundle), inpaint ? "inpainting" : "image to image");
         return LDM_DATA;
     }
-    if (arena_reserve(p, arena_need(p, NB, h, w, img2img))) goto done;
 
     /* ---- text: the caller's embeddings (prompt_embeds / negative_prompt_embeds), else
      * tokenize and encode here ---- */
-    emb = ldm_xmalloc(sizeof(float) * 2 * TD);   /* [neg; prompt] */
     if (prm->prompt_embeds) {
+        T = prm->text_tokens ? prm->text_tokens : T;
+        TD = (size_t)T * D;
+        emb = ldm_xmalloc(sizeof(float) * 2 * TD);   /* [neg; prompt] */
         memcpy(emb + TD, prm->prompt_embeds, sizeof(float) * TD);
         if (cfg) {
             if (!prm->negative_embeds) {
@@ -553,22 +674,27 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
             memcpy(emb, prm->negative_embeds, sizeof(float) * TD);
         }
     } else {
-        ids = ldm_xmalloc(sizeof(int32_t) * 2 * T);
-        int32_t *neg_ids = ids, *pos_ids = ids + T;
-        if (tokenize(p, prm->prompt, pos_ids, T, &res->prompt_truncated)) goto done;
-        if (cfg && tokenize(p, prm->negative ? prm->negative : "", neg_ids, T,
-                            &res->negative_truncated)) goto done;
-        int skip = prm->clip_skip > 1 ? prm->clip_skip : 1;
-        int r;
-        if (cfg && skip == 1) {
-            r = ldm_pipeline_encode_text(p, ids, 2, 1, emb);          /* both in one batch */
-        } else {
-            /* the negative prompt uses the last layer, as diffusers' encode_prompt does */
-            r = ldm_pipeline_encode_text(p, pos_ids, 1, skip, emb + TD);
-            if (!r && cfg) r = ldm_pipeline_encode_text(p, neg_ids, 1, 1, emb);
+        ldm_text_embeds te;
+        ldm_status st = ldm_pipeline_embed_text(p, prm, NULL, NULL, &te);
+        res->prompt_truncated = te.prompt_truncated;
+        res->negative_truncated = te.negative_truncated;
+        res->pad_conds = te.pad_conds;
+        if (st) {
+            ldm_text_embeds_free(&te);
+            goto done;
         }
-        if (r) { ldm_error_prefix("text encoder"); goto done; }
+        T = te.tokens;
+        TD = (size_t)T * D;
+        emb = ldm_xmalloc(sizeof(float) * 2 * TD);
+        memcpy(emb + TD, te.prompt, sizeof(float) * TD);
+        if (cfg) memcpy(emb, te.negative, sizeof(float) * TD);
+        ldm_text_embeds_free(&te);
     }
+    res->text_tokens = T;
+
+    /* one arena for the three models at this size (dry runs cached per batch, size and
+     * text length) */
+    if (arena_reserve(p, arena_need(p, NB, h, w, img2img, T))) goto done;
     /* UNet context [NB, T, D]: cfg ? [neg x B; prompt x B] : [prompt x B] */
     ctx = ldm_xmalloc(sizeof(float) * NB * TD);
     for (int i = 0; i < NB; i++) {
@@ -677,7 +803,7 @@ done:
         free(res->latents_final); res->latents_final = NULL;
     }
     ldm_sched_free(s);
-    free(rngs); free(ctx); free(emb); free(ids); free(x); free(xin); free(eps); free(img); free(xs);
+    free(rngs); free(ctx); free(emb); free(x); free(xin); free(eps); free(img); free(xs);
     inpaint_free(&q);
     return rc ? ldm_last_status() : LDM_OK;
 }
@@ -748,6 +874,7 @@ char *ldm_a1111_parameters(const ldm_gen_params *prm, const ldm_gen_result *res,
     }
     if (prm->spacing >= 0)
         sb_add(&b, ", Timestep spacing: %s", ldm_spacing_name(res->sched.timestep_spacing));
+    if (res->pad_conds) sb_add(&b, ", Pad conds: True");   /* as A1111 notes its padding */
     sb_add(&b, ", Version: ldm %s", LDM_VERSION);
     return b.s;
 }

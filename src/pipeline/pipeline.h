@@ -1,6 +1,9 @@
 /* pipeline.h - text to image, as diffusers' StableDiffusionPipeline does it.
  *
  *   prompt, negative --tokenizer--> ids[77] --CLIP--> embeddings [2, 77, C]
+ *       (the plain syntax; in AUTOMATIC1111's, model/prompt.h, each text is chunks of 77
+ *       ids, each chunk encoded, weighted and concatenated: [2, 77 * chunks, C], the
+ *       shorter of the two padded with the empty prompt's chunk)
  *   latents = randn[B, 4, H/8, W/8] (one generator per image, seeded S, S+1, ...)
  *             * init_noise_sigma
  *   for each timestep t:
@@ -32,6 +35,7 @@
 #include "backend/ops.h"
 #include "core/common.h"
 #include "format/bundle.h"
+#include "model/prompt.h"
 #include "model/tokenizer.h"
 #include "pipeline/scheduler.h"
 
@@ -69,6 +73,36 @@ int ldm_pipeline_text_dim(const ldm_pipeline *p);
 int ldm_pipeline_encode_text(ldm_pipeline *p, const int32_t *ids, int B, int clip_skip,
                              float *out);
 
+/* The text encoder for one chunk: ids[T] at clip_skip -> out[T, C], as
+ * ldm_pipeline_encode_text computes it (the app's cache gives the same floats); `what`
+ * ("prompt", "negative prompt, chunk 2 of 3") names it in messages.  0 or -1 with ldm_error. */
+typedef int (*ldm_chunk_encoder)(void *user, ldm_pipeline *p, const int32_t *ids, int clip_skip,
+                                 const char *what, float *out);
+
+/* The text of a generation as the UNet takes it (diffusers' prompt_embeds and
+ * negative_prompt_embeds). */
+typedef struct ldm_text_embeds {
+    float *prompt, *negative;   /* [tokens, C] each; negative NULL when guidance <= 1 */
+    int tokens;                 /* 77 * chunks, the same for both */
+    int prompt_chunks, negative_chunks;   /* each text's own chunks, before padding */
+    int pad_conds;              /* the shorter was padded with the empty prompt's chunk
+                                   (A1111's "Pad prompt/negative prompt", "Pad conds") */
+    int prompt_truncated, negative_truncated;   /* plain syntax: tokens were cut */
+} ldm_text_embeds;
+
+struct ldm_gen_params;
+/* The embeddings of prm's prompt and (with guidance > 1) negative prompt in prm's syntax:
+ * tokenized (model/prompt.h), each chunk encoded by enc (NULL: ldm_pipeline_encode_text)
+ * and weighted, the chunks concatenated.  Clip skip: in the A1111 syntax for both texts
+ * (as A1111 applies it to every text); in the plain syntax for the prompt only (as
+ * diffusers' encode_prompt).  The two are padded to the same number of chunks with the
+ * empty prompt's chunk, at their clip skip.  LDM_OK, or the failure (a bad prompt:
+ * LDM_USAGE, naming it; weights whose embedding is not finite: LDM_USAGE).  The caller
+ * frees *out with ldm_text_embeds_free (also after a failure). */
+ldm_status ldm_pipeline_embed_text(ldm_pipeline *p, const struct ldm_gen_params *prm,
+                                   ldm_chunk_encoder enc, void *user, ldm_text_embeds *out);
+void ldm_text_embeds_free(ldm_text_embeds *t);
+
 /* After each denoising step: step 1..total (total = steps). */
 typedef void (*ldm_progress_fn)(void *user, int step, int total);
 
@@ -80,17 +114,20 @@ typedef struct ldm_gen_params {
     double guidance;           /* classifier-free guidance scale; <= 1 disables it */
     uint64_t seed;             /* image i uses seed + i (mod 2^64) */
     int batch;                 /* images, >= 1 (0 = 1) */
-    int clip_skip;             /* 0/1 = last layer, 2 = penultimate (prompt only, as diffusers) */
+    int clip_skip;             /* 0/1 = last layer, 2 = penultimate (plain syntax: prompt only,
+                                  as diffusers; A1111 syntax: both texts, as A1111) */
+    int prompt_syntax;         /* LDM_SYNTAX_PLAIN (0, diffusers) or LDM_SYNTAX_A1111 */
     int scheduler;             /* ldm_sched_kind, or -1 = the bundle's class */
     int karras;                /* Karras sigmas (Euler, DPM++ only) */
     double eta;                /* DDIM eta (DDIM only; 0 = deterministic) */
     int spacing;               /* ldm_spacing override, or -1 = the bundle's config */
     int final_sigmas;          /* DPM++: ldm_final_sigmas override, or -1 = the config's
                                 * final_sigmas_type (default zero, as diffusers >= 0.26) */
-    /* diffusers' prompt_embeds / negative_prompt_embeds: [T, C] each on the host, or
-     * NULL to tokenize and encode prompt/negative here (negative_embeds is needed when
-     * guidance > 1) */
+    /* diffusers' prompt_embeds / negative_prompt_embeds: [text_tokens, C] each on the
+     * host, or NULL to tokenize and encode prompt/negative here (negative_embeds is needed
+     * when guidance > 1); text_tokens 0 = 77 (one chunk), at most 77 * LDM_MAX_PROMPT_CHUNKS */
     const float *prompt_embeds, *negative_embeds;
+    int text_tokens;
     /* image to image (StableDiffusionImg2ImgPipeline): the preprocessed image [3, H, W] in
      * [-1, 1] on the host (H, W = height, width), and the strength in (0, 1]; NULL for
      * text to image */
@@ -121,6 +158,9 @@ typedef struct ldm_gen_result {
     int unet_evaluations;      /* timesteps run (PNDM: steps + 1; image to image: the cut schedule) */
     double t_text, t_sampling, t_decode, t_total;   /* seconds */
     int prompt_truncated, negative_truncated;
+    int text_tokens;           /* the UNet's context length (77 * chunks) */
+    int pad_conds;             /* prompt and negative padded to the same chunks (the
+                                  caller sets it when it gave the embeddings) */
     int interrupted;           /* stopped by the interrupt flag (the call returned -1) */
     ldm_sched_config sched;    /* the effective scheduler configuration */
 } ldm_gen_result;
@@ -146,7 +186,8 @@ void ldm_gen_result_free(ldm_gen_result *r);
 /* AUTOMATIC1111's "parameters" text for image i of a result:
  *   prompt\nNegative prompt: ...\nSteps: 50, Sampler: Euler a, CFG scale: 7.5, Seed: 42,
  *   Size: 512x512, Model hash: 0123456789, Model: name, Clip skip: 2, Version: ldm 0.1.0
- * (Negative prompt line only when non-empty; Clip skip only when > 1).  malloc'd. */
+ * (Negative prompt line only when non-empty; Clip skip only when > 1; "Pad conds: True"
+ * when res->pad_conds, as A1111 writes it when it pads).  malloc'd. */
 char *ldm_a1111_parameters(const ldm_gen_params *prm, const ldm_gen_result *res, int i,
                            const char *model_hash, const char *model_name);
 

@@ -8,10 +8,14 @@
  * tokenizer_config.json, special_tokens_map.json, vocab.json or merges.txt of a small
  * tokenizer (the 512 byte tokens, the first 400 merges and the special tokens of the
  * fixture), which is then built and used once.
+ * A prompt is also read in AUTOMATIC1111's syntax (model/prompt.c): parsed, and tokenized
+ * into chunks, each BOS, 75 ids, EOS with finite weights, at most LDM_MAX_PROMPT_CHUNKS;
+ * a parse that fails must fail the tokenization too.
  */
 #include <jansson.h>
 
 #include "fuzz_util.h"
+#include "model/prompt.h"
 #include "model/tokenizer.h"
 
 static ldm_tokenizer *full;
@@ -100,6 +104,35 @@ static void use(const ldm_tokenizer *tok, const char *text, int32_t vocab_size) 
         if (ids[i] != info.pad) fuzz_die("padding is not the pad id");
 }
 
+static void use_a1111(const ldm_tokenizer *tok, const char *text, int32_t vocab_size) {
+    ldm_prompt_span *sp;
+    int ns, parsed = ldm_prompt_parse(text, &sp, &ns) == 0;
+    if (parsed) {
+        if (ns < 1) fuzz_die("parse gave no span");
+        for (int i = 0; i < ns; i++)
+            if (!sp[i].text) fuzz_die("span without text");
+        ldm_prompt_spans_free(sp, ns);
+    }
+    ldm_prompt_tokens pt;
+    if (ldm_prompt_tokenize(tok, text, LDM_SYNTAX_A1111, &pt) != 0) return;
+    if (!parsed) fuzz_die("tokenized a prompt the parser refused");
+    ldm_tokenizer_info info = ldm_tokenizer_get_info(tok);
+    if (pt.n_chunks < 1 || pt.n_chunks > LDM_MAX_PROMPT_CHUNKS || pt.T != 77) fuzz_die("chunk count or length");
+    for (int c = 0; c < pt.n_chunks; c++) {
+        const int32_t *id = pt.ids + (size_t)c * pt.T;
+        const float *w = pt.weights + (size_t)c * pt.T;
+        if (id[0] != info.bos || w[0] != 1.0f || w[pt.T - 1] != 1.0f || pt.chunk_tokens[c] < 0 ||
+            pt.chunk_tokens[c] > pt.T - 2)
+            fuzz_die("chunk is not BOS ... with weight 1 at both ends");
+        for (int k = 0; k < pt.T; k++) {
+            if (id[k] < 0 || id[k] >= vocab_size) fuzz_die("chunk id outside the vocabulary");
+            if (!(w[k] == w[k]) || w[k] - w[k] != 0.0f) fuzz_die("weight not finite");
+            if (k > pt.chunk_tokens[c] && (id[k] != info.eos || w[k] != 1.0f)) fuzz_die("padding is not EOS, weight 1");
+        }
+    }
+    ldm_prompt_tokens_free(&pt);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *vocab = mini_vocab, *merges = mini_merges, *config = NULL, *special = NULL;
     size_t vlen = mini_vocab_len, mlen = mini_merges_len;
@@ -111,6 +144,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     else {
         s = fuzz_str(data, size);
         use(full, s, n_vocab);
+        use_a1111(full, s, n_vocab);
         free(s);
         return 0;
     }

@@ -318,6 +318,10 @@ def tokenizer_seeds():
     put("tokenizer", "digits-punct.txt", "1990s 3.14159 $100 #tag @user ... !!! ??? (a) [b] {c}")
     put("tokenizer", "invalid-utf8.txt", b"abc\xff\xfe def \xc3( \xe2\x82 \xed\xa0\x80")
     put("tokenizer", "nul.txt", b"before\0after")
+    # AUTOMATIC1111's prompt syntax (model/prompt.c)
+    put("tokenizer", "a1111-weights.txt", "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))). \\(x\\) \\\\ (y: -1.5 )")
+    put("tokenizer", "a1111-break.txt", "a BREAK b\u00a0BREAK\u00a0c xBREAK (d BREAK e:0) [f:1.2.3] (g:1.2.3")
+    put("tokenizer", "a1111-long.txt", "red apple, " * 100 + "(green " * 30)
     # tokenizer_config.json / special_tokens_map.json mode (see fuzz_tokenizer.c)
     with open(os.path.join(FIX, "models", "sd2", "tokenizer", "tokenizer_config.json"), "rb") as f:
         put("tokenizer", "config-sd2.txt", b"CONFIG\n" + f.read())
