@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <jpeglib.h>   /* after stdio.h: it uses FILE and size_t */
+#include <jerror.h>
 
 #include "core/common.h"
 #include "format/png_io.h"
@@ -25,7 +26,16 @@ static void jpeg_fail(j_common_ptr cinfo) {
     (*cinfo->err->format_message)(cinfo, e->msg);
     longjmp(e->jump, 1);
 }
-static void jpeg_quiet(j_common_ptr cinfo, int level) { (void)cinfo; (void)level; }
+/* Warnings are not printed; but data that ends early is an error, as PIL refuses a
+ * truncated JPEG (libjpeg would fill the rest with grey: a 175-byte file could stand for a
+ * 64-megapixel picture, decoded in full). */
+static void jpeg_quiet(j_common_ptr cinfo, int level) {
+    if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) {
+        jpeg_err *e = (jpeg_err *)cinfo->err;
+        snprintf(e->msg, sizeof e->msg, "truncated (the data ends before the picture)");
+        longjmp(e->jump, 1);
+    }
+}
 
 /* A progressive JPEG may hold any number of scans, each a pass over every coefficient: a
  * few kilobytes of hostile scans keep a decoder busy for minutes (libjpeg-turbo's djpeg has
@@ -52,7 +62,7 @@ static int read_jpeg(const char *path, FILE *f, const void *mem, size_t len, uin
     err.msg[0] = '\0';
     cinfo.err = jpeg_std_error(&err.pub);
     err.pub.error_exit = jpeg_fail;
-    err.pub.emit_message = jpeg_quiet;   /* warnings are not printed */
+    err.pub.emit_message = jpeg_quiet;
     if (setjmp(err.jump)) {
         jpeg_destroy_decompress(&cinfo);
         free(out);
