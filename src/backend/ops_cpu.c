@@ -249,11 +249,13 @@ static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, fl
     if (M <= 0 || N <= 0) return;
     blas_single_thread();
     int split_n = N >= M, len = split_n ? N : M;
-    int nt = omp_get_max_threads();
-    /* Up to 4 slabs per thread, scheduled dynamically, so a thread that loses its
-     * core for a while does not hold the others up; each slab >= 64 wide. */
-    int slabs = 4 * nt < len / 64 ? 4 * nt : len / 64;
-    if (nt <= 1 || slabs <= 1 || (double)M * N * K < 2e6 || omp_in_parallel()) {
+    /* The slabs depend on the shape only, never on the thread count, so that an image is
+     * the same bytes with 1, 2 or 16 threads (OpenBLAS picks its kernel by shape: the same
+     * product in other slabs can round differently).  Up to 16 slabs, scheduled
+     * dynamically, so a thread that loses its core for a while does not hold the others
+     * up; each slab >= 64 wide. */
+    int slabs = 16 < len / 64 ? 16 : len / 64;
+    if (slabs <= 1 || (double)M * N * K < 2e6 || omp_get_level() > 0) {   /* level, not in_parallel: a team of 1 counts */
         cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }

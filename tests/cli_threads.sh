@@ -1,0 +1,22 @@
+#!/bin/sh
+# cli_threads.sh - an image is the same bytes whatever the thread count (1, 2, 3, 5):
+# products are split into slabs that depend on the shape only (backend/ops_cpu.c gemm), so that replay holds across
+# machines with different core counts.  256x256 on the sd1 fixture makes the UNet's and the
+# VAE's products large enough to be split; the sd2 fixture (linear projections, three
+# levels) at 192x128; both text-to-image with classifier-free guidance and a batch of 2.
+. tests/lib.sh
+
+B1="$TMP/sd1.ldmb"; B2="$TMP/sd2.ldmb"
+"$PACK" -q "$FIX/models/sd1" -o "$B1" || bad "pack sd1"
+"$PACK" -q "$FIX/models/sd2" -o "$B2" || bad "pack sd2"
+for t in 1 2 3 5; do
+    OMP_NUM_THREADS=$t "$GEN" --bundle "$B1" --no-history -q -n 3 -b 2 --seed 11 -W 256 -H 256 \
+        --scheduler euler_a -o "$TMP/a$t.png" "a red cube" || bad "sd1 with $t threads"
+    OMP_NUM_THREADS=$t "$GEN" --bundle "$B2" --no-history -q -n 3 --seed 4 -W 192 -H 128 \
+        -o "$TMP/b$t.png" "a blue ball" || bad "sd2 with $t threads"
+done
+for t in 2 3 5; do
+    check "sd1 256x256: $t threads give the bytes of 1" sh -c "cmp -s '$TMP/a1-0001.png' '$TMP/a$t-0001.png' && cmp -s '$TMP/a1-0002.png' '$TMP/a$t-0002.png'"
+    check "sd2 192x128: $t threads give the bytes of 1" cmp -s "$TMP/b1.png" "$TMP/b$t.png"
+done
+finish
