@@ -251,10 +251,12 @@ static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, fl
     int split_n = N >= M, len = split_n ? N : M;
     /* The slabs depend on the shape only, never on the thread count, so that an image is
      * the same bytes with 1, 2 or 16 threads (OpenBLAS picks its kernel by shape: the same
-     * product in other slabs can round differently).  Up to 16 slabs, scheduled
-     * dynamically, so a thread that loses its core for a while does not hold the others
-     * up; each slab >= 64 wide. */
-    int slabs = 16 < len / 64 ? 16 : len / 64;
+     * product in other slabs can round differently: M = 2 against slabs of 80 columns
+     * differs in most values, tests/test_threads.c).  8 slabs, as many as 2 threads had
+     * before (4 per thread), so the 2-core speed is unchanged; scheduled dynamically, so a
+     * thread that loses its core for a while does not hold the others up; each slab >= 64
+     * wide.  (Every slab re-packs op(A): the GEMM of issue 14 replaces this.) */
+    int slabs = 8 < len / 64 ? 8 : len / 64;
     if (slabs <= 1 || (double)M * N * K < 2e6 || omp_get_level() > 0) {   /* level, not in_parallel: a team of 1 counts */
         cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
