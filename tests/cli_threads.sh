@@ -19,4 +19,14 @@ for t in 2 3 5; do
     check "sd1 256x256: $t threads give the bytes of 1" sh -c "cmp -s '$TMP/a1-0001.png' '$TMP/a$t-0001.png' && cmp -s '$TMP/a1-0002.png' '$TMP/a$t-0002.png'"
     check "sd2 192x128: $t threads give the bytes of 1" cmp -s "$TMP/b1.png" "$TMP/b$t.png"
 done
+# --threads N sets the count (OMP_NUM_THREADS not needed), with the same bytes
+env -u OMP_NUM_THREADS "$GEN" --bundle "$B2" --no-history -q -n 3 --seed 4 -W 192 -H 128 --threads 4 \
+    -o "$TMP/c4.png" "a blue ball" || bad "--threads 4"
+check "--threads 4 gives the bytes of 1 thread" cmp -s "$TMP/b1.png" "$TMP/c4.png"
+env -u OMP_NUM_THREADS taskset -c 0 "$GEN" --bundle "$B2" --no-history -q -n 3 --seed 4 -W 192 -H 128 \
+    -o "$TMP/c1.png" "a blue ball" 2>"$TMP/err" || bad "one CPU by affinity: $(cat "$TMP/err")"
+check "the default (the affinity mask's one CPU) gives the same bytes" cmp -s "$TMP/b1.png" "$TMP/c1.png"
+expect_fail "--threads 0" 2 'threads "0"' "$GEN" --bundle "$B2" --threads 0 -o "$TMP/x.png" x
+expect_fail "--threads many" 2 'threads "many"' "$GEN" --bundle "$B2" --threads many -o "$TMP/x.png" x
+check "nothing written" test ! -e "$TMP/x.png"
 finish

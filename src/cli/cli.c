@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,23 @@ int cli_backend_env(const char **backend, long *fail_op) {
     return 0;
 }
 
+/* ---- threads ---- */
+
+int cli_threads;
+
+/* The CPU threads a job runs with: --threads, else OMP_NUM_THREADS (0: OpenMP reads it),
+ * else the CPUs this process may run on (its affinity mask: a cgroup or taskset limit,
+ * not the machine's count). */
+static int job_threads(void) {
+    if (cli_threads > 0) return cli_threads;
+    const char *e = getenv("OMP_NUM_THREADS");
+    if (e && *e) return 0;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+    return 0;
+}
+
 /* ---- ldmgen jobs ---- */
 
 #include "app/job.h"
@@ -146,6 +164,7 @@ static void hook_profile(void *user, const char *backend, const ldm_op_stat *st,
 
 int cli_job_setup(ldm_job *j) {
     if (cli_backend_env(&j->backend, &j->backend_opts.fail_op)) return -1;
+    j->backend_opts.threads = job_threads();
     j->backend_opts.profile = cli_verbosity >= 2;
     j->backend_opts.verbose = cli_verbosity >= 2;
     j->hooks.written = hook_written;

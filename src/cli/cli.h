@@ -10,6 +10,8 @@
 
 /* 0 quiet (errors only), 1 normal, 2 verbose. */
 extern int cli_verbosity;
+/* --threads N (0: OMP_NUM_THREADS when set, else the CPUs of this process's affinity mask) */
+extern int cli_threads;
 /* Install the stderr message handler; `prog` prefixes warnings ("ldmgen"). */
 void cli_init(const char *prog);
 /* Print the failure (prog: message, with "(try PROG --help)" for usage errors) and

@@ -58,6 +58,8 @@ static const char USAGE[] =
     "                           pattern: {seed}, {prompt}, {id}, and with --prompts {index},\n"
     "                           {line}, {shard}; {index:05} pads with zeros\n"
     "      --overwrite          replace existing files (default: an existing -o is an error)\n"
+    "      --threads N          CPU threads (default: OMP_NUM_THREADS, else the CPUs this\n"
+    "                           process may use); the image is the same for any N\n"
     "  -g, --guidance G         classifier-free guidance scale, 0..100 (default 7.5;\n"
     "                           <= 1 turns guidance off)\n"
     "  -n, --steps N            denoising steps, 1..1000 (default 50)\n"
@@ -279,7 +281,7 @@ int main(int argc, char **argv) {
 
     enum { O_BUNDLE = 256, O_SEED, O_NEG, O_SCHED, O_KARRAS, O_ETA, O_SPACING, O_FINAL, O_CLIPSKIP,
            O_NOHIST, O_VERSION, O_DB, O_NOCACHE, O_CACHEMAX, O_REQHIST, O_GRID, O_LATENT,
-           O_INIT, O_STRENGTH, O_NOCOPY, O_MASK, O_SYNTAX,
+           O_INIT, O_STRENGTH, O_NOCOPY, O_MASK, O_SYNTAX, O_THREADS,
            O_PROMPTS, O_SHARD, O_SHARDCOUNT, O_FORCE, O_FAILFAST, O_OVERWRITE };
     static const struct option opts[] = {
         {"bundle", required_argument, 0, O_BUNDLE},   {"output", required_argument, 0, 'o'},
@@ -303,6 +305,7 @@ int main(int argc, char **argv) {
         {"prompts", required_argument, 0, O_PROMPTS}, {"shard", required_argument, 0, O_SHARD},
         {"shard-count", required_argument, 0, O_SHARDCOUNT}, {"force", no_argument, 0, O_FORCE},
         {"fail-fast", no_argument, 0, O_FAILFAST},    {"overwrite", no_argument, 0, O_OVERWRITE},
+        {"threads", required_argument, 0, O_THREADS},
         {0, 0, 0, 0},
     };
     ldm_job job;
@@ -435,6 +438,10 @@ int main(int argc, char **argv) {
         case O_FORCE: po.force = 1; break;
         case O_FAILFAST: po.fail_fast = 1; break;
         case O_OVERWRITE: overwrite = 1; break;
+        case O_THREADS:
+            if (parse_int(optarg, 1, 1024, &cli_threads))
+                return usage_error("threads \"%s\": expected a whole number from 1 to 1024", optarg);
+            break;
         case 'q': cli_verbosity = 0; break;
         case 'v': cli_verbosity = 2; break;
         case 'h': fputs(USAGE, stdout); return 0;
