@@ -362,6 +362,53 @@ static void test_prompts(void) {
 }
 
 /* ---- replay says so when the image differs ---- */
+/* str with every `from` replaced by `to` (malloc'd). */
+static char *replace_all(const char *str, const char *from, const char *to) {
+    size_t fl = strlen(from), tl = strlen(to), n = 0;
+    for (const char *p = strstr(str, from); p; p = strstr(p + fl, from)) n++;
+    char *out = malloc(strlen(str) + n * (tl > fl ? tl - fl : 0) + 1), *w = out;
+    for (const char *p = str;;) {
+        const char *q = strstr(p, from);
+        if (!q) { strcpy(w, p); break; }
+        memcpy(w, p, (size_t)(q - p)); w += q - p;
+        memcpy(w, to, tl); w += tl;
+        p = q + fl;
+    }
+    return out;
+}
+
+/* An image made by another ldm version (its metadata says so): replay gives the same
+ * pixels, other PNG bytes (the new metadata has this version), and calls that a match. */
+static void test_replay_other_version(void) {
+    char out[512], old[512], r[512], err[512], outp[512];
+    path_in(out, sizeof out, "v.png");
+    path_in(old, sizeof old, "v-old.png");
+    path_in(r, sizeof r, "v-replay.png");
+    path_in(err, sizeof err, "err");
+    path_in(outp, sizeof outp, "stdout");
+    char *argv[] = {gen, "--bundle", bundle, "--no-history", "-n", "2", "--seed", "6", "-q", "-o", out,
+                    "an old image", NULL};
+    CHECK(run(argv, NULL, err) == 0, "generate");
+    uint8_t *rgb = NULL;
+    int w, h, nt = 0;
+    ldm_png_text *t = NULL;
+    CHECK(ldm_png_read(out, &rgb, &w, &h, &t, &nt) == 0 && nt == 2, "read: %s", ldm_last_error());
+    if (!rgb || nt != 2) return;
+    char *p0 = replace_all(t[0].text, "ldm " LDM_VERSION, "ldm 0.0.9");
+    char *p1 = replace_all(t[1].text, "\"ldm_version\":\"" LDM_VERSION "\"", "\"ldm_version\":\"0.0.9\"");
+    CHECK(strcmp(p1, t[1].text) != 0, "the version is in the ldm chunk");
+    ldm_png_text nt2[2] = {{t[0].key, p0}, {t[1].key, p1}};
+    CHECK(ldm_png_write(old, rgb, w, h, nt2, 2) == 0, "write the old image");
+    char *rargv[] = {gen, "replay", "--bundle", bundle, "--no-history", "-o", r, old, NULL};
+    int rc = run(rargv, outp, err);
+    char *o = ldm_read_file(outp, NULL);
+    CHECK(rc == 0 && o && strstr(o, "the same pixels") && strstr(o, "made by ldm 0.0.9"),
+          "replay of another version's image: a match on the pixels (rc %d): %s", rc, o ? o : "");
+    free(o);
+    free(p0); free(p1); free(rgb);
+    ldm_png_texts_free(t, nt);
+}
+
 static void test_replay_differs(void) {
     char out[512], r1[512], err[512], outp[512];
     path_in(out, sizeof out, "orig.png");
@@ -432,6 +479,7 @@ int main(void) {
     if (rc == 0) {
         test_prompts();
         test_replay_differs();
+        test_replay_other_version();
     }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
