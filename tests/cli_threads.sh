@@ -4,6 +4,9 @@
 # machines with different core counts.  256x256 on the sd1 fixture makes the UNet's and the
 # VAE's products large enough to be split; the sd2 fixture (linear projections, three
 # levels) at 192x128; both text-to-image with classifier-free guidance and a batch of 2.
+# The fixtures' products are small: the code before the fix (1 thread: one call, more:
+# slabs) passed this too; the op-level test that caught it is tests/test_threads.c
+# (SD-1.5-sized products).
 . tests/lib.sh
 
 B1="$TMP/sd1.ldmb"; B2="$TMP/sd2.ldmb"

@@ -177,4 +177,18 @@ static double mt_max_abs_diff(const float *a, const float *b, size_t n) {
     return m;
 }
 
+/* 8-bit images a and b (reference) of n values: the largest difference in levels, and the
+ * mean in *mean. */
+static inline int mt_u8_diff(const uint8_t *a, const uint8_t *b, size_t n, double *mean) {
+    int maxd = 0;
+    double sum = 0;
+    for (size_t k = 0; k < n; k++) {
+        int d = abs((int)a[k] - (int)b[k]);
+        if (d > maxd) maxd = d;
+        sum += d;
+    }
+    *mean = n ? sum / (double)n : 0;
+    return maxd;
+}
+
 #endif

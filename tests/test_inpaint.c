@@ -137,17 +137,12 @@ static void check_runs(const char *exp, ldm_pipeline *sd1, ldm_pipeline *inp, co
         CHECK(ti && ti->dtype == LDM_ST_U8 && (size_t)ti->numel == ni, "%s: image missing", fname);
         if (ti && (size_t)ti->numel == ni) {
             const uint8_t *ref = ti->data;
-            int maxd = 0;
-            double sum = 0;
-            for (size_t k = 0; k < ni; k++) {
-                int d = abs((int)r.rgb[k] - (int)ref[k]);
-                if (d > maxd) maxd = d;
-                sum += d;
-            }
+            double mean;
+            const int maxd = mt_u8_diff(r.rgb, ref, ni, &mean);
             printf("%s %-48s image max %d mean %.4f levels\n",
-                   maxd <= 2 && sum / ni <= 0.5 ? "PASS" : "FAIL", fname, maxd, sum / ni);
-            CHECK(maxd <= 2 && sum / ni <= 0.5, "%s: image max %d mean %.3f levels (bounds 2, 0.5)",
-                  fname, maxd, sum / ni);
+                   maxd <= 2 && mean <= 0.5 ? "PASS" : "FAIL", fname, maxd, mean);
+            CHECK(maxd <= 2 && mean <= 0.5, "%s: image max %d mean %.3f levels (bounds 2, 0.5)",
+                  fname, maxd, mean);
         }
         if (st) ldm_st_close(st);
         ldm_gen_result_free(&r);

@@ -114,14 +114,8 @@ static void check_run(const char *exp_dir, const char *name, json_t *run) {
           "missing", name, r.batch, r.height, r.width);
     if (ti && ti->dtype == LDM_ST_U8 && (size_t)ti->numel == ni) {
         const uint8_t *ref = ti->data;
-        int maxd = 0;
-        double sum = 0;
-        for (size_t k = 0; k < ni; k++) {
-            int d = abs((int)r.rgb[k] - (int)ref[k]);
-            if (d > maxd) maxd = d;
-            sum += d;
-        }
-        double mean = sum / (double)ni;
+        double mean;
+        const int maxd = mt_u8_diff(r.rgb, ref, ni, &mean);
         printf("PASS %-22s latents_final rel L2 %.2e, image max %d mean %.4f levels\n", name,
                lat_rel, maxd, mean);
         CHECK(maxd <= 2, "%s: image max abs diff %d levels > 2", name, maxd);

@@ -77,7 +77,7 @@ out:
 }
 
 /* The model from a parsed config: weights from b, or weightless when b is NULL. */
-static ldm_clip *clip_build(json_t *j, const ldm_bundle *b, ldm_backend *be, ldm_weight_fn want,
+static ldm_clip *clip_build(json_t *j, const ldm_bundle *b, ldm_backend *be, ldm_weight_list_fn want,
                             void *user) {
     ldm_clip *m = ldm_xcalloc(1, sizeof *m);
     m->be = be;
@@ -122,7 +122,7 @@ ldm_clip *ldm_clip_load(const ldm_bundle *b, ldm_backend *be) {
     return j ? clip_build(j, b, be, NULL, NULL) : NULL;
 }
 
-static ldm_clip *clip_from_config(const char *config_json, ldm_weight_fn want, void *user) {
+static ldm_clip *clip_from_config(const char *config_json, ldm_weight_list_fn want, void *user) {
     json_t *j = cfg_parse(config_json, MEMBER);
     if (!j) return NULL;
     ldm_backend *dry = ldm_backend_new("dry", NULL);
@@ -136,7 +136,7 @@ ldm_clip *ldm_clip_from_config(const char *config_json) {
     return clip_from_config(config_json, NULL, NULL);
 }
 
-int ldm_clip_list_weights(const char *config_json, ldm_weight_fn fn, void *user) {
+int ldm_clip_list_weights(const char *config_json, ldm_weight_list_fn fn, void *user) {
     ldm_clip *m = clip_from_config(config_json, fn, user);
     ldm_clip_free(m);
     return m ? 0 : -1;

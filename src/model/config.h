@@ -22,6 +22,7 @@
 #include "backend/ops.h"
 #include "core/common.h"
 #include "format/bundle.h"
+#include "model/model.h"   /* ldm_weight_list_fn */
 
 /* Parse `text` as a JSON object.  NULL with an error naming `member` on failure.
  * The caller json_decref()s the result. */
@@ -85,17 +86,15 @@ int cfg_count_list(const json_t *j, const char *member, const char *field, int *
  *   w = ldm_load_weight(&L, LDM_CONV(cout, cin, 3), "vae.decoder.up_blocks.%d.resnets.%d.conv1.weight", i, j);
  *   if (ldm_loader_finish(&L, &m->weights_buf)) goto fail;
  */
-/* Called for every weight a weightless loader would fetch (name, shape): the weight list
- * of a config (ldmpack --random-weights). */
-typedef void (*ldm_weight_fn)(void *user, const char *name, int ndim, const int64_t *shape);
-
 typedef struct ldm_loader {
     const ldm_bundle *b;
     ldm_backend *be;
     int failed;
     ldm_tensor **w;      /* every weight fetched, in order */
     size_t n, cap;
-    ldm_weight_fn want;  /* with b == NULL: told each weight (may be NULL) */
+    /* with b == NULL: told each weight the loader would fetch (the weight list of a
+     * config, ldm_*_list_weights); may be NULL */
+    ldm_weight_list_fn want;
     void *want_user;
 } ldm_loader;
 

@@ -504,7 +504,7 @@ ldm_unet *ldm_unet_load(const ldm_bundle *b, ldm_backend *be) {
     return m;
 }
 
-static ldm_unet *unet_from_config(const char *config_json, ldm_weight_fn want, void *user) {
+static ldm_unet *unet_from_config(const char *config_json, ldm_weight_list_fn want, void *user) {
     json_t *root = cfg_parse(config_json, CFG_NAME);
     if (!root) return NULL;
     ldm_unet *m = ldm_xcalloc(1, sizeof *m);
@@ -527,7 +527,7 @@ ldm_unet *ldm_unet_from_config(const char *config_json) {
     return unet_from_config(config_json, NULL, NULL);
 }
 
-int ldm_unet_list_weights(const char *config_json, ldm_weight_fn fn, void *user) {
+int ldm_unet_list_weights(const char *config_json, ldm_weight_list_fn fn, void *user) {
     ldm_unet *m = unet_from_config(config_json, fn, user);
     ldm_unet_free(m);
     return m ? 0 : -1;

@@ -267,7 +267,7 @@ out:
 }
 
 /* The model from a parsed config: weights from b, or weightless when b is NULL. */
-static ldm_vae *vae_build(json_t *j, const ldm_bundle *b, ldm_backend *be, ldm_weight_fn want,
+static ldm_vae *vae_build(json_t *j, const ldm_bundle *b, ldm_backend *be, ldm_weight_list_fn want,
                           void *user) {
     ldm_vae *m = ldm_xcalloc(1, sizeof *m);
     m->be = be;
@@ -321,7 +321,7 @@ ldm_vae *ldm_vae_load(const ldm_bundle *b, ldm_backend *be) {
     return j ? vae_build(j, b, be, NULL, NULL) : NULL;
 }
 
-static ldm_vae *vae_from_config(const char *config_json, ldm_weight_fn want, void *user) {
+static ldm_vae *vae_from_config(const char *config_json, ldm_weight_list_fn want, void *user) {
     json_t *j = cfg_parse(config_json, MEMBER);
     if (!j) return NULL;
     ldm_backend *dry = ldm_backend_new("dry", NULL);
@@ -335,7 +335,7 @@ ldm_vae *ldm_vae_from_config(const char *config_json) {
     return vae_from_config(config_json, NULL, NULL);
 }
 
-int ldm_vae_list_weights(const char *config_json, ldm_weight_fn fn, void *user) {
+int ldm_vae_list_weights(const char *config_json, ldm_weight_list_fn fn, void *user) {
     ldm_vae *m = vae_from_config(config_json, fn, user);
     ldm_vae_free(m);
     return m ? 0 : -1;
