@@ -417,8 +417,6 @@ static int check_params(ldm_pipeline *p, const ldm_gen_params *prm, ldm_sched_co
     if (W < m || H < m || W % m || H % m || W > 8192 || H > 8192)
         return ldm_error_kind(LDM_USAGE, "size %dx%d: this model needs width and height in multiples of %d "
                               "(%d..8192)", W, H, m, m);
-    if (prm->init_image && !(prm->strength > 0 && prm->strength <= 1))
-        return ldm_error_kind(LDM_USAGE, "strength %g: expected a number above 0 and at most 1", prm->strength);
     if (prm->mask && !prm->init_image)
         return ldm_error_kind(LDM_USAGE, "a mask needs an init image (inpainting)");
     if (p->inpaint && !prm->mask)
