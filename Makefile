@@ -144,3 +144,7 @@ deps:
 
 clean:
 	rm -rf build build-asan build-fuzz
+
+# Benchmarks (not tests): see bench/README or bench/RESULTS.md.
+$(BUILD)/bench_gemm: bench/bench_gemm.c $(BUILD)/libldm.a
+	$(CC) $(CFLAGS) $< $(BUILD)/libldm.a $(LDFLAGS) $(LDLIBS) -o $@

@@ -1219,6 +1219,8 @@ extern "C" const ldm_backend_ops ldm_backend_ops_cuda = {
     cuda_synchronize,
     cuda_prepare_weights,
     cuda_release_weights,
+    NULL, /* precision_name: the record says "fp32" and the backend "cuda" */
+    NULL, /* isa_name */
 #define LDM_X(name, params, args) cuda_##name,
     LDM_OPS(LDM_X)
 #undef LDM_X

@@ -23,10 +23,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Test hook in ops_cpu.c: shrink the weight / im2col chunk sizes (0 keeps one). */
-void ldm_cpu_set_chunk_limits(size_t weight_floats, size_t col_floats);
+#include "backend/gemm_cpu.h"  /* test hooks: blocking limits, forced kernels */
 
 static ldm_backend *be;
+/* The products' bound: rel. L2 against the exact double result (bf16: 1e-2). */
+static double prod_tol = 1e-5;
 
 /* ---- random data ---- */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -85,7 +86,7 @@ static void test_linear(int M, int K, int N, int with_bias) {
     ldm_op_linear(be, out, x, &w.t, with_bias ? &b.t : NULL, M, K, N);
     float *rf = to_float(ref, (size_t)M * N);
     double e = rel_l2(out, rf, (size_t)M * N);
-    CHECK(e <= 1e-5, "linear M=%d K=%d N=%d bias=%d: rel_l2 %.3g", M, K, N, with_bias, e);
+    CHECK(e <= prod_tol, "linear M=%d K=%d N=%d bias=%d: rel_l2 %.3g", M, K, N, with_bias, e);
     free(x); free(out); free(ref); free(rf); free_weight(&w); free_weight(&b);
 }
 
@@ -116,9 +117,87 @@ static void test_conv2d(int N, int Cin, int H, int W, int Cout, int k, int strid
     ldm_op_conv2d(be, out, x, &w.t, with_bias ? &b.t : NULL, N, Cin, H, W, Cout, k, stride, pad);
     float *rf = to_float(ref, on);
     double e = rel_l2(out, rf, on);
-    CHECK(e <= 1e-5, "conv2d N=%d Cin=%d %dx%d Cout=%d k=%d s=%d p=%d: rel_l2 %.3g", N, Cin, H,
+    CHECK(e <= prod_tol, "conv2d N=%d Cin=%d %dx%d Cout=%d k=%d s=%d p=%d: rel_l2 %.3g", N, Cin, H,
           W, Cout, k, stride, pad, e);
     free(x); free(out); free(ref); free(rf); free_weight(&w); free_weight(&b);
+}
+
+/* ---- bf16 products (--precision bf16) ----
+ * Bound: rel. L2 <= 1e-2 against the exact result (operands rounded to 8-bit mantissas,
+ * error ~2^-8 per product, sums in fp32: about 3e-3 on these data).  AMX and AVX512_BF16
+ * read the same rounded operands and sum in fp32: within 1e-5 of each other.  The same
+ * bits with 1 and 2 threads.  Without either instruction set, bf16 runs fp32 exactly. */
+static void test_bf16(void) {
+    ldm_backend *be32 = be;
+    ldm_backend_opts o16 = {.precision = LDM_PRECISION_BF16};
+    be = ldm_backend_new("cpu", &o16);
+    const char *isa = ldm_gemm_bf16_isa();
+    prod_tol = isa ? 1e-2 : 1e-5;
+    for (int mode = 0; mode < 2; mode++) {
+        ldm_gemm_force_bf16(mode == 0 ? 0 : 2); /* best (AMX here), then AVX512_BF16 */
+        test_conv2d(2, 7, 13, 15, 11, 3, 1, 1, 1);
+        test_conv2d(1, 40, 9, 9, 33, 3, 2, 1, 1);
+        test_conv2d(2, 64, 20, 21, 40, 1, 1, 0, 1);
+        test_linear(45, 100, 70, 1);
+        test_linear(3, 520, 65, 0);
+        ldm_gemm_set_blocking(32, 32, 32); /* several k blocks, tasks and chunks */
+        test_conv2d(2, 30, 11, 12, 9, 1, 1, 0, 1);
+        test_conv2d(1, 40, 9, 9, 70, 3, 1, 1, 1);
+        test_linear(45, 300, 70, 1);
+        ldm_gemm_set_blocking(0, 0, 0);
+    }
+    /* AMX against AVX512_BF16, bf16 against fp32, threads */
+    int M = 77, K = 768, N = 96;
+    float *x = rand_vec((size_t)M * K, 1.0f);
+    wtensor w = rand_weight(N, K, 0, 0, 0.5f);
+    float *o_amx = malloc(sizeof(float) * M * N), *o_avx = malloc(sizeof(float) * M * N);
+    float *o_32 = malloc(sizeof(float) * M * N), *o_1t = malloc(sizeof(float) * M * N);
+    ldm_gemm_force_bf16(0);
+    ldm_op_linear(be, o_amx, x, &w.t, NULL, M, K, N);
+    ldm_gemm_force_bf16(2);
+    ldm_op_linear(be, o_avx, x, &w.t, NULL, M, K, N);
+    ldm_gemm_force_bf16(0);
+    ldm_op_linear(be32, o_32, x, &w.t, NULL, M, K, N);
+    int nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+    ldm_op_linear(be, o_1t, x, &w.t, NULL, M, K, N);
+    omp_set_num_threads(nt < 2 ? 2 : nt);
+    double e_isa = rel_l2(o_amx, o_avx, (size_t)M * N), e_32 = rel_l2(o_amx, o_32, (size_t)M * N);
+    CHECK(e_isa <= 1e-5, "bf16 (%s) against avx512bf16: rel_l2 %.3g", isa ? isa : "none", e_isa);
+    if (isa)
+        CHECK(e_32 > 1e-4 && e_32 <= 1e-2, "bf16 (%s) differs from fp32 as bf16 does: rel_l2 %.3g", isa, e_32);
+    else
+        CHECK(e_32 == 0, "bf16 without bf16 instructions runs fp32: rel_l2 %.3g", e_32);
+    CHECK(memcmp(o_amx, o_1t, sizeof(float) * M * N) == 0, "bf16: the same bits with 1 thread");
+    /* a model's weights (registered by prepare_weights) are prepared once into the kernel's
+     * panels: the same bits as packing them per call, for a linear layer and a convolution */
+    {
+        int Cout = 70, Cin = 40, HW = 9;
+        wtensor cw = rand_weight(Cout, Cin, 3, 3, 0.3f);
+        float *cx = rand_vec((size_t)2 * Cin * HW * HW, 1.0f);
+        size_t on = (size_t)2 * Cout * HW * HW;
+        float *c_pack = malloc(on * sizeof(float)), *c_prep = malloc(on * sizeof(float));
+        ldm_op_conv2d(be, c_pack, cx, &cw.t, NULL, 2, Cin, HW, HW, Cout, 3, 1, 1);
+        ldm_tensor *reg[2] = {&w.t, &cw.t};
+        void *token = NULL;
+        CHECK(ldm_be_prepare_weights(be, reg, 2, &token) == 0, "bf16: prepare_weights");
+        ldm_op_linear(be, o_1t, x, &w.t, NULL, M, K, N);
+        ldm_op_conv2d(be, c_prep, cx, &cw.t, NULL, 2, Cin, HW, HW, Cout, 3, 1, 1);
+        ldm_op_linear(be, o_avx, x, &w.t, NULL, M, K, N); /* second use: the cached panels */
+        CHECK(memcmp(o_amx, o_1t, sizeof(float) * M * N) == 0 &&
+              memcmp(o_amx, o_avx, sizeof(float) * M * N) == 0,
+              "bf16: prepared linear weight gives the same bits");
+        CHECK(memcmp(c_pack, c_prep, on * sizeof(float)) == 0,
+              "bf16: prepared convolution weight gives the same bits");
+        ldm_be_release_weights(be, token);
+        CHECK(ldm_backend_status(be) == 0, "bf16: backend status after the prepared products");
+        free(cx); free(c_pack); free(c_prep); free_weight(&cw);
+    }
+    omp_set_num_threads(nt);
+    free(x); free(o_amx); free(o_avx); free(o_32); free(o_1t); free_weight(&w);
+    ldm_backend_free(be);
+    be = be32;
+    prod_tol = 1e-5;
 }
 
 /* ---- normalisation ---- */
@@ -592,14 +671,24 @@ int main(void) {
     test_conv2d(1, 16, 32, 32, 8, 3, 1, 1, 1);
     test_conv2d(1, 32, 6, 6, 300, 3, 1, 1, 1);  /* product split along output channels */
     test_conv2d(2, 64, 20, 21, 40, 1, 1, 0, 1); /* 1x1, split along positions */
-    /* chunked paths: weight in several output-channel chunks, im2col in spatial tiles,
-     * linear in several row chunks */
-    ldm_cpu_set_chunk_limits(200, 700);
-    test_conv2d(2, 7, 13, 15, 11, 3, 1, 1, 1);
-    test_conv2d(1, 5, 17, 9, 9, 3, 2, 1, 1);
-    test_conv2d(2, 30, 11, 12, 9, 1, 1, 0, 1);
-    test_linear(9, 37, 23, 1);
-    ldm_cpu_set_chunk_limits((size_t)4 << 20, (size_t)4 << 20);
+    /* blocked paths: several k blocks (kc 16), weight tasks of one panel, the other
+     * operand in chunks of one panel; then the same with the AVX2 and portable kernels */
+    for (int isa = 0; isa <= 2; isa++) {
+        ldm_gemm_force_isa(isa == 0 ? 0 : 3 - isa);
+        ldm_gemm_set_blocking(16, 14, 32);
+        test_conv2d(2, 7, 13, 15, 11, 3, 1, 1, 1);
+        test_conv2d(1, 5, 17, 9, 9, 3, 2, 1, 1);
+        test_conv2d(2, 30, 11, 12, 9, 1, 1, 0, 1);
+        test_conv2d(1, 40, 9, 9, 33, 3, 1, 1, 1);
+        test_linear(9, 37, 23, 1);
+        test_linear(45, 100, 70, 1);
+        ldm_gemm_set_blocking(0, 0, 0);
+        test_conv2d(2, 7, 13, 15, 11, 3, 1, 1, 1);
+        test_linear(45, 300, 70, 1);
+        test_linear(3, 520, 65, 0);
+    }
+    ldm_gemm_force_isa(0);
+    test_bf16();
     /* normalisation */
     test_group_norm(1, 6, 17, 3, 0);
     test_group_norm(2, 6, 17, 3, 1);

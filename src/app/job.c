@@ -40,7 +40,6 @@
 #include "pipeline/imageproc.h"
 #include "pipeline/scheduler.h"
 
-#define PRECISION "fp32"
 
 /* ------------------------------------------------------------------------------------ */
 /* small helpers */
@@ -268,6 +267,8 @@ static void make_record(const run_state *r, const ldm_gen_params *prm, int idx, 
     ldm_record_set(&m->prompt_file, r->j->prompt_file);
     m->prompt_line = r->j->prompt_line;
     ldm_record_set(&m->backend, r->be ? ldm_backend_name(r->be) : "");
+    ldm_record_set(&m->precision, r->be ? ldm_backend_precision_name(r->be) : "fp32");
+    ldm_record_set(&m->isa, r->be ? ldm_backend_isa_name(r->be) : NULL);
     if (r->init) {
         m->strength = prm->strength;
         ldm_record_set(&m->init_image_sha256, r->init_sha);
@@ -945,7 +946,12 @@ ldm_status ldm_session_run(ldm_session *ss, ldm_job *j) {
             rc = ldm_last_status();
             goto out;
         }
-        ldm_log(2, "backend: %s\n", ldm_backend_name(ss->be));
+        ldm_log(2, "backend: %s (%s, %s)\n", ldm_backend_name(ss->be),
+                ldm_backend_precision_name(ss->be), ldm_backend_isa_name(ss->be));
+        if (ss->cfg.backend_opts.precision == LDM_PRECISION_BF16 &&
+            strcmp(ldm_backend_precision_name(ss->be), "bf16"))
+            ldm_log(1, "note: bf16 asked for, but the %s backend here has no bf16 products "
+                       "(AMX or AVX512_BF16): running fp32\n", ldm_backend_name(ss->be));
     }
     r->be = ss->be;
 
@@ -1023,7 +1029,7 @@ ldm_status ldm_session_run(ldm_session *ss, ldm_job *j) {
         ss->loaded = 1;
         ldm_log(2, "models loaded in %.2f s\n", now_s() - t_load);
         ss->emb = ldm_embedder_new(ss->store.cache ? ss->store.db : NULL, ss->hash, ldm_backend_name(ss->be),
-                                   PRECISION, ss->cfg.cache_max_mb > 0 ? (size_t)(ss->cfg.cache_max_mb * 1048576.0) : 0);
+                                   ldm_backend_precision_name(ss->be), ss->cfg.cache_max_mb > 0 ? (size_t)(ss->cfg.cache_max_mb * 1048576.0) : 0);
     }
     r->emb = ss->emb;
     rc = grid ? run_grid(r) : run_batch(r);
@@ -1106,6 +1112,16 @@ ldm_status ldm_job_from_record(const ldm_gen_record *m, ldm_job *j) {
         j->only_index = -1;
     } else {
         j->only_index = m->batch_index;
+    }
+    /* an image made before the precision was recorded was made in fp32 */
+    const char *prec = m->precision && m->precision[0] ? m->precision : "fp32";
+    if (!strcmp(prec, "fp32")) j->backend_opts.precision = LDM_PRECISION_FP32;
+    else if (!strcmp(prec, "bf16")) j->backend_opts.precision = LDM_PRECISION_BF16;
+    else {
+        char *s = ldm_escape_controls(prec);
+        ldm_error_kind(LDM_DATA, "unknown precision \"%.60s\" (expected fp32 or bf16)", s);
+        free(s);
+        return LDM_DATA;
     }
     j->want_hash = m->bundle_hash;
     j->model_name = m->model_name && m->model_name[0] ? m->model_name : NULL;

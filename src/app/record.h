@@ -78,6 +78,8 @@ enum { LDM_V_P = 1, LDM_V_H = 2, LDM_V_O = 4, LDM_V_R = 8, LDM_V_A = 16 };
     X(OSTR, prompt_file, LDM_V_H, 0, 0)                                               \
     X(ID, prompt_line, LDM_V_H, 0, 0)                                                 \
     X(STR, backend, LDM_V_H, 0, 0)                                                    \
+    X(STR, precision, LDM_V_P | LDM_V_H | LDM_V_A, 0, 0)                              \
+    X(OSTR, isa, LDM_V_P | LDM_V_H | LDM_V_A, 0, 0)                                   \
     X(OSTR, output_path, LDM_V_H | LDM_V_O, 0, 0)                                     \
     X(OSTR, png_sha256, LDM_V_H | LDM_V_O, 0, 0)                                      \
     X(DBL, t_text_ms, LDM_V_H | LDM_V_O, 0, 1e12)                                     \

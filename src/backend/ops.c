@@ -79,6 +79,12 @@ void ldm_backend_free(ldm_backend *be) {
     free(be);
 }
 
+const char *ldm_backend_precision_name(ldm_backend *be) {
+    return be->ops->precision_name ? be->ops->precision_name(be) : "fp32";
+}
+const char *ldm_backend_isa_name(ldm_backend *be) {
+    return be->ops->isa_name ? be->ops->isa_name(be) : be->ops->name;
+}
 const char *ldm_backend_name(const ldm_backend *be) { return be->ops->name; }
 
 int ldm_backend_fail(ldm_backend *be, const char *fmt, ...) {

@@ -141,6 +141,11 @@ typedef struct ldm_backend_ops {
      * release_weights frees (NULL when nothing was allocated, as on the CPU). */
     int (*prepare_weights)(ldm_backend *be, ldm_tensor *const *w, size_t n, void **model_buf);
     void (*release_weights)(ldm_backend *be, void *model_buf);
+    /* For the record (optional; NULL: "fp32" and the backend's name): the precision the
+     * products run in, "fp32" or "bf16" (what runs: bf16 asked of a CPU without bf16
+     * instructions runs fp32), and the instruction set, e.g. "avx512", "amx". */
+    const char *(*precision_name)(ldm_backend *be);
+    const char *(*isa_name)(ldm_backend *be);
 #define LDM_X(name, params, args) int(*name) LDM_BE_PARAMS params;
 #define LDM_BE_PARAMS(...) (ldm_backend * be, __VA_ARGS__)
     LDM_OPS(LDM_X)
@@ -153,7 +158,9 @@ typedef struct ldm_backend_opts {
     long fail_op;     /* fault injection: the fail_op-th op call fails (0 = never) */
     int profile;      /* time every op (ldm_backend_profile) */
     int verbose;      /* the backend may ldm_log details (device, algorithms) */
+    int precision;    /* LDM_PRECISION_FP32 (0, exact) or LDM_PRECISION_BF16 (products in bf16) */
 } ldm_backend_opts;
+enum { LDM_PRECISION_FP32 = 0, LDM_PRECISION_BF16 = 1 };
 
 struct ldm_backend {
     const ldm_backend_ops *ops;
@@ -174,6 +181,9 @@ struct ldm_backend {
 ldm_backend *ldm_backend_new(const char *name, const ldm_backend_opts *opts);
 void ldm_backend_free(ldm_backend *be);
 const char *ldm_backend_name(const ldm_backend *be);
+/* "fp32" or "bf16", and the instruction set (see precision_name, isa_name). */
+const char *ldm_backend_precision_name(ldm_backend *be);
+const char *ldm_backend_isa_name(ldm_backend *be);
 /* 1 if ldm was built with the CUDA backend. */
 int ldm_backend_have_cuda(void);
 

@@ -1,19 +1,20 @@
 /* ops_cpu.c - the CPU backend: every op of ops.h on host memory, in float32.
  *
- * Weights stay fp16 in the bundle's read-only mapping; an op widens the part it needs
- * into a scratch buffer (at most weight_chunk_floats floats at a time) and hands it to
- * OpenBLAS sgemm.  Nothing is cached between calls except the scratch buffers, which
- * grow to the largest request and are then reused, so memory stays near the fp16
- * size of the model plus the activation arena.
+ * Weights stay fp16 in the bundle's read-only mapping.  Linear layers and convolutions
+ * are one product each (backend/gemm_cpu.c), which reads the weight from the mapping
+ * and packs it block by block into its panels; no fp32 copy of a weight is made and
+ * nothing is cached between calls except the scratch buffers, so memory stays near the
+ * activation arena (the mapping is page cache, not private memory).
  *
- * Threads: OpenMP only (one pragma per hot loop).  OpenBLAS runs single-threaded
- * inside our threads: large products are split into slabs (see gemm), attention runs
- * one block per thread.  Two thread pools taking turns would spin against each other.
+ * Threads: OpenMP only (one pragma per hot loop).  OpenBLAS (attention's small products)
+ * runs single-threaded inside our threads.  Two thread pools taking turns would spin
+ * against each other.
  *
  * State: the scratch buffers live in the handle (cpu_state), so two handles share
  * nothing; a handle runs one op at a time.
  */
 #include "backend/ops.h"
+#include "backend/gemm_cpu.h"
 #include "core/common.h"
 #include "core/fp16.h"
 
@@ -29,16 +30,6 @@
 #define HAVE_F16C_PATH 1
 #endif
 
-/* Chunk limits, in floats: widened weights and im2col columns (16 MiB each).
- * Variables only so that tests can shrink them to reach the chunked paths. */
-static size_t weight_chunk_floats = (size_t)4 << 20;
-static size_t cols_chunk_floats = (size_t)4 << 20;
-/* Test hook (declared by tests/test_ops.c, not in ops.h): 0 keeps a limit. */
-void ldm_cpu_set_chunk_limits(size_t weight_floats, size_t col_floats);
-void ldm_cpu_set_chunk_limits(size_t weight_floats, size_t col_floats) {
-    if (weight_floats) weight_chunk_floats = weight_floats;
-    if (col_floats) cols_chunk_floats = col_floats;
-}
 /* Attention block sizes: BQ queries against BK keys at a time. */
 #ifndef ATT_BQ
 #define ATT_BQ 128
@@ -52,11 +43,75 @@ void ldm_cpu_set_chunk_limits(size_t weight_floats, size_t col_floats) {
 /* ------------------------------------------------------------------------------
  * Scratch: a few growable buffers per calling thread, reused across calls. */
 
-enum { SCR_WEIGHT, SCR_COLS, SCR_ATT, SCR_COUNT };
+enum { SCR_COLS, SCR_ATT, SCR_COUNT };
+/* bf16: the weights of the models loaded on the handle (prepare_weights registers them)
+ * are put once, on first use, into the product's panels (ldm_gemm_bf16_prepare), found
+ * by the address of their fp16 data; released with the model's weights.  Only in bf16
+ * (the fp32 path reads the mapping itself and keeps nothing); a tensor that was not
+ * registered (a test's) is packed per call. */
+typedef struct prep_entry {
+    const uint16_t *key;
+    uint16_t *prep;            /* NULL: registered, not prepared yet */
+    int rows, K, as_b;
+} prep_entry;
 typedef struct cpu_state {
     float *buf[SCR_COUNT];
     size_t cap[SCR_COUNT];
+    prep_entry *prep;          /* open addressing, prep_cap a power of two (or 0) */
+    size_t prep_cap, prep_n;
 } cpu_state;
+
+static void prep_clear(cpu_state *st) {
+    for (size_t i = 0; i < st->prep_cap; i++) free(st->prep[i].prep);
+    free(st->prep);
+    st->prep = NULL;
+    st->prep_cap = st->prep_n = 0;
+}
+static size_t prep_slot(const prep_entry *t, size_t cap, const uint16_t *key) {
+    size_t h = (size_t)(((uintptr_t)key >> 6) * 0x9e3779b97f4a7c15ull);
+    size_t i = h & (cap - 1);
+    while (t[i].key && t[i].key != key) i = (i + 1) & (cap - 1);
+    return i;
+}
+/* Register key; -1 when memory runs out. */
+static int prep_register(cpu_state *st, const uint16_t *key) {
+    if (2 * (st->prep_n + 1) > st->prep_cap) { /* grow: keep the load under 1/2 */
+        size_t cap = st->prep_cap ? 2 * st->prep_cap : 256;
+        prep_entry *t = calloc(cap, sizeof *t);
+        if (!t) return -1;
+        for (size_t i = 0; i < st->prep_cap; i++)
+            if (st->prep[i].key) t[prep_slot(t, cap, st->prep[i].key)] = st->prep[i];
+        free(st->prep);
+        st->prep = t;
+        st->prep_cap = cap;
+    }
+    size_t i = prep_slot(st->prep, st->prep_cap, key);
+    if (!st->prep[i].key) {
+        st->prep[i].key = key;
+        st->prep_n++;
+    }
+    return 0;
+}
+/* The prepared panels of a registered weight w used as [rows][K], made on first use;
+ * NULL when it is not registered, is used with another shape, or memory runs out (the
+ * product then packs it per call). */
+static const uint16_t *prepared(ldm_backend *be, const ldm_tensor *w, int rows, int K, int as_b) {
+    cpu_state *st = be->impl;
+    if (!st->prep_cap) return NULL;
+    prep_entry *e = &st->prep[prep_slot(st->prep, st->prep_cap, w->f16)];
+    if (!e->key) return NULL;
+    if (e->prep) return e->rows == rows && e->K == K && e->as_b == as_b ? e->prep : NULL;
+    size_t n = ldm_gemm_bf16_prep_elems(rows, K);
+    uint16_t *p = aligned_alloc(64, (n * sizeof(uint16_t) + 63) & ~(size_t)63);
+    if (!p) return NULL;
+    ldm_gemm_bf16_prepare(p, w->f16, rows, K, as_b);
+    e->prep = p;
+    e->rows = rows;
+    e->K = K;
+    e->as_b = as_b;
+    return p;
+}
+
 
 /* A scratch buffer of n floats in the handle; NULL (the handle failed) when memory
  * runs out. */
@@ -76,6 +131,33 @@ static float *scratch(ldm_backend *be, int slot, size_t n) {
     return st->buf[slot];
 }
 
+static int cpu_precision(const ldm_backend *be) {
+    return be->opts.precision == LDM_PRECISION_BF16 ? LDM_GEMM_BF16 : LDM_GEMM_FP32;
+}
+
+static const uint16_t *prepared_if_bf16(ldm_backend *be, const ldm_tensor *w, int rows, int K,
+                                        int as_b) {
+    if (cpu_precision(be) != LDM_GEMM_BF16 || !ldm_gemm_bf16_isa()) return NULL;
+    return prepared(be, w, rows, K, as_b);
+}
+
+/* A model's weights: nothing to copy (the mapping is used in place); the token lets the
+ * release drop the bf16 panels made from them. */
+static int cpu_prepare_weights(ldm_backend *be, ldm_tensor *const *w, size_t n, void **buf) {
+    *buf = NULL;
+    if (cpu_precision(be) != LDM_GEMM_BF16 || !ldm_gemm_bf16_isa()) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (w[i] && w[i]->f16 && (w[i]->ndim == 2 || w[i]->ndim == 4) &&
+            prep_register(be->impl, w[i]->f16) != 0)
+            break; /* no memory: the rest is packed per call */
+    *buf = malloc(1);  /* the token that makes the release drop the panels */
+    return 0;
+}
+static void cpu_release_weights(ldm_backend *be, void *buf) {
+    prep_clear(be->impl);   /* all of them: the next use prepares again */
+    free(buf);
+}
+
 static int cpu_init(ldm_backend *be) {
     be->impl = ldm_xcalloc(1, sizeof(cpu_state));
     if (be->opts.threads > 0) omp_set_num_threads(be->opts.threads);
@@ -85,6 +167,7 @@ static int cpu_init(ldm_backend *be) {
 static void cpu_destroy(ldm_backend *be) {
     cpu_state *st = be->impl;
     if (!st) return;
+    prep_clear(st);
     for (int i = 0; i < SCR_COUNT; i++) free(st->buf[i]);
     free(st);
     be->impl = NULL;
@@ -103,12 +186,9 @@ __attribute__((target("avx,f16c"))) static void widen_f16c(float *dst, const uin
     }
     if (i < n) ldm_f16_to_f32_row(dst + i, src + i, n - i);
 }
-static int have_f16c(void) {
+static int have_f16c(void) { /* the product's detection: F16C comes with its AVX2 level */
     static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
-    }
+    if (cached < 0) cached = strcmp(ldm_gemm_fp32_isa(), "portable") != 0;
     return cached;
 }
 #endif
@@ -119,20 +199,6 @@ static void widen_serial(float *dst, const uint16_t *src, size_t n) {
     if (have_f16c()) { widen_f16c(dst, src, n); return; }
 #endif
     ldm_f16_to_f32_row(dst, src, n);
-}
-
-/* The same, split across threads for large n (called outside parallel regions). */
-static void widen(float *dst, const uint16_t *src, size_t n) {
-#ifdef HAVE_F16C_PATH
-    (void)have_f16c(); /* initialise before threads race on the cache */
-#endif
-    if (n < PAR_MIN) { widen_serial(dst, src, n); return; }
-    size_t chunk = 16384, nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < nchunks; c++) {
-        size_t s = c * chunk, e = s + chunk < n ? s + chunk : n;
-        widen_serial(dst + s, src + s, e - s);
-    }
 }
 
 /* ------------------------------------------------------------------------------
@@ -228,143 +294,22 @@ static int cpu_fill(ldm_backend *be, float *dst, float value, size_t n) {
 }
 
 /* ------------------------------------------------------------------------------
- * Matrix product.  All threading is OpenMP: OpenBLAS is switched to one thread once
- * (its pthread pool would otherwise spin against ours between ops), and a large
- * product is split along the longer of M and N into slabs, each a single-threaded
- * sgemm.  OpenBLAS sums over K in the same order whatever the slab,
- * so results do not depend on the thread count.
- *   C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C     (row-major, ldc)        */
-
-static void blas_single_thread(void) {
-    static int done;
-    if (!done) {
-        openblas_set_num_threads(1);
-        done = 1;
-    }
-}
-
-static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
-                 const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                 int ldc) {
-    if (M <= 0 || N <= 0) return;
-    blas_single_thread();
-    int split_n = N >= M, len = split_n ? N : M;
-    /* The slabs depend on the shape only, never on the thread count, so that an image is
-     * the same bytes with 1, 2 or 16 threads (OpenBLAS picks its kernel by shape: the same
-     * product in other slabs can round differently: M = 2 against slabs of 80 columns
-     * differs in most values, tests/test_threads.c).  8 slabs, as many as 2 threads had
-     * before (4 per thread), so the 2-core speed is unchanged; scheduled dynamically, so a
-     * thread that loses its core for a while does not hold the others up; each slab >= 64
-     * wide.  (Every slab re-packs op(A): the GEMM of issue 14 replaces this.) */
-    int slabs = 8 < len / 64 ? 8 : len / 64;
-    if (slabs <= 1 || (double)M * N * K < 2e6 || omp_get_level() > 0) {   /* level, not in_parallel: a team of 1 counts */
-        cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int t = 0; t < slabs; t++) {
-        int s = t ? (int)((int64_t)len * t / slabs) & ~15 : 0;
-        int e = t + 1 < slabs ? (int)((int64_t)len * (t + 1) / slabs) & ~15 : len;
-        if (e <= s) continue;
-        if (split_n) /* columns s..e-1 of op(B) and C */
-            cblas_sgemm(CblasRowMajor, ta, tb, M, e - s, K, alpha, A, lda,
-                        tb == CblasNoTrans ? B + s : B + (size_t)s * ldb, ldb, beta, C + s, ldc);
-        else /* rows s..e-1 of op(A) and C */
-            cblas_sgemm(CblasRowMajor, ta, tb, e - s, N, K, alpha,
-                        ta == CblasNoTrans ? A + (size_t)s * lda : A + s, lda, B, ldb, beta,
-                        C + (size_t)s * ldc, ldc);
-    }
-}
-
-/* ------------------------------------------------------------------------------
- * Linear:  out[M,N] = x[M,K] · W[N,K]ᵀ + b[N].
- * W is widened weight_chunk_floats floats at a time (whole rows), each chunk one sgemm. */
-
-static int add_row_bias(ldm_backend *be, float *out, const ldm_tensor *b, int M, int N) {
-    float *bf = scratch(be, SCR_COLS, (size_t)N);
-    if (!bf) return -1;
-    widen_serial(bf, b->f16, (size_t)N);
-#pragma omp parallel for schedule(static) if ((size_t)M * N >= PAR_MIN)
-    for (int m = 0; m < M; m++) {
-        float *row = out + (size_t)m * N;
-        for (int n = 0; n < N; n++) row[n] += bf[n];
-    }
-    return 0;
-}
+ * Linear and convolution: one product each (backend/gemm_cpu.c), the weight read from
+ * the bundle's mapping and packed block by block, the convolution's im2col implicit,
+ * the bias added by the product.
+ *   linear:  out[M,N] = x[M,K] · W[N,K]ᵀ + b[N]
+ *   conv2d:  out[n][Cout, HWo] = W[Cout, Cin·k·k] · im2col(x[n]) + b[Cout], all n at once */
 
 static int cpu_linear(ldm_backend *be, float *out, const float *x, const ldm_tensor *w, const ldm_tensor *b,
                        int M, int K, int N) {
-    if (M <= 0 || N <= 0) return 0;
-    size_t rows = weight_chunk_floats / (size_t)(K > 0 ? K : 1);
-    if (rows < 1) rows = 1;
-    if (rows > (size_t)N) rows = (size_t)N;
-    float *wf = scratch(be, SCR_WEIGHT, rows * (size_t)K);
-    if (!wf) return -1;
-    for (int n0 = 0; n0 < N; n0 += (int)rows) {
-        int nc = N - n0 < (int)rows ? N - n0 : (int)rows;
-        widen(wf, w->f16 + (size_t)n0 * K, (size_t)nc * K);
-        /* out[:, n0:n0+nc] = x · wf[nc,K]ᵀ */
-        gemm(CblasNoTrans, CblasTrans, M, nc, K, 1.0f, x, K, wf, K, 0.0f, out + n0, N);
-    }
-    if (b) return add_row_bias(be, out, b, M, N);
-    return 0;
-}
-
-/* ------------------------------------------------------------------------------
- * Conv2d (NCHW, square kernel k, zero padding).
- * 1x1 stride 1 no padding: out[n] = W[Cout,Cin] · x[n][Cin,HW], one sgemm.
- * Otherwise im2col on a tile of P output positions: cols[Cin*k*k, P], then
- * out[n][co0.., p0..] = W[co chunk, Cin*k*k] · cols.  Tiles bound the scratch; the
- * weight is widened in chunks of output channels (usually one chunk). */
-
-/* cols[(c*k+ky)*k+kx][p - p0] = x[c, oy*stride-pad+ky, ox*stride-pad+kx] (0 outside),
- * for output positions p = oy*Wo+ox in [p0, p0+P). */
-static void im2col(float *cols, const float *x, int Cin, int H, int W, int k, int stride,
-                   int pad, int Wo, int p0, int P) {
-    int rows = Cin * k * k;
-#pragma omp parallel for schedule(static) if ((size_t)rows * P >= PAR_MIN)
-    for (int r = 0; r < rows; r++) {
-        int c = r / (k * k), ky = (r / k) % k, kx = r % k;
-        const float *xc = x + (size_t)c * H * W;
-        float *dst = cols + (size_t)r * P;
-        int p = 0;
-        while (p < P) {
-            int oy = (p0 + p) / Wo, ox = (p0 + p) % Wo;
-            int run = Wo - ox; /* positions left in this output row */
-            if (run > P - p) run = P - p;
-            int iy = oy * stride - pad + ky;
-            if (iy < 0 || iy >= H) {
-                memset(dst + p, 0, (size_t)run * sizeof(float));
-            } else {
-                const float *src = xc + (size_t)iy * W;
-                int ix = ox * stride - pad + kx;
-                if (stride == 1) { /* zeros left of the image, a copy, zeros right */
-                    int lo = ix < 0 ? -ix : 0, hi = W - ix;
-                    if (lo > run) lo = run;
-                    if (hi > run) hi = run;
-                    if (hi < lo) hi = lo;
-                    for (int i = 0; i < lo; i++) dst[p + i] = 0.0f;
-                    memcpy(dst + p + lo, src + ix + lo, (size_t)(hi - lo) * sizeof(float));
-                    for (int i = hi; i < run; i++) dst[p + i] = 0.0f;
-                } else {
-                    for (int i = 0; i < run; i++, ix += stride)
-                        dst[p + i] = (ix >= 0 && ix < W) ? src[ix] : 0.0f;
-                }
-            }
-            p += run;
-        }
-    }
-}
-
-static int add_channel_bias_f16(ldm_backend *be, float *out, const ldm_tensor *b, int N, int C, int HW) {
-    float *bf = scratch(be, SCR_COLS, (size_t)C); /* cols are no longer needed here */
-    if (!bf) return -1;
-    widen_serial(bf, b->f16, (size_t)C);
-#pragma omp parallel for schedule(static) if ((size_t)N * C * HW >= PAR_MIN)
-    for (int nc = 0; nc < N * C; nc++) {
-        float v = bf[nc % C], *row = out + (size_t)nc * HW;
-        for (int i = 0; i < HW; i++) row[i] += v;
-    }
+    gemm_job j = {.M = M, .N = N, .K = K,
+                  .a = {.kind = GEMM_A_ROWS_F32, .p = x, .ld = (size_t)K},
+                  .b = {.kind = GEMM_B_NK_F16, .p = w->f16, .ld = (size_t)K},
+                  .c = out, .ldc = (size_t)N, .batch = 1,
+                  .bias = b ? b->f16 : NULL, .bias_per_row = 0, .weight_is_a = 0,
+                  .wprep = prepared_if_bf16(be, w, N, K, 1)};
+    if (ldm_gemm(&j, cpu_precision(be)) != 0)
+        return ldm_backend_fail(be, "out of memory for the matrix product's panels");
     return 0;
 }
 
@@ -373,40 +318,17 @@ static int cpu_conv2d(ldm_backend *be, float *out, const float *x, const ldm_ten
     int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
     if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return 0;
     int HWo = Ho * Wo, Kd = Cin * k * k;
-    size_t co_chunk = weight_chunk_floats / (size_t)Kd;
-    if (co_chunk < 1) co_chunk = 1;
-    if (co_chunk > (size_t)Cout) co_chunk = (size_t)Cout;
-    float *wf = scratch(be, SCR_WEIGHT, co_chunk * (size_t)Kd);
-    if (!wf) return -1;
     int direct = (k == 1 && stride == 1 && pad == 0);
-    int P = HWo;
-    if (!direct) {
-        size_t tile = cols_chunk_floats / (size_t)Kd;
-        if (tile < 64) tile = 64;
-        if (tile < (size_t)P) P = (int)tile;
-    }
-    float *cols = direct ? NULL : scratch(be, SCR_COLS, (size_t)Kd * P);
-    if (!direct && !cols) return -1;
-    for (int co0 = 0; co0 < Cout; co0 += (int)co_chunk) {
-        int nco = Cout - co0 < (int)co_chunk ? Cout - co0 : (int)co_chunk;
-        widen(wf, w->f16 + (size_t)co0 * Kd, (size_t)nco * Kd);
-        for (int n = 0; n < N; n++) {
-            const float *xn = x + (size_t)n * Cin * H * W;
-            float *on = out + ((size_t)n * Cout + co0) * HWo;
-            if (direct) {
-                gemm(CblasNoTrans, CblasNoTrans, nco, HWo, Cin, 1.0f, wf, Kd, xn, HWo, 0.0f, on,
-                     HWo);
-                continue;
-            }
-            for (int p0 = 0; p0 < HWo; p0 += P) {
-                int np = HWo - p0 < P ? HWo - p0 : P;
-                im2col(cols, xn, Cin, H, W, k, stride, pad, Wo, p0, np);
-                gemm(CblasNoTrans, CblasNoTrans, nco, np, Kd, 1.0f, wf, Kd, cols, np, 0.0f,
-                     on + p0, HWo);
-            }
-        }
-    }
-    if (b) return add_channel_bias_f16(be, out, b, N, Cout, HWo);
+    gemm_job j = {.M = Cout, .N = HWo, .K = Kd,
+                  .a = {.kind = GEMM_A_ROWS_F16, .p = w->f16, .ld = (size_t)Kd},
+                  .b = {.kind = direct ? GEMM_B_KN_F32 : GEMM_B_IM2COL, .p = x, .ld = (size_t)HWo,
+                        .Cin = Cin, .H = H, .W = W, .ksize = k, .stride = stride, .pad = pad, .Wo = Wo},
+                  .c = out, .ldc = (size_t)HWo, .batch = N,
+                  .b_batch_stride = (size_t)Cin * H * W, .c_batch_stride = (size_t)Cout * HWo,
+                  .bias = b ? b->f16 : NULL, .bias_per_row = 1, .weight_is_a = 1,
+                  .wprep = prepared_if_bf16(be, w, Cout, Kd, 0)};
+    if (ldm_gemm(&j, cpu_precision(be)) != 0)
+        return ldm_backend_fail(be, "out of memory for the convolution's panels");
     return 0;
 }
 
@@ -543,7 +465,8 @@ static int cpu_attention(ldm_backend *be, float *out, const float *q, const floa
     per = (per + 15) & ~(size_t)15; /* keep each thread's slice 64-byte aligned */
     float *buf = scratch(be, SCR_ATT, per * (size_t)nthreads);
     if (!buf) return -1;
-    blas_single_thread(); /* the sgemm calls below run inside an OpenMP region */
+    static int blas_one; /* the sgemm calls below run inside an OpenMP region */
+    if (!blas_one) { openblas_set_num_threads(1); blas_one = 1; }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int t = 0; t < ntasks; t++) {
         int qb = t % nqb, h = (t / nqb) % heads, b = t / (nqb * heads);
@@ -736,6 +659,14 @@ static int cpu_pad2d(ldm_backend *be, float *out, const float *x, int N, int C, 
 
 static int cpu_synchronize(ldm_backend *be) { (void)be; return 0; }
 
+static const char *cpu_precision_name(ldm_backend *be) {
+    return cpu_precision(be) == LDM_GEMM_BF16 && ldm_gemm_bf16_isa() ? "bf16" : "fp32";
+}
+static const char *cpu_isa_name(ldm_backend *be) {
+    if (cpu_precision(be) == LDM_GEMM_BF16 && ldm_gemm_bf16_isa()) return ldm_gemm_bf16_isa();
+    return ldm_gemm_fp32_isa();
+}
+
 const ldm_backend_ops ldm_backend_ops_cpu = {
     .name = "cpu",
     .init = cpu_init,
@@ -745,6 +676,10 @@ const ldm_backend_ops ldm_backend_ops_cpu = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .synchronize = cpu_synchronize,
+    .prepare_weights = cpu_prepare_weights,
+    .release_weights = cpu_release_weights,
+    .precision_name = cpu_precision_name,
+    .isa_name = cpu_isa_name,
 #define LDM_X(name, params, args) .name = cpu_##name,
     LDM_OPS(LDM_X)
 #undef LDM_X

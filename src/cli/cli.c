@@ -107,6 +107,7 @@ int cli_backend_env(const char **backend, long *fail_op) {
 /* ---- threads ---- */
 
 int cli_threads;
+int cli_precision = -1;   /* --precision; -1: the job's own (fp32, or a replayed record's) */
 
 /* The CPU threads a job runs with: --threads, else OMP_NUM_THREADS (0: OpenMP reads it),
  * else the CPUs this process may run on (its affinity mask: a cgroup or taskset limit,
@@ -165,6 +166,7 @@ static void hook_profile(void *user, const char *backend, const ldm_op_stat *st,
 int cli_job_setup(ldm_job *j) {
     if (cli_backend_env(&j->backend, &j->backend_opts.fail_op)) return -1;
     j->backend_opts.threads = job_threads();
+    if (cli_precision >= 0) j->backend_opts.precision = cli_precision;
     j->backend_opts.profile = cli_verbosity >= 2;
     j->backend_opts.verbose = cli_verbosity >= 2;
     j->hooks.written = hook_written;

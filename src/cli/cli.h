@@ -12,6 +12,7 @@
 extern int cli_verbosity;
 /* --threads N (0: OMP_NUM_THREADS when set, else the CPUs of this process's affinity mask) */
 extern int cli_threads;
+extern int cli_precision;
 /* Install the stderr message handler; `prog` prefixes warnings ("ldmgen"). */
 void cli_init(const char *prog);
 /* Print the failure (prog: message, with "(try PROG --help)" for usage errors) and

@@ -278,6 +278,9 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
     j.hooks.user = written;
     if (strcmp(m.ldm_version, LDM_VERSION))
         ldm_log(1, "note: the image was made by ldm %s, this is ldm %s\n", m.ldm_version, LDM_VERSION);
+    if (m.precision && !strcmp(m.precision, "bf16"))
+        ldm_log(1, "note: the image was made with bf16 products (%s); replaying in bf16\n",
+                m.isa ? m.isa : "instruction set not recorded");
     st = ldm_job_run(&j);
     cli_job_done(&j);
     free(copy);

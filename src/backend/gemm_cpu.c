@@ -1,0 +1,949 @@
+/* gemm_cpu.c - the CPU backend's matrix product; see gemm_cpu.h.
+ *
+ * Structure (the BLIS/GotoBLAS scheme, on two cores):
+ *   tasks   the weight operand's dimension is cut into tasks, shared by the threads
+ *           dynamically (a thread that loses its core does not hold the others up);
+ *   k       K is cut into blocks of KC (a function of K alone); for each block the task
+ *           packs its slice of the weight once, converting fp16 to fp32 on the way;
+ *   chunks  the other operand is packed chunk by chunk (MC rows or NC columns) into the
+ *           micro-kernel's panels, straight from the activations (im2col is done here,
+ *           a chunk at a time, never materialised);
+ *   kernel  an MR x NR tile of C is summed in registers over the k block, then stored
+ *           (first block) or added to C.
+ * Panels: A is packed as [panel][k][MR] (MR rows of A side by side for each k), B as
+ * [panel][k][NR].  Rows beyond the matrix are zero, so edge tiles run the same kernel
+ * and store only their valid part.
+ */
+#include "backend/gemm_cpu.h"
+#include "core/fp16.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define GEMM_X86 1
+#endif
+
+#define MR 14
+#define NR 32
+#define KC_MAX 256
+
+static int kc_limit = KC_MAX, mc_limit = 0, nc_limit = 0, forced_isa = 0;
+void ldm_gemm_set_blocking(int kc, int mc, int nc) {
+    kc_limit = kc > 0 ? kc : KC_MAX;
+    mc_limit = mc > 0 ? mc : 0;
+    nc_limit = nc > 0 ? nc : 0;
+}
+void ldm_gemm_force_isa(int isa) { forced_isa = isa; }
+
+/* ------------------------------------------------------------------------------
+ * CPU features (once; called before any parallel region). */
+
+enum { ISA_PORTABLE = 1, ISA_AVX2 = 2, ISA_AVX512 = 3 };
+static int isa_fp32 = -1;
+
+static void detect(void) {
+    if (isa_fp32 >= 0) return;
+    int isa = ISA_PORTABLE;
+#ifdef GEMM_X86
+    /* CPUID for the instructions, XCR0 for the OS saving their registers */
+    unsigned a, b, c, d;
+    if (__get_cpuid(1, &a, &b, &c, &d) && ((c >> 27) & 1) /* OSXSAVE */) {
+        int fma = (c >> 12) & 1, f16c = (c >> 29) & 1, avx = (c >> 28) & 1;
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        int ymm_os = (lo & 6) == 6, zmm_os = (lo & 0xe6) == 0xe6;
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+            int avx2 = (b >> 5) & 1, f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
+            if (avx && avx2 && fma && f16c && ymm_os) isa = ISA_AVX2;
+            if (isa == ISA_AVX2 && f && bw && vl && zmm_os) isa = ISA_AVX512;
+        }
+    }
+#endif
+    isa_fp32 = isa;
+}
+static int cur_isa(void) {
+    detect();
+    if (forced_isa > 0 && forced_isa < isa_fp32) return forced_isa;
+    return isa_fp32;
+}
+
+const char *ldm_gemm_fp32_isa(void) {
+    switch (cur_isa()) {
+    case ISA_AVX512: return "avx512";
+    case ISA_AVX2: return "avx2";
+    default: return "portable";
+    }
+}
+
+/* ------------------------------------------------------------------------------
+ * Micro-kernels: C[MR x NR] (ldc) = or += Ap[kc][MR] · Bp[kc][NR].
+ * Every element is acc = fma(a[k], b[k], acc) for k = 0..kc-1 from acc = 0, then
+ * C = acc or C = C + acc: the same bits in each kernel. */
+
+static void ukr_portable(int kc, const float *Ap, const float *Bp, float *C, size_t ldc, int add) {
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float acc = 0.0f;
+            for (int k = 0; k < kc; k++) acc = fmaf(Ap[(size_t)k * MR + i], Bp[(size_t)k * NR + j], acc);
+            C[(size_t)i * ldc + j] = add ? C[(size_t)i * ldc + j] + acc : acc;
+        }
+}
+
+#ifdef GEMM_X86
+/* AVX2: the 14x32 tile as 6x16 / 2x16 sub-tiles (16 ymm registers). */
+#define AVX2_SUB(ROWS)                                                                       \
+    static __attribute__((target("avx2,fma"))) void ukr_avx2_##ROWS(                         \
+        int kc, const float *Ap, const float *Bp, float *C, size_t ldc, int add) {           \
+        __m256 c0[ROWS], c1[ROWS];                                                           \
+        for (int i = 0; i < ROWS; i++) c0[i] = c1[i] = _mm256_setzero_ps();                 \
+        for (int k = 0; k < kc; k++) {                                                       \
+            __m256 b0 = _mm256_loadu_ps(Bp + (size_t)k * NR), b1 = _mm256_loadu_ps(Bp + (size_t)k * NR + 8); \
+            for (int i = 0; i < ROWS; i++) {                                                 \
+                __m256 a = _mm256_broadcast_ss(Ap + (size_t)k * MR + i);                     \
+                c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);                                       \
+                c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);                                       \
+            }                                                                                \
+        }                                                                                    \
+        for (int i = 0; i < ROWS; i++) {                                                     \
+            float *cr = C + (size_t)i * ldc;                                                 \
+            if (add) {                                                                       \
+                c0[i] = _mm256_add_ps(_mm256_loadu_ps(cr), c0[i]);                           \
+                c1[i] = _mm256_add_ps(_mm256_loadu_ps(cr + 8), c1[i]);                       \
+            }                                                                                \
+            _mm256_storeu_ps(cr, c0[i]);                                                     \
+            _mm256_storeu_ps(cr + 8, c1[i]);                                                 \
+        }                                                                                    \
+    }
+AVX2_SUB(6)
+AVX2_SUB(2)
+static void ukr_avx2(int kc, const float *Ap, const float *Bp, float *C, size_t ldc, int add) {
+    for (int j = 0; j < NR; j += 16) {
+        ukr_avx2_6(kc, Ap, Bp + j, C + j, ldc, add);
+        ukr_avx2_6(kc, Ap + 6, Bp + j, C + 6 * ldc + j, ldc, add);
+        ukr_avx2_2(kc, Ap + 12, Bp + j, C + 12 * ldc + j, ldc, add);
+    }
+}
+
+/* AVX-512: 14 x 32 = 28 zmm accumulators, 2 for B, 1 broadcast. */
+static __attribute__((target("avx512f"))) void ukr_avx512(int kc, const float *Ap, const float *Bp,
+                                                          float *C, size_t ldc, int add) {
+    __m512 c0[MR], c1[MR];
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);
+#pragma GCC unroll 14
+        for (int i = 0; i < MR; i++) {
+            __m512 a = _mm512_set1_ps(Ap[i]);
+            c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+        }
+        Ap += MR;
+        Bp += NR;
+    }
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++) {
+        float *cr = C + (size_t)i * ldc;
+        if (add) {
+            c0[i] = _mm512_add_ps(_mm512_loadu_ps(cr), c0[i]);
+            c1[i] = _mm512_add_ps(_mm512_loadu_ps(cr + 16), c1[i]);
+        }
+        _mm512_storeu_ps(cr, c0[i]);
+        _mm512_storeu_ps(cr + 16, c1[i]);
+    }
+}
+#endif
+
+typedef void (*ukr_fn)(int, const float *, const float *, float *, size_t, int);
+static ukr_fn pick_ukr(int isa) {
+#ifdef GEMM_X86
+    if (isa == ISA_AVX512) return ukr_avx512;
+    if (isa == ISA_AVX2) return ukr_avx2;
+#endif
+    (void)isa;
+    return ukr_portable;
+}
+
+/* ------------------------------------------------------------------------------
+ * Packing.  pack_t: dst[(ip*kc + k)*P + i] = src[(r0 + ip*P + i)*ld + k0 + k] for
+ * rows < nrows (else 0): P rows of a row-major matrix side by side, per k. */
+
+static inline float ld_el(const void *src, int f16, size_t idx) {
+    return f16 ? ldm_f16_to_f32(((const uint16_t *)src)[idx]) : ((const float *)src)[idx];
+}
+
+static void pack_t_portable(float *dst, int P, const void *src, int f16, size_t ld, int nrows,
+                            int k0, int kc) {
+    int panels = (nrows + P - 1) / P;
+    for (int ip = 0; ip < panels; ip++)
+        for (int i = 0; i < P; i++) {
+            int r = ip * P + i;
+            float *d = dst + (size_t)ip * kc * P + i;
+            if (r >= nrows) {
+                for (int k = 0; k < kc; k++) d[(size_t)k * P] = 0.0f;
+                continue;
+            }
+            size_t base = (size_t)r * ld + (size_t)k0;
+            for (int k = 0; k < kc; k++) d[(size_t)k * P] = ld_el(src, f16, base + k);
+        }
+}
+
+#ifdef GEMM_X86
+/* In-register transpose of 16 rows of 16 floats: r[i][j] -> r[j][i]. */
+static __attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int g = 0; g < 4; g++) {
+        __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    /* u[4g + c], lane L: column 4L + c of rows 4g..4g+3 */
+    for (int c = 0; c < 4; c++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+        __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+        __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        __m512 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+        r[0 + c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+        r[4 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+    }
+}
+
+/* The same packing, 16 rows x 16 k at a time through registers. */
+static __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void pack_t_avx512(float *dst, int P, const void *src,
+                                                               int f16, size_t ld, int nrows, int k0,
+                                                               int kc) {
+    int panels = (nrows + P - 1) / P;
+    for (int ip = 0; ip < panels; ip++) {
+        float *dp = dst + (size_t)ip * kc * P;
+        for (int i0 = 0; i0 < P; i0 += 16) {
+            int ni = P - i0 < 16 ? P - i0 : 16;          /* lanes stored (14 or 16) */
+            int rbase = ip * P + i0;
+            int valid = nrows - rbase;                   /* rows that exist */
+            if (valid > ni) valid = ni;
+            __mmask16 smask = (__mmask16)((1u << ni) - 1);
+            for (int k = 0; k < kc; k += 16) {
+                int nk = kc - k < 16 ? kc - k : 16;
+                __mmask16 kmask = (__mmask16)((1u << nk) - 1);
+                __m512 r[16];
+                for (int i = 0; i < 16; i++) {
+                    if (i >= valid) { r[i] = _mm512_setzero_ps(); continue; }
+                    size_t off = (size_t)(rbase + i) * ld + (size_t)(k0 + k);
+                    if (f16) {
+                        __m256i h = _mm256_maskz_loadu_epi16(kmask, (const uint16_t *)src + off);
+                        r[i] = _mm512_cvtph_ps(h);
+                    } else {
+                        r[i] = _mm512_maskz_loadu_ps(kmask, (const float *)src + off);
+                    }
+                }
+                transpose16(r);
+                for (int kk = 0; kk < nk; kk++)
+                    _mm512_mask_storeu_ps(dp + (size_t)(k + kk) * P + i0, smask, r[kk]);
+            }
+        }
+    }
+}
+#endif
+
+static void pack_t(int isa, float *dst, int P, const void *src, int f16, size_t ld, int nrows,
+                   int k0, int kc) {
+#ifdef GEMM_X86
+    if (isa == ISA_AVX512) { pack_t_avx512(dst, P, src, f16, ld, nrows, k0, kc); return; }
+#endif
+    (void)isa;
+    pack_t_portable(dst, P, src, f16, ld, nrows, k0, kc);
+}
+
+/* The B packers fill columns [doff, doff + ncols) of a chunk's panels (the columns of
+ * one batch item; a chunk may hold several items when an image is smaller than a panel):
+ * column d of the chunk is dst[((d / NR)*kc + k)*NR + d % NR]. */
+
+/* From rows [K][N]: column d = doff + j holds src[(k0+k)*ld + n0 + j]. */
+static void pack_kn(float *dst, int doff, const float *src, size_t ld, int k0, int kc, int n0,
+                    int ncols) {
+    for (int k = 0; k < kc; k++) {
+        const float *srow = src + (size_t)(k0 + k) * ld + n0;
+        for (int j = 0; j < ncols;) {
+            int d = doff + j, run = NR - d % NR;
+            if (run > ncols - j) run = ncols - j;
+            memcpy(dst + ((size_t)(d / NR) * kc + k) * NR + d % NR, srow + j, (size_t)run * sizeof(float));
+            j += run;
+        }
+    }
+}
+
+/* The implicit im2col of x[Cin][H][W]: row k = (c*ks + ky)*ks + kx, column p = oy*Wo + ox
+ * holds x[c][oy*stride - pad + ky][ox*stride - pad + kx] (0 outside). */
+static void pack_im2col(float *dst, int doff, const gemm_b *b, const float *x, int k0, int kc,
+                        int n0, int ncols) {
+    const int ks = b->ksize, st = b->stride, pad = b->pad, H = b->H, W = b->W, Wo = b->Wo;
+    const int oy0 = n0 / Wo, ox0 = n0 % Wo;
+    int c = k0 / (ks * ks), ky = (k0 / ks) % ks, kx = k0 % ks;
+    for (int k = 0; k < kc; k++) {
+        const float *xc = x + (size_t)c * H * W;
+        int oy = oy0, ox = ox0;
+        for (int j = 0; j < ncols;) {
+            int d = doff + j;
+            int run = Wo - ox;                          /* the rest of this output row, */
+            if (run > ncols - j) run = ncols - j;
+            if (run > NR - d % NR) run = NR - d % NR;   /* of this panel */
+            float *dr = dst + ((size_t)(d / NR) * kc + k) * NR + d % NR;
+            int iy = oy * st - pad + ky;
+            if (iy < 0 || iy >= H) {
+                memset(dr, 0, (size_t)run * sizeof(float));
+            } else {
+                const float *srow = xc + (size_t)iy * W;
+                int ix = ox * st - pad + kx;
+                if (st == 1) {
+                    int lo = ix < 0 ? -ix : 0, hi = W - ix;
+                    if (lo > run) lo = run;
+                    if (hi > run) hi = run;
+                    if (hi < lo) hi = lo;
+                    for (int i = 0; i < lo; i++) dr[i] = 0.0f;
+                    memcpy(dr + lo, srow + ix + lo, (size_t)(hi - lo) * sizeof(float));
+                    for (int i = hi; i < run; i++) dr[i] = 0.0f;
+                } else {
+                    for (int i = 0; i < run; i++, ix += st)
+                        dr[i] = (ix >= 0 && ix < W) ? srow[ix] : 0.0f;
+                }
+            }
+            j += run;
+            ox += run;
+            if (ox == Wo) { ox = 0; oy++; }
+        }
+        if (++kx == ks) { kx = 0; if (++ky == ks) { ky = 0; c++; } }
+    }
+}
+
+/* Zero the columns [from, to) of the last panel (to = a multiple of NR). */
+static void pack_zero_tail(float *dst, int kc, int from, int to) {
+    if (from >= to) return;
+    int jp = from / NR, j0 = from % NR;
+    for (int k = 0; k < kc; k++)
+        memset(dst + ((size_t)jp * kc + k) * NR + j0, 0, (size_t)(to - from) * sizeof(float));
+}
+
+/* ------------------------------------------------------------------------------
+ * bfloat16.  Both operands are rounded to bf16 (nearest even; the same bits on every
+ * CPU) and the products accumulate in fp32.  Panels, 32 x 32 elements per k step of 32:
+ *   A  [panel of 32 rows][k step][2 tiles of 16 rows][16 rows][32 k]          (AMX A tiles)
+ *   B  [panel of 32 cols][k step][2 tiles of 16 cols][16 k pairs][16 cols][2] (VNNI B tiles)
+ * AMX multiplies them as 16x16 tiles; AVX512_BF16 (no AMX: AMD Zen 4/5) reads the same
+ * panels with vdpbf16ps.  A k block is a multiple of 32 (zeros pad the last). */
+
+#define BT 32   /* rows of an A panel, columns of a B panel, k per step */
+
+enum { BF_NONE = 0, BF_AVX512 = 1, BF_AMX = 2 };
+static int bf_isa = -1, forced_bf = 0;
+void ldm_gemm_force_bf16(int mode) { forced_bf = mode; }
+
+static inline uint16_t bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+#ifdef GEMM_X86
+#include <sys/syscall.h>
+#include <unistd.h>
+static void detect_bf16(void) {
+    if (bf_isa >= 0) return;
+    detect();
+    bf_isa = BF_NONE;
+    if (isa_fp32 != ISA_AVX512) return;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return;
+    int avx512bf16 = (a >> 5) & 1;
+    __get_cpuid_count(7, 0, &a, &b, &c, &d);
+    int amx = ((d >> 22) & 1) && ((d >> 24) & 1);   /* AMX-BF16, AMX-TILE */
+    if (amx) { /* the OS must save the tile state (XCR0 bits 17, 18) and let us use it */
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        if (((lo >> 17) & 3) != 3) amx = 0;
+#ifdef SYS_arch_prctl
+        else if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0)
+            amx = 0;
+#else
+        else amx = 0;
+#endif
+    }
+    bf_isa = amx ? BF_AMX : avx512bf16 ? BF_AVX512 : BF_NONE;
+}
+#else
+static void detect_bf16(void) { if (bf_isa < 0) { detect(); bf_isa = BF_NONE; } }
+#endif
+
+static int cur_bf(void) {
+    detect_bf16();
+    if (forced_bf > 0) return forced_bf - 1 < bf_isa ? forced_bf - 1 : bf_isa;
+    return bf_isa;
+}
+
+const char *ldm_gemm_bf16_isa(void) {
+    switch (cur_bf()) {
+    case BF_AMX: return "amx";
+    case BF_AVX512: return "avx512bf16";
+    default: return NULL;
+    }
+}
+
+/* A panels from rows (fp16 or fp32): rows < nrows, k < kc of the block (else 0). */
+static void pack_a_bf16(uint16_t *dst, const void *src, int f16, size_t ld, int nrows, int k0, int kc) {
+    int panels = (nrows + BT - 1) / BT, nks = (kc + BT - 1) / BT;
+    for (int ip = 0; ip < panels; ip++)
+        for (int s = 0; s < nks; s++)
+            for (int r = 0; r < BT; r++) {
+                uint16_t *d = dst + (((size_t)ip * nks + s) * 2 + r / 16) * 512 + (size_t)(r % 16) * 32;
+                int row = ip * BT + r, kb = s * BT, n = kc - kb < BT ? kc - kb : BT;
+                if (row >= nrows) { memset(d, 0, 64); continue; }
+                size_t base = (size_t)row * ld + (size_t)(k0 + kb);
+                if (f16) {
+                    const uint16_t *h = (const uint16_t *)src + base;
+                    for (int i = 0; i < n; i++) d[i] = bf16_round(ldm_f16_to_f32(h[i]));
+                } else {
+                    const float *f = (const float *)src + base;
+                    for (int i = 0; i < n; i++) d[i] = bf16_round(f[i]);
+                }
+                for (int i = n; i < BT; i++) d[i] = 0;
+            }
+}
+
+/* B panels (VNNI) from the fp32 panels [jp][k][32] of pack_b_block. */
+static void vnni_from_panels(uint16_t *dst, const float *P, int ncols, int kc) {
+    int panels = (ncols + BT - 1) / BT, nks = (kc + BT - 1) / BT;
+    for (int jp = 0; jp < panels; jp++)
+        for (int s = 0; s < nks; s++)
+            for (int t = 0; t < 2; t++) {
+                uint16_t *d = dst + (((size_t)jp * nks + s) * 2 + t) * 512;
+                for (int r = 0; r < 16; r++) {
+                    int k = s * BT + 2 * r;
+                    const float *r0 = P + ((size_t)jp * kc + k) * NR + 16 * t;
+                    const float *r1 = r0 + NR;
+                    for (int c = 0; c < 16; c++) {
+                        d[r * 32 + 2 * c] = k < kc ? bf16_round(r0[c]) : 0;
+                        d[r * 32 + 2 * c + 1] = k + 1 < kc ? bf16_round(r1[c]) : 0;
+                    }
+                }
+            }
+}
+
+#ifdef GEMM_X86
+/* The same two conversions with AVX-512 (identical bits: the same rounding). */
+static __attribute__((target("avx512f,avx512bw"))) inline __m512i bf16_lo(__m512 x) {
+    /* round to nearest even, result in the low 16 bits of each 32-bit lane (no NaNs here:
+     * the products are checked for finite values by the model code's callers) */
+    __m512i u = _mm512_castps_si512(x);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    return _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+}
+static __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void
+pack_a_bf16_avx512(uint16_t *dst, const void *src, int f16, size_t ld, int nrows, int k0, int kc) {
+    int panels = (nrows + BT - 1) / BT, nks = (kc + BT - 1) / BT;
+    for (int ip = 0; ip < panels; ip++)
+        for (int s = 0; s < nks; s++)
+            for (int r = 0; r < BT; r++) {
+                uint16_t *d = dst + (((size_t)ip * nks + s) * 2 + r / 16) * 512 + (size_t)(r % 16) * 32;
+                int row = ip * BT + r, kb = s * BT, n = kc - kb < BT ? kc - kb : BT;
+                if (row >= nrows) { _mm512_storeu_si512(d, _mm512_setzero_si512()); continue; }
+                size_t base = (size_t)row * ld + (size_t)(k0 + kb);
+                int n0 = n < 16 ? n : 16, n1 = n - 16 > 0 ? n - 16 : 0;
+                __mmask16 m0 = (__mmask16)((1u << n0) - 1), m1 = (__mmask16)((1u << n1) - 1);
+                __m512 x0, x1;
+                if (f16) {
+                    const uint16_t *h = (const uint16_t *)src + base;
+                    x0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, h));
+                    x1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, h + 16));
+                } else {
+                    const float *f = (const float *)src + base;
+                    x0 = _mm512_maskz_loadu_ps(m0, f);
+                    x1 = _mm512_maskz_loadu_ps(m1, f + 16);
+                }
+                _mm256_storeu_si256((__m256i *)d, _mm512_cvtepi32_epi16(bf16_lo(x0)));
+                _mm256_storeu_si256((__m256i *)(d + 16), _mm512_cvtepi32_epi16(bf16_lo(x1)));
+            }
+}
+static __attribute__((target("avx512f,avx512bw"))) void vnni_from_panels_avx512(uint16_t *dst,
+                                                                               const float *P,
+                                                                               int ncols, int kc) {
+    int panels = (ncols + BT - 1) / BT, nks = (kc + BT - 1) / BT;
+    for (int jp = 0; jp < panels; jp++)
+        for (int s = 0; s < nks; s++)
+            for (int t = 0; t < 2; t++) {
+                uint16_t *d = dst + (((size_t)jp * nks + s) * 2 + t) * 512;
+                for (int r = 0; r < 16; r++) {
+                    int k = s * BT + 2 * r;
+                    const float *r0 = P + ((size_t)jp * kc + k) * NR + 16 * t;
+                    __m512 a = k < kc ? _mm512_loadu_ps(r0) : _mm512_setzero_ps();
+                    __m512 b = k + 1 < kc ? _mm512_loadu_ps(r0 + NR) : _mm512_setzero_ps();
+                    __m512i w = _mm512_or_si512(bf16_lo(a), _mm512_slli_epi32(bf16_lo(b), 16));
+                    _mm512_storeu_si512(d + r * 32, w);
+                }
+            }
+}
+
+/* AMX: C tile 32x32 = 2x2 tiles of 16x16 fp32 (tmm0-3), A tiles tmm4-5, B tiles tmm6-7. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed)) amx_cfg;
+/* A static object: GCC 12's _tile_loadconfig does not tell the compiler that it reads
+ * memory, so the stores that fill a local configuration are dropped as dead. */
+static const amx_cfg amx_tiles = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+static __attribute__((target("amx-tile"))) void amx_config(void) { _tile_loadconfig(&amx_tiles); }
+static __attribute__((target("amx-tile"))) void amx_release(void) { _tile_release(); }
+/* C (ldc floats) = [C +] A . B over nks k steps: 32x32 floats, the accumulators loaded
+ * from C when load_c (the sum continues in the tiles: no round trip through memory). */
+static __attribute__((target("amx-tile,amx-bf16"))) void ukr_amx(int nks, const uint16_t *A,
+                                                                 const uint16_t *B, float *C,
+                                                                 size_t ldc, int load_c) {
+    const size_t stride = ldc * sizeof(float);
+    if (load_c) {
+        _tile_loadd(0, C, stride);
+        _tile_loadd(1, C + 16, stride);
+        _tile_loadd(2, C + 16 * ldc, stride);
+        _tile_loadd(3, C + 16 * ldc + 16, stride);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (int s = 0; s < nks; s++) {
+        _tile_loadd(4, A, 64);
+        _tile_loadd(6, B, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, B + 512, 64);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(5, A + 512, 64);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+        A += 1024;
+        B += 1024;
+    }
+    _tile_stored(0, C, stride);
+    _tile_stored(1, C + 16, stride);
+    _tile_stored(2, C + 16 * ldc, stride);
+    _tile_stored(3, C + 16 * ldc + 16, stride);
+}
+/* AVX512_BF16 on the same panels: 8 rows x 32 columns at a time. */
+static __attribute__((target("avx512f,avx512bf16"))) void ukr_dpbf16(int nks, const uint16_t *A,
+                                                                     const uint16_t *B, float *C,
+                                                                     size_t ldc, int load_c) {
+    for (int i0 = 0; i0 < BT; i0 += 8) {
+        __m512 c0[8], c1[8];
+        for (int i = 0; i < 8; i++) {
+            float *cr = C + (size_t)(i0 + i) * ldc;
+            c0[i] = load_c ? _mm512_loadu_ps(cr) : _mm512_setzero_ps();
+            c1[i] = load_c ? _mm512_loadu_ps(cr + 16) : _mm512_setzero_ps();
+        }
+        const uint16_t *a = A + (size_t)(i0 / 16) * 512 + (size_t)(i0 % 16) * 32, *b = B;
+        for (int s = 0; s < nks; s++, a += 1024, b += 1024)
+            for (int r = 0; r < 16; r++) {
+                __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + r * 32);
+                __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 512 + r * 32);
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++) {
+                    uint32_t pair;
+                    memcpy(&pair, a + i * 32 + 2 * r, 4);
+                    __m512bh av = (__m512bh)_mm512_set1_epi32((int)pair);
+                    c0[i] = _mm512_dpbf16_ps(c0[i], av, b0);
+                    c1[i] = _mm512_dpbf16_ps(c1[i], av, b1);
+                }
+            }
+        for (int i = 0; i < 8; i++) {
+            float *cr = C + (size_t)(i0 + i) * ldc;
+            _mm512_storeu_ps(cr, c0[i]);
+            _mm512_storeu_ps(cr + 16, c1[i]);
+        }
+    }
+}
+/* T (32x32) added to (or stored in) C rows of nj floats. */
+static __attribute__((target("avx512f"))) void tile_to_c(float *C, size_t ldc, const float *T,
+                                                        int mi, int nj, int add) {
+    __mmask16 m0 = (__mmask16)(nj >= 16 ? 0xffff : (1u << nj) - 1);
+    __mmask16 m1 = (__mmask16)(nj >= 32 ? 0xffff : nj > 16 ? (1u << (nj - 16)) - 1 : 0);
+    for (int i = 0; i < mi; i++) {
+        float *cr = C + (size_t)i * ldc;
+        __m512 t0 = _mm512_load_ps(T + i * BT), t1 = _mm512_load_ps(T + i * BT + 16);
+        if (add) {
+            t0 = _mm512_add_ps(t0, _mm512_maskz_loadu_ps(m0, cr));
+            t1 = _mm512_add_ps(t1, _mm512_maskz_loadu_ps(m1, cr + 16));
+        }
+        _mm512_mask_storeu_ps(cr, m0, t0);
+        _mm512_mask_storeu_ps(cr + 16, m1, t1);
+    }
+}
+#endif
+
+static void pack_a_bf(uint16_t *dst, const void *src, int f16, size_t ld, int nrows, int k0, int kc) {
+#ifdef GEMM_X86
+    if (isa_fp32 == ISA_AVX512) { pack_a_bf16_avx512(dst, src, f16, ld, nrows, k0, kc); return; }
+#endif
+    pack_a_bf16(dst, src, f16, ld, nrows, k0, kc);
+}
+static void vnni_bf(uint16_t *dst, const float *P, int ncols, int kc) {
+#ifdef GEMM_X86
+    if (isa_fp32 == ISA_AVX512) { vnni_from_panels_avx512(dst, P, ncols, kc); return; }
+#endif
+    vnni_from_panels(dst, P, ncols, kc);
+}
+
+size_t ldm_gemm_bf16_prep_elems(int rows, int K) {
+    return (size_t)((rows + BT - 1) / BT) * BT * (size_t)((K + BT - 1) / BT) * BT;
+}
+
+void ldm_gemm_bf16_prepare(uint16_t *dst, const uint16_t *w, int rows, int K, int as_b) {
+    detect();
+    if (!as_b) { /* A panels for k0 = 0, kc = K: [panel][all k steps][1024] */
+        pack_a_bf(dst, w, 1, (size_t)K, rows, 0, K);
+        return;
+    }
+    /* B panels, one panel of 32 rows (= columns of B) at a time through fp32 */
+    int nks = (K + BT - 1) / BT;
+    float *tmp = aligned_alloc(64, ((size_t)NR * K * sizeof(float) + 63) & ~(size_t)63);
+    if (!tmp) { /* no memory: the portable path, element by element */
+        for (int jp = 0; jp * BT < rows; jp++)
+            for (int s = 0; s < nks; s++)
+                for (int t = 0; t < 2; t++)
+                    for (int r = 0; r < 16; r++)
+                        for (int c = 0; c < 16; c++)
+                            for (int e = 0; e < 2; e++) {
+                                int n = jp * BT + 16 * t + c, k = s * BT + 2 * r + e;
+                                dst[(((size_t)jp * nks + s) * 2 + t) * 512 + r * 32 + c * 2 + e] =
+                                    n < rows && k < K ? bf16_round(ldm_f16_to_f32(w[(size_t)n * K + k])) : 0;
+                            }
+        return;
+    }
+    for (int jp = 0; jp * BT < rows; jp++) {
+        int nr = rows - jp * BT < BT ? rows - jp * BT : BT;
+        pack_t(isa_fp32, tmp, NR, w + (size_t)jp * BT * K, 1, (size_t)K, nr, 0, K);
+        vnni_bf(dst + (size_t)jp * nks * 1024, tmp, nr, K);
+    }
+    free(tmp);
+}
+
+/* ------------------------------------------------------------------------------
+ * The driver. */
+
+/* The k block: a function of K only (never of the threads): K split into equal blocks
+ * of at most kc_limit (bf16: 512), rounded up to 16 (bf16: 32). */
+static int kc_for(int K, int bf) {
+    int lim = bf ? (kc_limit == KC_MAX ? 512 : (kc_limit + 31) & ~31) : kc_limit;
+    int round = bf ? 31 : 15;
+    int nb = (K + lim - 1) / lim;
+    int kc = (K + nb - 1) / nb;
+    kc = (kc + round) & ~round;
+    return kc < K ? kc : K;
+}
+
+/* How one product runs: the instruction sets and panel sizes. */
+typedef struct gctx {
+    const gemm_job *j;
+    int isa;      /* fp32 kernels and packing */
+    int bf;       /* BF_NONE: fp32 products; else bf16 with AMX or AVX512_BF16 */
+    ukr_fn ukr;
+    int amr;      /* rows of an A panel: MR, or BT in bf16 */
+} gctx;
+
+/* Floats of a packed A block of `rows` rows, a B block of `cols` columns (bf16: plus the
+ * fp32 panels it is made from), k block kc. */
+static size_t a_floats(const gctx *g, int rows, int kc) {
+    if (!g->bf) return (size_t)((rows + MR - 1) / MR) * MR * kc;
+    return (size_t)((rows + BT - 1) / BT) * BT * ((kc + BT - 1) / BT * BT) / 2;
+}
+static size_t b_floats(const gctx *g, int cols, int kc) {
+    size_t f = (size_t)((cols + NR - 1) / NR) * NR * kc;
+    if (!g->bf) return f;
+    return f + (size_t)((cols + BT - 1) / BT) * BT * ((kc + BT - 1) / BT * BT) / 2 + 16;
+}
+
+static void pack_a_block(const gctx *g, float *Ap, int m0, int mrows, int k0, int kc) {
+    const gemm_a *a = &g->j->a;
+    int f16 = a->kind == GEMM_A_ROWS_F16;
+    const void *base = f16 ? (const void *)((const uint16_t *)a->p + (size_t)m0 * a->ld)
+                           : (const void *)((const float *)a->p + (size_t)m0 * a->ld);
+    if (g->bf)
+        pack_a_bf((uint16_t *)Ap, base, f16, a->ld, mrows, k0, kc);
+    else
+        pack_t(g->isa, Ap, MR, base, f16, a->ld, mrows, k0, kc);
+}
+
+/* B block of the columns [j0, j0+ncols) of the whole column space (batch items side by
+ * side, each N wide), k rows [k0, k0+kc).  bf16: the VNNI panels start after the fp32
+ * ones (b_floats); *out points at what the kernels read. */
+static void pack_b_block(const gctx *g, float *Bp, int j0, int ncols, int k0, int kc,
+                         const void **out) {
+    const gemm_job *j = g->j;
+    const gemm_b *b = &j->b;
+    if (b->kind == GEMM_B_NK_F16) { /* a linear layer's weight (batch 1) */
+        pack_t(g->isa, Bp, NR, (const uint16_t *)b->p + (size_t)j0 * b->ld, 1, b->ld, ncols, k0, kc);
+    } else {
+        const int N = j->N;
+        for (int d = 0; d < ncols;) {
+            int item = (j0 + d) / N, n0 = (j0 + d) % N, nn = N - n0;
+            if (nn > ncols - d) nn = ncols - d;
+            const float *src = (const float *)b->p + (size_t)item * j->b_batch_stride;
+            if (b->kind == GEMM_B_KN_F32)
+                pack_kn(Bp, d, src, b->ld, k0, kc, n0, nn);
+            else
+                pack_im2col(Bp, d, b, src, k0, kc, n0, nn);
+            d += nn;
+        }
+        int padded = (ncols + NR - 1) / NR * NR;
+        pack_zero_tail(Bp, kc, ncols, padded);
+    }
+    if (!g->bf) { *out = Bp; return; }
+    uint16_t *V = (uint16_t *)(Bp + (size_t)((ncols + NR - 1) / NR) * NR * kc);
+    vnni_bf(V, Bp, ncols, kc);
+    *out = V;
+}
+
+/* C at column jc of the column space, row m: items are N columns wide. */
+static inline float *c_at(const gemm_job *j, int m, int jc) {
+    int item = jc / j->N, n = jc % j->N;
+    return j->c + (size_t)item * j->c_batch_stride + (size_t)m * j->ldc + n;
+}
+
+/* C block rows [m0, m0+mrows) x columns [j0, j0+ncols) (= or += Ap · Bp). A tile inside
+ * one item is written in place; one across items (or at an edge) through tmp. */
+static void compute_block(const gctx *g, const void *Ap_, const void *Bp_, int m0, int mrows,
+                          int j0, int ncols, int kc, int add, size_t a_stride, size_t b_stride) {
+    const gemm_job *j = g->j;
+    if (g->bf) {
+#ifdef GEMM_X86
+        /* a_stride, b_stride: elements from one 32-wide panel to the next (0: packed for
+         * this block alone, nks*1024).  The B panel (kc/32 x 2 KiB) stays in L1 while the
+         * A panels stream from L2. */
+        float T[BT * BT] __attribute__((aligned(64)));
+        int nks = (kc + BT - 1) / BT;
+        if (!a_stride) a_stride = (size_t)nks * 1024;
+        if (!b_stride) b_stride = (size_t)nks * 1024;
+        const uint16_t *Ap = Ap_, *Bp = Bp_;
+        for (int jp = 0; jp * BT < ncols; jp++) {
+            int nj = ncols - jp * BT < BT ? ncols - jp * BT : BT;
+            for (int ip = 0; ip * BT < mrows; ip++) {
+                int mi = mrows - ip * BT < BT ? mrows - ip * BT : BT;
+                const uint16_t *ap = Ap + (size_t)ip * a_stride, *bp = Bp + (size_t)jp * b_stride;
+                int jc = j0 + jp * BT, m = m0 + ip * BT;
+                if (mi == BT && nj == BT && jc / j->N == (jc + BT - 1) / j->N) {
+                    /* a whole tile inside one item: the sum goes on in C itself */
+                    float *cp = c_at(j, m, jc);
+                    if (g->bf == BF_AMX) ukr_amx(nks, ap, bp, cp, j->ldc, add);
+                    else ukr_dpbf16(nks, ap, bp, cp, j->ldc, add);
+                    continue;
+                }
+                if (g->bf == BF_AMX) ukr_amx(nks, ap, bp, T, BT, 0);
+                else ukr_dpbf16(nks, ap, bp, T, BT, 0);
+                if (jc / j->N == (jc + nj - 1) / j->N) { /* inside one item: rows at once */
+                    tile_to_c(c_at(j, m, jc), j->ldc, T, mi, nj, add);
+                } else {
+                    for (int i = 0; i < mi; i++)
+                        for (int jj = 0; jj < nj; jj++) {
+                            float *cp = c_at(j, m + i, jc + jj);
+                            *cp = add ? *cp + T[i * BT + jj] : T[i * BT + jj];
+                        }
+                }
+            }
+        }
+#endif
+        return;
+    }
+    const float *Ap = Ap_, *Bp = Bp_;
+    float tmp[MR * NR];
+    /* A micro-panel (kc x MR, <= 14 KiB) stays in L1 while the B panels stream from L2 */
+    for (int ip = 0; ip * MR < mrows; ip++) {
+        int mi = mrows - ip * MR < MR ? mrows - ip * MR : MR;
+        const float *ap = Ap + (size_t)ip * kc * MR;
+        for (int jp = 0; jp * NR < ncols; jp++) {
+            int nj = ncols - jp * NR < NR ? ncols - jp * NR : NR;
+            const float *bp = Bp + (size_t)jp * kc * NR;
+            int jc = j0 + jp * NR, m = m0 + ip * MR;
+            if (mi == MR && nj == NR && jc / j->N == (jc + NR - 1) / j->N) {
+                g->ukr(kc, ap, bp, c_at(j, m, jc), j->ldc, add);
+                continue;
+            }
+            g->ukr(kc, ap, bp, tmp, NR, 0);
+            for (int i = 0; i < mi; i++)
+                for (int jj = 0; jj < nj; jj++) {
+                    float *cp = c_at(j, m + i, jc + jj);
+                    *cp = add ? *cp + tmp[i * NR + jj] : tmp[i * NR + jj];
+                }
+        }
+    }
+}
+
+static void add_bias(const gemm_job *j, float *C, int m0, int mrows, int n0, int ncols) {
+    for (int i = 0; i < mrows; i++) {
+        float *row = C + (size_t)(m0 + i) * j->ldc + n0;
+        if (j->bias_per_row) {
+            float v = ldm_f16_to_f32(j->bias[m0 + i]);
+            for (int n = 0; n < ncols; n++) row[n] += v;
+        } else {
+            for (int n = 0; n < ncols; n++) row[n] += ldm_f16_to_f32(j->bias[n0 + n]);
+        }
+    }
+}
+
+/* Split `units` panels into at most `want` contiguous ranges; range t is
+ * [units*t/want, units*(t+1)/want). */
+static int range_lo(int units, int tasks, int t) { return (int)((int64_t)units * t / tasks); }
+
+int ldm_gemm(const gemm_job *j, int precision) {
+    const int M = j->M, N = j->N, K = j->K;
+    if (M <= 0 || N <= 0) return 0;
+    gctx g = {.j = j, .isa = cur_isa(), .bf = precision == LDM_GEMM_BF16 ? cur_bf() : BF_NONE};
+    g.ukr = pick_ukr(g.isa);
+    g.amr = g.bf ? BT : MR;
+    const int batch = j->batch > 0 ? j->batch : 1;
+    if (K <= 0) { /* empty sum: C = bias or 0 */
+        for (int it = 0; it < batch; it++) {
+            float *C = j->c + (size_t)it * j->c_batch_stride;
+            for (int m = 0; m < M; m++) memset(C + (size_t)m * j->ldc, 0, (size_t)N * sizeof(float));
+            if (j->bias) add_bias(j, C, 0, M, 0, N);
+        }
+        return 0;
+    }
+    const int kc_max = kc_for(K, g.bf);
+    const int nested = omp_get_level() > 0;
+    const int nth = nested ? 1 : omp_get_max_threads();
+    /* Columns: the batch items side by side (a convolution's images), NT in all. */
+    const int NT = j->weight_is_a ? N * batch : N;
+    /* Tasks: a grid of weight ranges x ranges of the other dimension, about 4 per thread
+     * (dynamically shared: a thread that loses its core does not hold the others up).
+     * The weight's ranges hold about 8 panels where there are enough, so that each packed
+     * chunk of the other operand is used by many rows. */
+    const int wdim = j->weight_is_a ? M : N, wunit = j->weight_is_a ? g.amr : NR;
+    const int odim = j->weight_is_a ? NT : M, ounit = j->weight_is_a ? NR : g.amr;
+    const int wunits = (wdim + wunit - 1) / wunit, ounits = (odim + ounit - 1) / ounit;
+    const int target = nth > 1 ? 4 * nth : 1;
+    /* the other operand in chunks of 8 panels (fp32 with the weight as B: 16 panels) */
+    int chunk = j->weight_is_a ? 8 * NR : (g.bf ? 8 : 16) * g.amr;
+    int lim = j->weight_is_a ? nc_limit : mc_limit;
+    if (lim > 0 && lim < chunk) chunk = (lim + ounit - 1) / ounit * ounit;
+    /* When the other operand fits one chunk (small images, few tokens), it is packed once
+     * for the whole K, shared by the tasks, instead of once per task. */
+    const int shared = odim <= chunk && target > 1;
+    int tw = (wunits + 7) / 8, tn = 1;
+    if (shared || tw >= target) tw = wunits < target ? wunits : target;
+    else {
+        tn = (target + tw - 1) / tw;
+        if (tn > ounits) tn = ounits;
+    }
+    lim = j->weight_is_a ? mc_limit : nc_limit;
+    if (lim > 0) {
+        int per = (lim + wunit - 1) / wunit, need = (wunits + per - 1) / per;
+        if (need > tw) tw = need;
+    }
+    /* bf16 with the weight prepared: nothing of it is packed per call; the tasks cut the
+     * other operand only, so that each of its chunks is packed once */
+    const int wready = g.bf && j->wprep;
+    if (wready && !shared) {
+        tw = 1;
+        tn = ounits < target ? ounits : target;
+    }
+    const int tasks = tw * tn;
+    const int nks_all = (K + BT - 1) / BT;
+    const size_t wstride = wready ? (size_t)nks_all * 1024 : 0;
+    int wrows = ((wunits + tw - 1) / tw + 1) * wunit;
+    size_t wfloats = wready ? 0 : j->weight_is_a ? a_floats(&g, wrows, kc_max) : b_floats(&g, wrows, kc_max);
+    size_t ofloats = j->weight_is_a ? b_floats(&g, chunk, kc_max) : a_floats(&g, chunk, kc_max);
+    wfloats = (wfloats + 15) & ~(size_t)15;
+    size_t per_thread = (wfloats + ofloats + 15) & ~(size_t)15;
+    /* shared: the packed other operand for all of K (k block b at odim_pad * b * kc_max) */
+    const int nkb = (K + kc_max - 1) / kc_max;
+    size_t sblock = j->weight_is_a ? b_floats(&g, odim, kc_max) : a_floats(&g, odim, kc_max);
+    sblock = (sblock + 15) & ~(size_t)15;
+    size_t shared_floats = shared ? sblock * (size_t)nkb : 0;
+    float *scratch = aligned_alloc(64, (per_thread * (size_t)nth + shared_floats) * sizeof(float));
+    if (!scratch) return -1;
+    float *S = scratch + per_thread * (size_t)nth;
+    const void **sptr = NULL;
+    if (shared) {
+        sptr = malloc((size_t)nkb * sizeof *sptr);
+        if (!sptr) { free(scratch); return -1; }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (nth > 1)
+        for (int kb = 0; kb < nkb; kb++) {
+            int k0 = kb * kc_max, kc = K - k0 < kc_max ? K - k0 : kc_max;
+            float *dst = S + sblock * (size_t)kb;
+            if (j->weight_is_a)
+                pack_b_block(&g, dst, 0, NT, k0, kc, &sptr[kb]);
+            else {
+                pack_a_block(&g, dst, 0, M, k0, kc);
+                sptr[kb] = dst;
+            }
+        }
+    }
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (nth > 1)
+    for (int t = 0; t < tasks; t++) {
+        float *W = scratch + per_thread * (size_t)omp_get_thread_num(), *O = W + wfloats;
+        int ti = t / tn, tj = t % tn;
+        int u0 = range_lo(wunits, tw, ti), u1 = range_lo(wunits, tw, ti + 1);
+        int w0 = u0 * wunit, w1 = u1 * wunit < wdim ? u1 * wunit : wdim;
+        int v0 = range_lo(ounits, tn, tj) * ounit, v1 = range_lo(ounits, tn, tj + 1) * ounit;
+        if (v1 > odim) v1 = odim;
+        if (w1 <= w0 || v1 <= v0) continue;
+#ifdef GEMM_X86
+        if (g.bf == BF_AMX) amx_config();
+#endif
+        for (int k0 = 0, kb = 0; k0 < K; k0 += kc_max, kb++) {
+            int kc = K - k0 < kc_max ? K - k0 : kc_max, add = k0 > 0;
+            const void *wp = W, *op = O;
+            if (wready) /* panel w0/32, k step k0/32 of the prepared weight */
+                wp = j->wprep + (size_t)(w0 / BT) * wstride + (size_t)(k0 / BT) * 1024;
+            if (j->weight_is_a) {
+                if (!wready) pack_a_block(&g, W, w0, w1 - w0, k0, kc);
+                for (int j0 = v0; j0 < v1; j0 += chunk) {
+                    int nn = v1 - j0 < chunk ? v1 - j0 : chunk;
+                    if (shared) op = sptr[kb];
+                    else pack_b_block(&g, O, j0, nn, k0, kc, &op);
+                    compute_block(&g, wp, op, w0, w1 - w0, j0, nn, kc, add, wstride, 0);
+                }
+            } else {
+                if (!wready) pack_b_block(&g, W, w0, w1 - w0, k0, kc, &wp);
+                for (int m0 = v0; m0 < v1; m0 += chunk) {
+                    int mm = v1 - m0 < chunk ? v1 - m0 : chunk;
+                    if (shared) op = sptr[kb];
+                    else pack_a_block(&g, O, m0, mm, k0, kc);
+                    compute_block(&g, op, wp, m0, mm, w0, w1 - w0, kc, add, 0, wstride);
+                }
+            }
+        }
+#ifdef GEMM_X86
+        if (g.bf == BF_AMX) amx_release();
+#endif
+        if (j->bias) {
+            if (j->weight_is_a)
+                for (int jc = v0; jc < v1;) { /* the columns of each item in [v0, v1) */
+                    int it = jc / N, n0 = jc % N, nn = N - n0 < v1 - jc ? N - n0 : v1 - jc;
+                    add_bias(j, j->c + (size_t)it * j->c_batch_stride, w0, w1 - w0, n0, nn);
+                    jc += nn;
+                }
+            else
+                add_bias(j, j->c, v0, v1 - v0, w0, w1 - w0);
+        }
+    }
+    free(sptr);
+    free(scratch);
+    return 0;
+}
+
