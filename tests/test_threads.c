@@ -11,6 +11,7 @@
 #include "core/common.h"
 #include "backend/ops.h"
 #include "core/fp16.h"
+#include "backend/gemm_cpu.h" /* test hook: force the AVX2 / portable kernels */
 #include "test.h"
 
 #include <omp.h>
@@ -130,6 +131,24 @@ int main(void) {
                 CHECK(diff == 0, "%s: %d threads%s: %zu of %zu values differ from 1 thread", c->what, n,
                       nested ? " (in a region of one thread)" : "", diff, nout);
             }
+        /* the products: the same bits from the AVX2 and the portable kernels (the same sum
+         * order, fused multiply-adds everywhere), so images do not depend on the CPU's
+         * vector width either */
+        if (c->op == OP_LINEAR || c->op == OP_CONV) {
+            static const char *const names[] = {"", "portable", "AVX2"};
+            for (int isa = 2; isa >= 1; isa--) {
+                double flops = c->op == OP_LINEAR ? 2.0 * c->a * c->b * c->c
+                                                  : 2.0 * c->a * c->d * c->c * c->c * c->b * c->e * c->e;
+                if (isa == 1 && flops > 3e8) continue; /* the portable kernel is slow */
+                ldm_gemm_force_isa(isa);
+                run(c, x, x2, &w, &b, got, 2, 0);
+                ldm_gemm_force_isa(0);
+                size_t diff = 0;
+                for (size_t k = 0; k < nout; k++) diff += memcmp(&got[k], &ref[k], 4) != 0;
+                CHECK(diff == 0, "%s: the %s kernel: %zu of %zu values differ from the %s one", c->what,
+                      names[isa], diff, nout, ldm_gemm_fp32_isa());
+            }
+        }
         free(x); free(x2); free(ref); free(got); free(w.h); free(b.h);
     }
     omp_set_num_threads(1);

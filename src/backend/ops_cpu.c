@@ -510,12 +510,40 @@ static int cpu_silu(ldm_backend *be, float *out, const float *x, size_t n) {
     return 0;
 }
 /* GELU as 0.5·x·erfc(-x/√2), which equals 0.5·x·(1 + erf(x/√2)) without the
- * cancellation in 1 + erf for negative x. */
-static inline float gelu1(float x) { return 0.5f * x * erfcf(-x * 0.70710678118654752f); }
+ * cancellation in 1 + erf for negative x.  erfc_ps is the Chebyshev fit of Numerical
+ * Recipes' erfcc (fractional error < 1.2e-7 in exact arithmetic; about 4e-7 here with
+ * exp_ps in float), vectorisable where libm's erfcf is a scalar call. */
+LDM_NO_TRAP static inline float erfc_ps(float x) {
+    float z = fabsf(x), t = 1.0f / (1.0f + 0.5f * z);
+    float p = 0.17087277f;
+    p = p * t - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    p = p * t - 1.26551223f;
+    float r = t * exp_ps(p - z * z);
+    return x >= 0.0f ? r : 2.0f - r;
+}
+LDM_CLONES static void gelu_row(float *out, const float *x, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) out[i] = 0.5f * x[i] * erfc_ps(-x[i] * 0.70710678118654752f);
+}
+LDM_CLONES static void geglu_row(float *out, const float *h, const float *g, int n) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) out[j] = h[j] * (0.5f * g[j] * erfc_ps(-g[j] * 0.70710678118654752f));
+}
 static int cpu_gelu(ldm_backend *be, float *out, const float *x, size_t n) {
     (void)be;
+    size_t nchunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = gelu1(x[i]);
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t s = c * ELEM_CHUNK, len = n - s < ELEM_CHUNK ? n - s : ELEM_CHUNK;
+        gelu_row(out + s, x + s, len);
+    }
     return 0;
 }
 static int cpu_quick_gelu(ldm_backend *be, float *out, const float *x, size_t n) {
@@ -532,9 +560,8 @@ static int cpu_geglu(ldm_backend *be, float *out, const float *x, int M, int N) 
     (void)be;
 #pragma omp parallel for schedule(static) if ((size_t)M * N >= PAR_MIN)
     for (int m = 0; m < M; m++) {
-        const float *h = x + (size_t)m * 2 * N, *g = h + N;
-        float *o = out + (size_t)m * N;
-        for (int j = 0; j < N; j++) o[j] = h[j] * gelu1(g[j]);
+        const float *h = x + (size_t)m * 2 * N;
+        geglu_row(out + (size_t)m * N, h, h + N, N);
     }
     return 0;
 }
