@@ -1,12 +1,12 @@
 #!/bin/sh
 # cli_threads.sh - an image is the same bytes whatever the thread count (1, 2, 3, 5):
-# products are split into slabs that depend on the shape only (backend/ops_cpu.c gemm), so that replay holds across
-# machines with different core counts.  256x256 on the sd1 fixture makes the UNet's and the
+# the products sum over k in blocks that depend on the shape only (backend/gemm_cpu.c), so
+# that replay holds across machines with different core counts.  256x256 on the sd1 fixture makes the UNet's and the
 # VAE's products large enough to be split; the sd2 fixture (linear projections, three
 # levels) at 192x128; both text-to-image with classifier-free guidance and a batch of 2.
-# The fixtures' products are small: the code before the fix (1 thread: one call, more:
-# slabs) passed this too; the op-level test that caught it is tests/test_threads.c
-# (SD-1.5-sized products).
+# The fixtures' products are small: code whose sums depended on the thread count could
+# pass this too; the op-level test is tests/test_threads.c (SD-1.5-sized products, and the
+# AVX2 and portable kernels against AVX-512).
 . tests/lib.sh
 
 B1="$TMP/sd1.ldmb"; B2="$TMP/sd2.ldmb"

@@ -811,6 +811,11 @@ int ldm_gemm(const gemm_job *j, int precision) {
     const int M = j->M, N = j->N, K = j->K;
     if (M <= 0 || N <= 0) return 0;
     gctx g = {.j = j, .isa = cur_isa(), .bf = precision == LDM_GEMM_BF16 ? cur_bf() : BF_NONE};
+    /* Products with a dimension under 32 stay fp32 in bf16 mode: they are the models' first
+     * and last layers (conv_in: K = 4*9; conv_out: 3 or 4 output channels; the VAE's 4x4
+     * 1x1 convolutions), where rounding costs the most and the time is nothing; and a bf16
+     * tile would be mostly padding. */
+    if (g.bf && (M < BT || N < BT || K < BT)) g.bf = BF_NONE;
     g.ukr = pick_ukr(g.isa);
     g.amr = g.bf ? BT : MR;
     const int batch = j->batch > 0 ? j->batch : 1;
@@ -880,7 +885,7 @@ int ldm_gemm(const gemm_job *j, int precision) {
     if (shared) {
         sptr = malloc((size_t)nkb * sizeof *sptr);
         if (!sptr) { free(scratch); return -1; }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (nth > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (nth > 1 && nkb > 1 && 2.0 * M * NT * K >= 4e6)
         for (int kb = 0; kb < nkb; kb++) {
             int k0 = kb * kc_max, kc = K - k0 < kc_max ? K - k0 : kc_max;
             float *dst = S + sblock * (size_t)kb;
@@ -893,7 +898,9 @@ int ldm_gemm(const gemm_job *j, int precision) {
         }
     }
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (nth > 1)
+    /* a small product runs on the calling thread: waking the others costs more */
+    const int par = nth > 1 && tasks > 1 && 2.0 * M * NT * K >= 4e6;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (par)
     for (int t = 0; t < tasks; t++) {
         float *W = scratch + per_thread * (size_t)omp_get_thread_num(), *O = W + wfloats;
         int ti = t / tn, tj = t % tn;

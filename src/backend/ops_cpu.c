@@ -288,7 +288,7 @@ static int cpu_copy(ldm_backend *be, float *dst, const float *src, size_t n) {
 }
 static int cpu_fill(ldm_backend *be, float *dst, float value, size_t n) {
     (void)be;
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 8192) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) dst[i] = value;
     return 0;
 }
@@ -382,7 +382,7 @@ static int cpu_layer_norm(ldm_backend *be, float *out, const float *x, const ldm
     if (!gb) return -1;
     widen_serial(gb, gamma->f16, (size_t)C);
     widen_serial(gb + C, beta->f16, (size_t)C);
-#pragma omp parallel for schedule(static) if ((size_t)M * C >= PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)M * C >= PAR_MIN)
     for (int m = 0; m < M; m++) {
         const float *xr = x + (size_t)m * C;
         float *orow = out + (size_t)m * C;
@@ -487,13 +487,13 @@ static int cpu_attention(ldm_backend *be, float *out, const float *q, const floa
 
 static int cpu_add(ldm_backend *be, float *out, const float *a, const float *b, size_t n) {
     (void)be;
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for simd schedule(dynamic, 8192) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
     return 0;
 }
 static int cpu_scale(ldm_backend *be, float *out, const float *x, float s, size_t n) {
     (void)be;
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for simd schedule(dynamic, 8192) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = x[i] * s;
     return 0;
 }
@@ -502,7 +502,7 @@ static int cpu_scale(ldm_backend *be, float *out, const float *x, float s, size_
 static int cpu_silu(ldm_backend *be, float *out, const float *x, size_t n) {
     (void)be;
     size_t nchunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 1) if (n >= PAR_MIN)
     for (size_t c = 0; c < nchunks; c++) {
         size_t s = c * ELEM_CHUNK, len = n - s < ELEM_CHUNK ? n - s : ELEM_CHUNK;
         silu_row(out + s, x + s, len, 1.0f, 0.0f, 1.0f);
@@ -539,7 +539,7 @@ LDM_CLONES static void geglu_row(float *out, const float *h, const float *g, int
 static int cpu_gelu(ldm_backend *be, float *out, const float *x, size_t n) {
     (void)be;
     size_t nchunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 1) if (n >= PAR_MIN)
     for (size_t c = 0; c < nchunks; c++) {
         size_t s = c * ELEM_CHUNK, len = n - s < ELEM_CHUNK ? n - s : ELEM_CHUNK;
         gelu_row(out + s, x + s, len);
@@ -549,7 +549,7 @@ static int cpu_gelu(ldm_backend *be, float *out, const float *x, size_t n) {
 static int cpu_quick_gelu(ldm_backend *be, float *out, const float *x, size_t n) {
     (void)be;
     size_t nchunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 1) if (n >= PAR_MIN)
     for (size_t c = 0; c < nchunks; c++) {
         size_t s = c * ELEM_CHUNK, len = n - s < ELEM_CHUNK ? n - s : ELEM_CHUNK;
         silu_row(out + s, x + s, len, 1.0f, 0.0f, 1.702f);
@@ -558,7 +558,7 @@ static int cpu_quick_gelu(ldm_backend *be, float *out, const float *x, size_t n)
 }
 static int cpu_geglu(ldm_backend *be, float *out, const float *x, int M, int N) {
     (void)be;
-#pragma omp parallel for schedule(static) if ((size_t)M * N >= PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)M * N >= PAR_MIN)
     for (int m = 0; m < M; m++) {
         const float *h = x + (size_t)m * 2 * N;
         geglu_row(out + (size_t)m * N, h, h + N, N);
@@ -567,7 +567,7 @@ static int cpu_geglu(ldm_backend *be, float *out, const float *x, int M, int N) 
 }
 static int cpu_add_channel_bias(ldm_backend *be, float *x, const float *v, int N, int C, int HW) {
     (void)be;
-#pragma omp parallel for schedule(static) if ((size_t)N * C * HW >= PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 4) if ((size_t)N * C * HW >= PAR_MIN)
     for (int nc = 0; nc < N * C; nc++) {
         float b = v[nc], *row = x + (size_t)nc * HW;
         for (int i = 0; i < HW; i++) row[i] += b;
@@ -576,7 +576,7 @@ static int cpu_add_channel_bias(ldm_backend *be, float *x, const float *v, int N
 }
 static int cpu_upsample_nearest2x(ldm_backend *be, float *out, const float *x, int N, int C, int H, int W) {
     (void)be;
-#pragma omp parallel for schedule(static) if ((size_t)N * C * H * W >= PAR_MIN / 4)
+#pragma omp parallel for schedule(dynamic, 4) if ((size_t)N * C * H * W >= PAR_MIN / 4)
     for (int r = 0; r < N * C * H; r++) { /* one input row -> two output rows */
         const float *src = x + (size_t)r * W;
         float *dst = out + (size_t)r * 4 * W;
@@ -597,7 +597,7 @@ static inline int nearest_src(int dst, int in, int out) {
 static int cpu_upsample_nearest(ldm_backend *be, float *out, const float *x, int N, int C, int H, int W, int Ho,
                                  int Wo) {
     (void)be;
-#pragma omp parallel for schedule(static) if ((size_t)N * C * Ho * Wo >= PAR_MIN / 4)
+#pragma omp parallel for schedule(dynamic, 4) if ((size_t)N * C * Ho * Wo >= PAR_MIN / 4)
     for (int r = 0; r < N * C * Ho; r++) { /* one output row */
         int nc = r / Ho, oy = r % Ho;
         const float *src = x + ((size_t)nc * H + nearest_src(oy, H, Ho)) * W;
@@ -620,7 +620,7 @@ static int cpu_concat_channels(ldm_backend *be, float *out, const float *a, int 
 static void transpose(float *out, const float *x, int N, int R, int Ccols) {
     enum { T = 32 };
     int tr = (R + T - 1) / T, tc = (Ccols + T - 1) / T;
-#pragma omp parallel for schedule(static) if ((size_t)N * R * Ccols >= PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 4) if ((size_t)N * R * Ccols >= PAR_MIN)
     for (int t = 0; t < N * tr * tc; t++) {
         int n = t / (tr * tc), r0 = (t / tc) % tr * T, c0 = t % tc * T;
         const float *xs = x + (size_t)n * R * Ccols;
@@ -668,7 +668,7 @@ static int cpu_pad2d(ldm_backend *be, float *out, const float *x, int N, int C, 
                      int bottom, int left, int right) {
     (void)be;
     const int Ho = H + top + bottom, Wo = W + left + right;
-#pragma omp parallel for schedule(static) if ((size_t)N * C * Ho * Wo >= PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)N * C * Ho * Wo >= PAR_MIN)
     for (int nc = 0; nc < N * C; nc++) {
         float *o = out + (size_t)nc * Ho * Wo;
         const float *xi = x + (size_t)nc * H * W;

@@ -272,7 +272,20 @@ static int cmd_tokenize(int argc, char **argv) {
 
 /* ---- ldmgen ---- */
 
+/* OpenMP threads that wait for work sleep instead of spinning (OMP_WAIT_POLICY=passive):
+ * on a machine where another process holds a core, spinning threads take the time of the
+ * one doing the work, and a 2-thread run became slower than a 1-thread one.  libgomp reads
+ * the variable when it is loaded, before main, so ldmgen sets it and starts itself again
+ * (once: the variable is then set); a user's own OMP_WAIT_POLICY is kept. */
+static void passive_openmp(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("LDM_NO_REEXEC")) return;
+    if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+    execv("/proc/self/exe", argv);
+    /* no /proc: go on with the default policy */
+}
+
 int main(int argc, char **argv) {
+    passive_openmp(argv);
     cli_init("ldmgen");
     signal(SIGXFSZ, SIG_IGN);   /* a file-size limit is a write error, not a kill */
     if (argc > 1 && !strcmp(argv[1], "tokenize")) return cmd_tokenize(argc - 1, argv + 1);

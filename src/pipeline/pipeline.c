@@ -181,7 +181,13 @@ int ldm_pipeline_encode_text(ldm_pipeline *p, const int32_t *ids, int B, int cli
                              float *out) {
     if (!p->clip) return ldm_error("pipeline: models not loaded");
     if (arena_reserve(p, ldm_clip_arena_bytes(p->clip, B))) return -1;
-    return ldm_clip_encode(p->clip, &p->arena, ids, B, clip_skip < 1 ? 1 : clip_skip, out);
+    /* The text encoder runs in fp32 whatever the precision: it runs once per prompt (and
+     * its result is cached), and its rounding would reach every step. */
+    int prec = p->be->opts.precision;
+    p->be->opts.precision = LDM_PRECISION_FP32;
+    int rc = ldm_clip_encode(p->clip, &p->arena, ids, B, clip_skip < 1 ? 1 : clip_skip, out);
+    p->be->opts.precision = prec;
+    return rc;
 }
 
 /* ------------------------------------------------------------------------------------ */
