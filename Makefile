@@ -5,6 +5,8 @@
 #   make asan            the same tests under AddressSanitizer + UBSan (build-asan/)
 #   make install PREFIX=/usr/local DESTDIR=
 #   make CUDA=0          force a CPU-only build
+#   make bench           the CPU benchmark (bench/run.sh): ldm fp32/bf16 next to the GEMM
+#                        ceilings and the peers that are installed; a quiet machine, ~30 min
 #   make fuzz            build the libFuzzer harnesses (clang, build-fuzz/) and fuzz each for
 #                        FUZZ_SECONDS (default 60), one after the other; see tests/fuzz/README.md
 #   make fuzz-ci         build them, run each over its committed corpus, then FUZZ_CI_SECONDS
@@ -145,6 +147,9 @@ deps:
 clean:
 	rm -rf build build-asan build-fuzz
 
-# Benchmarks (not tests): see bench/README or bench/RESULTS.md.
+# Benchmarks (not tests): bench/run.sh, results in bench/RESULTS.md.  Needs a quiet machine.
 $(BUILD)/bench_gemm: bench/bench_gemm.c $(BUILD)/libldm.a
 	$(CC) $(CFLAGS) $< $(BUILD)/libldm.a $(LDFLAGS) $(LDLIBS) -o $@
+.PHONY: bench
+bench: $(PROGS) $(BUILD)/bench_gemm
+	BUILD=$(BUILD) bench/run.sh

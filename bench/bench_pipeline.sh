@@ -2,9 +2,14 @@
 # bench/bench_pipeline.sh: end-to-end text-to-image benchmark, ldm next to its baselines,
 # all measured in the same run on the same machine.
 #
-#   ldm        $LDMGEN (build/ldmgen) --bundle $BUNDLE (CPU backend, OMP threads = $THREADS)
+#   ldm        $LDMGEN (build/ldmgen) --bundle $BUNDLE (CPU backend, --threads $THREADS), fp32
+#   ldm-bf16   the same with --precision bf16 (AMX or AVX512_BF16 products)
 #   diffusers  StableDiffusionPipeline on $MODEL, PyTorch CPU float32, torch threads = $THREADS
 #              (bench/diffusers_pipeline.py, run with $PY)
+#   diffusers-bf16  the same pipeline in torch.bfloat16
+#   openvino   optimum-intel OVStableDiffusionPipeline on $MODEL (exported once to $OVDIR),
+#              static shapes, INFERENCE_PRECISION_HINT f32 (bench/openvino_pipeline.py, $OVPY)
+#   openvino-bf16   the same with bf16 (OpenVINO's default on AMX CPUs)
 #   sdcpp      stable-diffusion.cpp's CLI ($SDCPP, e.g. ../sdcpp/build/bin/sd-cli) on the same
 #              diffusers folder $MODEL (it reads diffusers folders itself), -t $THREADS;
 #              skipped with a message when $SDCPP is unset or not executable
@@ -38,9 +43,11 @@ SIZES=${SIZES:-"512 256"}
 GUIDANCE=${GUIDANCE:-7.5}
 SEED=${SEED:-1}
 THREADS=${THREADS:-$(nproc)}
-PY=${PY:-/opt/refenv/bin/python}
+PY=${PY:-/opt/curenv/bin/python}
+OVPY=${OVPY:-/opt/ovenv/bin/python}
+OVDIR=${OVDIR:-$MODEL-ov}
 SDCPP=${SDCPP:-}
-TOOLS=${TOOLS:-"ldm diffusers sdcpp sdcpp-mmap"}
+TOOLS=${TOOLS:-"ldm ldm-bf16 diffusers diffusers-bf16 openvino openvino-bf16 sdcpp"}
 OUTDIR=${OUTDIR:-/tmp/ldm-bench}
 PROMPT=${PROMPT:-"a photograph of an astronaut riding a horse on the moon"}
 REPORT_ONLY=${REPORT_ONLY:-0}
@@ -160,21 +167,40 @@ for size in $SIZES; do
     for tool in $TOOLS; do
         tag=$tool-$size
         case $tool in
-        ldm)
+        ldm|ldm-bf16)
             warm "$BUNDLE"
-            echo "== $tag: $LDMGEN" >&2
-            OMP_NUM_THREADS=$THREADS LDM_BACKEND=cpu measure "$tag" "$LDMGEN" --bundle "$BUNDLE" \
-                --seed "$SEED" -n "$STEPS" -W "$size" -H "$size" -g "$GUIDANCE" \
-                -o "$OUTDIR/$tag.png" -v --no-history --no-cache "$PROMPT"
-            report ldm "$size" "$tag" "models loaded in" "^time: " "^time: " "^time: "
+            prec=fp32; [ $tool = ldm-bf16 ] && prec=bf16
+            echo "== $tag: $LDMGEN --precision $prec" >&2
+            LDM_BACKEND=cpu measure "$tag" "$LDMGEN" --bundle "$BUNDLE" --threads "$THREADS" \
+                --precision $prec --seed "$SEED" -n "$STEPS" -W "$size" -H "$size" -g "$GUIDANCE" \
+                -o "$OUTDIR/$tag.png" --overwrite -v --no-history --no-cache "$PROMPT"
+            report $tool "$size" "$tag" "models loaded in" "^time: " "^time: " "^time: "
             ;;
-        diffusers)
-            [ -x "$PY" ] || { echo "== $tag: skipped ($PY not found)" >&2; continue; }
+        diffusers|diffusers-bf16)
+            dt=float32; [ $tool = diffusers-bf16 ] && dt=bfloat16
+            if [ ! -x "$PY" ] || ! "$PY" -c 'import diffusers' 2>/dev/null || [ ! -d "$MODEL" ]; then
+                echo "== $tag: skipped ($PY with diffusers, or the folder $MODEL, missing: pip install torch diffusers transformers; bench/run.sh makes the folder)" >&2
+                echo "| $tool | ${size}x$size | skipped: no diffusers at $PY or no $MODEL ||||||||||" >> "$TABLE"
+                continue
+            fi
             warm "$MODEL"
-            echo "== $tag: diffusers StableDiffusionPipeline (float32)" >&2
+            echo "== $tag: diffusers StableDiffusionPipeline ($dt)" >&2
             measure "$tag" "$PY" -u bench/diffusers_pipeline.py "$MODEL" "$size" "$size" "$STEPS" \
-                "$GUIDANCE" "$SEED" "$THREADS" "$OUTDIR/$tag.png" "$PROMPT"
-            report diffusers "$size" "$tag" "models loaded in" "^time: " "^time: " "^time: "
+                "$GUIDANCE" "$SEED" "$THREADS" "$OUTDIR/$tag.png" "$PROMPT" $dt
+            report $tool "$size" "$tag" "models loaded in" "^time: " "^time: " "^time: "
+            ;;
+        openvino|openvino-bf16)
+            hint=f32; [ $tool = openvino-bf16 ] && hint=bf16
+            if [ ! -x "$OVPY" ] || ! "$OVPY" -c 'import optimum.intel' 2>/dev/null || [ ! -d "$MODEL" ]; then
+                echo "== $tag: skipped (no optimum-intel at $OVPY: see bench/openvino_pipeline.py for the install)" >&2
+                echo "| $tool | ${size}x$size | skipped: no optimum-intel at $OVPY or no $MODEL ||||||||||" >> "$TABLE"
+                continue
+            fi
+            warm "$MODEL"
+            echo "== $tag: OpenVINO ($hint)" >&2
+            measure "$tag" "$OVPY" -u bench/openvino_pipeline.py "$MODEL" "$OVDIR" "$size" "$size" \
+                "$STEPS" "$GUIDANCE" "$SEED" "$THREADS" "$OUTDIR/$tag.png" "$PROMPT" $hint
+            report $tool "$size" "$tag" "models loaded in" "^time: " "^time: " "^time: "
             ;;
         sdcpp|sdcpp-mmap)
             local_mmap=; [ $tool = sdcpp-mmap ] && local_mmap=--mmap
@@ -192,7 +218,7 @@ for size in $SIZES; do
                 "get_learned_condition completed" "sampling completed, taking" \
                 "decode_first_stage completed"
             ;;
-        *) die "unknown tool $tool (ldm, diffusers, sdcpp, sdcpp-mmap)" ;;
+        *) die "unknown tool $tool (ldm, ldm-bf16, diffusers, diffusers-bf16, openvino, openvino-bf16, sdcpp, sdcpp-mmap)" ;;
         esac
     done
 done

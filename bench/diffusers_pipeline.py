@@ -8,7 +8,10 @@ timings in the same words as `ldmgen -v`, so the bench script parses both the sa
 text = time inside text_encoder.forward (prompt and negative prompt), decode = vae.decode,
 sampling = from the end of text encoding to the start of decoding (UNet, CFG and scheduler).
 
-    diffusers_pipeline.py MODEL_DIR WIDTH HEIGHT STEPS GUIDANCE SEED THREADS OUT.png PROMPT
+    diffusers_pipeline.py MODEL_DIR WIDTH HEIGHT STEPS GUIDANCE SEED THREADS OUT.png PROMPT [DTYPE]
+
+DTYPE: float32 (default) or bfloat16 (the whole pipeline in bf16: AMX through oneDNN where
+the CPU has it).
 """
 import sys
 import time
@@ -28,12 +31,13 @@ def timed(fn, acc):
 
 
 def main():
-    if len(sys.argv) != 10:
+    if len(sys.argv) not in (10, 11):
         sys.exit(__doc__)
-    folder, w, h, steps, g, seed, threads, out, prompt = sys.argv[1:]
+    folder, w, h, steps, g, seed, threads, out, prompt = sys.argv[1:10]
+    dtype = getattr(torch, sys.argv[10]) if len(sys.argv) == 11 else torch.float32
     torch.set_num_threads(int(threads))
     t0 = time.time()
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32,
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype,
                                                    safety_checker=None,
                                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

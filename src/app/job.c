@@ -459,6 +459,9 @@ static ldm_status run_batch(run_state *r) {
                 res.height, (unsigned long long)prm.seed);
         ldm_log(2, "time: text %.2f s, sampling %.2f s, decode %.2f s, total %.2f s\n", res.t_text,
                 res.t_sampling, res.t_decode, res.t_total);
+        ldm_log(2, "products: sampling %.1f GFLOP (%.0f GFLOP/s), decode %.1f GFLOP (%.0f GFLOP/s)\n",
+                res.gflop_sampling, res.t_sampling > 0 ? res.gflop_sampling / res.t_sampling : 0.0,
+                res.gflop_decode, res.t_decode > 0 ? res.gflop_decode / res.t_decode : 0.0);
     }
     ldm_gen_result_free(&res);
     return rc;

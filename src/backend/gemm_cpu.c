@@ -495,6 +495,13 @@ static __attribute__((target("avx512f,avx512bw"))) void vnni_from_panels_avx512(
             }
 }
 
+static __attribute__((target("avx512f,avx512bw"))) void vnni_pair_avx512(uint16_t *d, const float *r0,
+                                                                        const float *r1) {
+    __m512 a = r0 ? _mm512_loadu_ps(r0) : _mm512_setzero_ps();
+    __m512 b = r1 ? _mm512_loadu_ps(r1) : _mm512_setzero_ps();
+    _mm512_storeu_si512(d, _mm512_or_si512(bf16_lo(a), _mm512_slli_epi32(bf16_lo(b), 16)));
+}
+
 /* AMX: C tile 32x32 = 2x2 tiles of 16x16 fp32 (tmm0-3), A tiles tmm4-5, B tiles tmm6-7. */
 typedef struct {
     uint8_t palette, start_row, reserved[14];
@@ -690,10 +697,61 @@ static void pack_a_block(const gctx *g, float *Ap, int m0, int mrows, int k0, in
 /* B block of the columns [j0, j0+ncols) of the whole column space (batch items side by
  * side, each N wide), k rows [k0, k0+kc).  bf16: the VNNI panels start after the fp32
  * ones (b_floats); *out points at what the kernels read. */
+/* Two k rows of B (buf: [panel][rows][32] fp32, rows 0..2; missing rows are zero) into the
+ * VNNI panels at k step kk/32, pair (kk%32)/2. */
+static void vnni_rows(int isa, uint16_t *V, const float *buf, int panels, int nks, int kk, int rows) {
+    int s = kk / BT, r = (kk % BT) / 2;
+    for (int jp = 0; jp < panels; jp++)
+        for (int t = 0; t < 2; t++) {
+            uint16_t *d = V + (((size_t)jp * nks + s) * 2 + t) * 512 + (size_t)r * 32;
+            const float *r0 = buf + ((size_t)jp * rows) * NR + 16 * t, *r1 = r0 + NR;
+#ifdef GEMM_X86
+            if (isa == ISA_AVX512) { vnni_pair_avx512(d, rows > 0 ? r0 : NULL, rows > 1 ? r1 : NULL); continue; }
+#endif
+            (void)isa;
+            for (int c = 0; c < 16; c++) {
+                d[2 * c] = rows > 0 ? bf16_round(r0[c]) : 0;
+                d[2 * c + 1] = rows > 1 ? bf16_round(r1[c]) : 0;
+            }
+        }
+}
+
+/* bf16: B's columns [j0, j0+ncols) straight into VNNI panels, two k rows at a time through
+ * a buffer in L1 (no fp32 copy of the block). */
+static void pack_b_vnni(const gctx *g, uint16_t *V, int j0, int ncols, int k0, int kc) {
+    const gemm_job *j = g->j;
+    const gemm_b *b = &j->b;
+    const int N = j->N, panels = (ncols + NR - 1) / NR, nks = (kc + BT - 1) / BT;
+    float buf[16 * 2 * NR] __attribute__((aligned(64)));
+    for (int kk = 0; kk < nks * BT; kk += 2) {
+        int rows = kc - kk < 0 ? 0 : kc - kk > 2 ? 2 : kc - kk;
+        if (rows) {
+            for (int d = 0; d < ncols;) {
+                int item = (j0 + d) / N, n0 = (j0 + d) % N, nn = N - n0;
+                if (nn > ncols - d) nn = ncols - d;
+                const float *src = (const float *)b->p + (size_t)item * j->b_batch_stride;
+                if (b->kind == GEMM_B_KN_F32)
+                    pack_kn(buf, d, src, b->ld, k0 + kk, rows, n0, nn);
+                else
+                    pack_im2col(buf, d, b, src, k0 + kk, rows, n0, nn);
+                d += nn;
+            }
+            pack_zero_tail(buf, rows, ncols, panels * NR);
+        }
+        vnni_rows(g->isa, V, buf, panels, nks, kk, rows);
+    }
+}
+
 static void pack_b_block(const gctx *g, float *Bp, int j0, int ncols, int k0, int kc,
                          const void **out) {
     const gemm_job *j = g->j;
     const gemm_b *b = &j->b;
+    if (g->bf && b->kind != GEMM_B_NK_F16 && (ncols + NR - 1) / NR <= 16) {
+        uint16_t *V = (uint16_t *)(Bp + (size_t)((ncols + NR - 1) / NR) * NR * kc);
+        pack_b_vnni(g, V, j0, ncols, k0, kc);
+        *out = V;
+        return;
+    }
     if (b->kind == GEMM_B_NK_F16) { /* a linear layer's weight (batch 1) */
         pack_t(g->isa, Bp, NR, (const uint16_t *)b->p + (size_t)j0 * b->ld, 1, b->ld, ncols, k0, kc);
     } else {
@@ -721,6 +779,24 @@ static void pack_b_block(const gctx *g, float *Bp, int j0, int ncols, int k0, in
 static inline float *c_at(const gemm_job *j, int m, int jc) {
     int item = jc / j->N, n = jc % j->N;
     return j->c + (size_t)item * j->c_batch_stride + (size_t)m * j->ldc + n;
+}
+
+/* A tile T (mi x nj, row stride ldt) to C at row m, column jc of the column space, in
+ * runs that stay inside one item (a tile across the images of a small convolution). */
+static void tile_segments(const gemm_job *j, int m, int jc, int mi, int nj, const float *T,
+                          int ldt, int add) {
+    for (int jj = 0; jj < nj;) {
+        int item = (jc + jj) / j->N, n = (jc + jj) % j->N, len = j->N - n;
+        if (len > nj - jj) len = nj - jj;
+        float *c0 = j->c + (size_t)item * j->c_batch_stride + (size_t)m * j->ldc + n;
+        for (int i = 0; i < mi; i++) {
+            float *cp = c0 + (size_t)i * j->ldc;
+            const float *t = T + (size_t)i * ldt + jj;
+            if (add) for (int q = 0; q < len; q++) cp[q] += t[q];
+            else memcpy(cp, t, (size_t)len * sizeof(float));
+        }
+        jj += len;
+    }
 }
 
 /* C block rows [m0, m0+mrows) x columns [j0, j0+ncols) (= or += Ap · Bp). A tile inside
@@ -753,15 +829,10 @@ static void compute_block(const gctx *g, const void *Ap_, const void *Bp_, int m
                 }
                 if (g->bf == BF_AMX) ukr_amx(nks, ap, bp, T, BT, 0);
                 else ukr_dpbf16(nks, ap, bp, T, BT, 0);
-                if (jc / j->N == (jc + nj - 1) / j->N) { /* inside one item: rows at once */
+                if (jc / j->N == (jc + nj - 1) / j->N) /* inside one item: rows at once */
                     tile_to_c(c_at(j, m, jc), j->ldc, T, mi, nj, add);
-                } else {
-                    for (int i = 0; i < mi; i++)
-                        for (int jj = 0; jj < nj; jj++) {
-                            float *cp = c_at(j, m + i, jc + jj);
-                            *cp = add ? *cp + T[i * BT + jj] : T[i * BT + jj];
-                        }
-                }
+                else
+                    tile_segments(j, m, jc, mi, nj, T, BT, add);
             }
         }
 #endif
@@ -782,11 +853,7 @@ static void compute_block(const gctx *g, const void *Ap_, const void *Bp_, int m
                 continue;
             }
             g->ukr(kc, ap, bp, tmp, NR, 0);
-            for (int i = 0; i < mi; i++)
-                for (int jj = 0; jj < nj; jj++) {
-                    float *cp = c_at(j, m + i, jc + jj);
-                    *cp = add ? *cp + tmp[i * NR + jj] : tmp[i * NR + jj];
-                }
+            tile_segments(j, m, jc, mi, nj, tmp, NR, add);
         }
     }
 }
@@ -900,6 +967,7 @@ int ldm_gemm(const gemm_job *j, int precision) {
 
     /* a small product runs on the calling thread: waking the others costs more */
     const int par = nth > 1 && tasks > 1 && 2.0 * M * NT * K >= 4e6;
+    (void)par; /* unused when built without OpenMP (the fuzzers) */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (par)
     for (int t = 0; t < tasks; t++) {
         float *W = scratch + per_thread * (size_t)omp_get_thread_num(), *O = W + wfloats;

@@ -106,11 +106,18 @@ int ldm_backend_status(ldm_backend *be) {
     return ldm_error("%s backend: %s", be->ops->name, be->error);
 }
 
+double ldm_backend_gflop(const ldm_backend *be) {
+    double f = 0;
+    for (int i = 0; i < LDM_OP_COUNT; i++) f += be->op_flops[i];
+    return f * 1e-9;
+}
+
 int ldm_backend_profile(const ldm_backend *be, ldm_op_stat out[LDM_OP_COUNT]) {
     for (int i = 0; i < LDM_OP_COUNT; i++) {
         out[i].name = ldm_op_names[i];
         out[i].calls = be->op_count[i];
         out[i].seconds = be->op_seconds[i];
+        out[i].gflop = be->op_flops[i] * 1e-9;
     }
     return LDM_OP_COUNT;
 }
@@ -118,7 +125,7 @@ int ldm_backend_profile(const ldm_backend *be, ldm_op_stat out[LDM_OP_COUNT]) {
 /* ------------------------------------------------------------------------------------ */
 /* argument checks: 0, or -1 with the reason in msg */
 
-typedef struct { char *msg; size_t cap; } why;
+typedef struct { char *msg; size_t cap; double flops; } why;  /* flops: of the products */
 
 static int bad(why *y, const char *fmt, ...) LDM_PRINTF(2, 3);
 static int bad(why *y, const char *fmt, ...) {
@@ -159,6 +166,7 @@ static int check_linear(why *y, float *out, const float *x, const ldm_tensor *w,
     NEED(M > 0 && K > 0 && N > 0, "sizes M=%d K=%d N=%d must be positive", M, K, N);
     if (want_shape(y, w, "weight", 2, N, K, 0, 0)) return -1;
     if (b && want_shape(y, b, "bias", 1, N, 0, 0, 0)) return -1;
+    y->flops = 2.0 * M * K * N;
     return 0;
 }
 static int check_conv2d(why *y, float *out, const float *x, const ldm_tensor *w, const ldm_tensor *b,
@@ -170,6 +178,8 @@ static int check_conv2d(why *y, float *out, const float *x, const ldm_tensor *w,
     NEED(H + 2 * pad >= k && W + 2 * pad >= k, "kernel %d larger than the padded input %dx%d", k, H, W);
     if (want_shape(y, w, "weight", 4, Cout, Cin, k, k)) return -1;
     if (b && want_shape(y, b, "bias", 1, Cout, 0, 0, 0)) return -1;
+    y->flops = 2.0 * N * Cout * Cin * k * k * (double)((H + 2 * pad - k) / stride + 1) *
+               ((W + 2 * pad - k) / stride + 1);
     return 0;
 }
 static int check_group_norm(why *y, float *out, const float *x, const ldm_tensor *gamma,
@@ -204,6 +214,7 @@ static int check_attention(why *y, float *out, const float *q, const float *k, c
          "heads*D = %ld exceeds the row strides %d / %d", (long)heads * D, q_stride, kv_stride);
     NEED(isfinite(scale), "scale is not finite");
     NEED(out != q && out != k && out != v, "out overlaps an input");
+    y->flops = 4.0 * B * heads * Tq * (double)Tk * D;
     return 0;
 }
 static int check_add(why *y, float *out, const float *a, const float *b, size_t n) {
@@ -340,9 +351,10 @@ static int leave(ldm_backend *be, int op, int rc, double t0) {
     int ldm_op_##name LDM_BE_PARAMS params {                                               \
         if (be->failed) return -1;                                                         \
         char msg[512] = "";                                                                \
-        why y = {msg, sizeof msg};                                                         \
+        why y = {msg, sizeof msg, 0};                                                      \
         int bad_ = be->ops->no_data ? 0 : check_##name LDM_CHECK_ARGS args;               \
         if (enter(be, LDM_OP_##name, bad_, msg)) return -1;                                \
+        be->op_flops[LDM_OP_##name] += y.flops;                                            \
         double t0 = be->opts.profile ? now_s() : 0;                                        \
         return leave(be, LDM_OP_##name, be->ops->name LDM_BE_ARGS args, t0);               \
     }

@@ -174,6 +174,7 @@ struct ldm_backend {
     long op_calls;              /* ops called through the front */
     double op_seconds[LDM_OP_COUNT];
     long op_count[LDM_OP_COUNT];
+    double op_flops[LDM_OP_COUNT];  /* floating-point operations of the products (always counted) */
 };
 
 /* Backends by name: "cpu", "cuda", "dry".  NULL with ldm_error (naming why, e.g. no
@@ -197,8 +198,10 @@ int ldm_backend_fail(ldm_backend *be, const char *fmt, ...)
 #endif
     ;
 /* Per-op totals since the handle was made: calls and seconds (profile on). */
-typedef struct ldm_op_stat { const char *name; long calls; double seconds; } ldm_op_stat;
+typedef struct ldm_op_stat { const char *name; long calls; double seconds, gflop; } ldm_op_stat;
 int ldm_backend_profile(const ldm_backend *be, ldm_op_stat out[LDM_OP_COUNT]);
+/* GFLOP of the products (linear, conv2d, attention) run since the handle was made. */
+double ldm_backend_gflop(const ldm_backend *be);
 
 /* ---- the front: one checked call per op ---- */
 #define LDM_X(name, params, args) int ldm_op_##name LDM_BE_PARAMS params;

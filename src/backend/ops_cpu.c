@@ -92,26 +92,32 @@ static int prep_register(cpu_state *st, const uint16_t *key) {
     }
     return 0;
 }
-/* The prepared panels of a registered weight w used as [rows][K], made on first use;
- * NULL when it is not registered, is used with another shape, or memory runs out (the
- * product then packs it per call). */
+/* Make the panels of registered key as [rows][K] (as_b: a linear layer's B); safe to
+ * call for different keys from several threads (the table does not change). */
+static void prep_fill(cpu_state *st, const uint16_t *key, int rows, int K, int as_b) {
+    prep_entry *e = &st->prep[prep_slot(st->prep, st->prep_cap, key)];
+    if (!e->key || e->prep) return;
+    size_t n = ldm_gemm_bf16_prep_elems(rows, K);
+    uint16_t *p = aligned_alloc(64, (n * sizeof(uint16_t) + 63) & ~(size_t)63);
+    if (!p) return;
+    ldm_gemm_bf16_prepare(p, key, rows, K, as_b);
+    e->rows = rows;
+    e->K = K;
+    e->as_b = as_b;
+    e->prep = p;
+}
+/* The prepared panels of a registered weight w used as [rows][K], made on first use if
+ * the load did not; NULL when it is not registered, is used with another shape, or memory
+ * runs out (the product then packs it per call). */
 static const uint16_t *prepared(ldm_backend *be, const ldm_tensor *w, int rows, int K, int as_b) {
     cpu_state *st = be->impl;
     if (!st->prep_cap) return NULL;
     prep_entry *e = &st->prep[prep_slot(st->prep, st->prep_cap, w->f16)];
     if (!e->key) return NULL;
+    if (!e->prep) prep_fill(st, w->f16, rows, K, as_b);
     if (e->prep) return e->rows == rows && e->K == K && e->as_b == as_b ? e->prep : NULL;
-    size_t n = ldm_gemm_bf16_prep_elems(rows, K);
-    uint16_t *p = aligned_alloc(64, (n * sizeof(uint16_t) + 63) & ~(size_t)63);
-    if (!p) return NULL;
-    ldm_gemm_bf16_prepare(p, w->f16, rows, K, as_b);
-    e->prep = p;
-    e->rows = rows;
-    e->K = K;
-    e->as_b = as_b;
-    return p;
+    return NULL;
 }
-
 
 /* A scratch buffer of n floats in the handle; NULL (the handle failed) when memory
  * runs out. */
@@ -131,6 +137,7 @@ static float *scratch(ldm_backend *be, int slot, size_t n) {
     return st->buf[slot];
 }
 
+
 static int cpu_precision(const ldm_backend *be) {
     return be->opts.precision == LDM_PRECISION_BF16 ? LDM_GEMM_BF16 : LDM_GEMM_FP32;
 }
@@ -146,10 +153,24 @@ static const uint16_t *prepared_if_bf16(ldm_backend *be, const ldm_tensor *w, in
 static int cpu_prepare_weights(ldm_backend *be, ldm_tensor *const *w, size_t n, void **buf) {
     *buf = NULL;
     if (cpu_precision(be) != LDM_GEMM_BF16 || !ldm_gemm_bf16_isa()) return 0;
+    cpu_state *st = be->impl;
     for (size_t i = 0; i < n; i++)
         if (w[i] && w[i]->f16 && (w[i]->ndim == 2 || w[i]->ndim == 4) &&
-            prep_register(be->impl, w[i]->f16) != 0)
+            prep_register(st, w[i]->f16) != 0)
             break; /* no memory: the rest is packed per call */
+    /* Prepare them now, at load, in parallel: a convolution's weight [Cout][Cin*k*k] as A,
+     * a 2-D weight [N][K] as a linear layer's B (its first use in an op with another
+     * shape makes it be packed per call instead).  A tensor that no product uses (an
+     * embedding table) costs its panels' memory only: the text encoder is loaded in fp32
+     * (pipeline.c), so its tables are not registered. */
+    ldm_tensor *const *wt = w;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t i = 0; i < n; i++) {
+        const ldm_tensor *t = wt[i];
+        if (!t || !t->f16 || (t->ndim != 2 && t->ndim != 4) || t->shape[0] <= 0) continue;
+        int rows = (int)t->shape[0], K = (int)(t->numel / t->shape[0]);
+        prep_fill(st, t->f16, rows, K, t->ndim == 2);
+    }
     *buf = malloc(1);  /* the token that makes the release drop the panels */
     return 0;
 }

@@ -159,8 +159,14 @@ static void hook_profile(void *user, const char *backend, const ldm_op_stat *st,
     fprintf(stderr, "per-op profile (%s backend, %.2f s in ops):\n", backend, total);
     for (int i = 0; i < n; i++)
         if (st[i].calls)
-            fprintf(stderr, "  %-20s %8ld calls %9.3f s %5.1f %%\n", st[i].name, st[i].calls,
+        {
+            fprintf(stderr, "  %-20s %8ld calls %9.3f s %5.1f %%", st[i].name, st[i].calls,
                     st[i].seconds, total > 0 ? 100.0 * st[i].seconds / total : 0.0);
+            if (st[i].gflop > 0)
+                fprintf(stderr, " %9.1f GFLOP %6.0f GFLOP/s", st[i].gflop,
+                        st[i].seconds > 0 ? st[i].gflop / st[i].seconds : 0.0);
+            fputc('\n', stderr);
+        }
 }
 
 int cli_job_setup(ldm_job *j) {

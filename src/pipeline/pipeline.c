@@ -97,7 +97,13 @@ int ldm_pipeline_load(ldm_pipeline *p, ldm_backend *be) {
     if (p->be) return ldm_error("pipeline: models already loaded");
     const ldm_bundle *b = p->bundle;
     p->be = be;
-    if (!(p->clip = ldm_clip_load(b, be)) || !(p->unet = ldm_unet_load(b, be)) ||
+    /* the text encoder runs in fp32 (see ldm_pipeline_encode_text): loaded so, the backend
+     * prepares no bf16 panels for it */
+    int prec = be->opts.precision;
+    be->opts.precision = LDM_PRECISION_FP32;
+    p->clip = ldm_clip_load(b, be);
+    be->opts.precision = prec;
+    if (!p->clip || !(p->unet = ldm_unet_load(b, be)) ||
         !(p->vae = ldm_vae_load(b, be)))
         goto fail;
     const int lc = ldm_vae_latent_channels(p->vae), uin = ldm_unet_in_channels(p->unet);
@@ -633,7 +639,7 @@ static int check_finite(const float *x, size_t n, const char *what) {
 
 ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_result *res) {
     memset(res, 0, sizeof *res);
-    double t0 = now_s();
+    double t0 = now_s(), f0 = ldm_backend_gflop(p->be);
     if (!p->unet) return ldm_error("pipeline: models not loaded (ldm_pipeline_load)"), LDM_RUNTIME;
     int W, H;
     if (check_params(p, prm, &res->sched, &W, &H)) return ldm_last_status();
@@ -705,8 +711,9 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
         const float *src = (cfg && i < B) ? emb : emb + TD;
         memcpy(ctx + i * TD, src, TD * sizeof(float));
     }
-    double t1 = now_s();
+    double t1 = now_s(), f1 = ldm_backend_gflop(p->be);
     res->t_text = t1 - t0;
+    res->gflop_text = f1 - f0;
 
     /* ---- latents ---- */
     if (!(s = ldm_sched_new(&res->sched, prm->steps))) goto done;
@@ -775,8 +782,9 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
         res->latents_final = ldm_xmalloc(sizeof(float) * n);
         memcpy(res->latents_final, x, sizeof(float) * n);
     }
-    double t2 = now_s();
+    double t2 = now_s(), f2 = ldm_backend_gflop(p->be);
     res->t_sampling = t2 - t1;
+    res->gflop_sampling = f2 - f1;
     if (prm->interrupt && *prm->interrupt) {
         res->interrupted = 1;
         ldm_error_kind(LDM_INTERRUPTED, "interrupted before decoding");
@@ -798,6 +806,7 @@ ldm_status ldm_generate(ldm_pipeline *p, const ldm_gen_params *prm, ldm_gen_resu
     }
     double t3 = now_s();
     res->t_decode = t3 - t2;
+    res->gflop_decode = ldm_backend_gflop(p->be) - f2;
     res->t_total = t3 - t0;
     rc = 0;
 done:

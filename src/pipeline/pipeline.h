@@ -157,6 +157,7 @@ typedef struct ldm_gen_result {
     int latent_channels, latent_h, latent_w;
     int unet_evaluations;      /* timesteps run (PNDM: steps + 1; image to image: the cut schedule) */
     double t_text, t_sampling, t_decode, t_total;   /* seconds */
+    double gflop_text, gflop_sampling, gflop_decode; /* the products' work in each */
     int prompt_truncated, negative_truncated;
     int text_tokens;           /* the UNet's context length (77 * chunks) */
     int pad_conds;             /* prompt and negative padded to the same chunks (the
