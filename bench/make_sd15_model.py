@@ -90,6 +90,10 @@ def main():
     cfg.setdefault("clip_sample", False)
     with open(spath, "w") as f:
         json.dump(cfg, f, indent=2)
+    # transformers 5 saves only tokenizer.json; older readers (OpenVINO's optimum-intel with
+    # transformers 4) want the slow tokenizer's files too
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(CLIP_DIR, name), os.path.join(out, "tokenizer", name))
     n = lambda m: sum(p.numel() for p in m.parameters())
     print(f"{out}: unet {n(unet)/1e6:.1f}M, vae {n(vae)/1e6:.1f}M, text {n(text)/1e6:.1f}M params (fp16)")
 

@@ -11,8 +11,14 @@ THREADS (INFERENCE_NUM_THREADS).  Prints its timings in the words of `ldmgen -v`
 
     openvino_pipeline.py MODEL_DIR OV_DIR WIDTH HEIGHT STEPS GUIDANCE SEED THREADS OUT.png PROMPT PRECISION
 
-Install (a separate environment: optimum-intel pins an older huggingface-hub than diffusers
-0.42): python3 -m venv /opt/ovenv && /opt/ovenv/bin/pip install "optimum-intel[openvino]"
+Install (a separate environment: optimum-intel 2.2 pins an older huggingface-hub than
+diffusers 0.42 needs; measured with the environment below, which borrows torch from the
+diffusers one through a .pth file):
+    python3 -m venv /opt/ovenv
+    echo /opt/curenv/lib/python3.11/site-packages > /opt/ovenv/lib/python3.11/site-packages/curenv.pth
+    /opt/ovenv/bin/pip install --no-deps optimum-intel==2.2.0 optimum==2.3.0 openvino==2026.4.1 \
+        openvino-tokenizers openvino-telemetry diffusers==0.35.2 transformers==4.57.1 \
+        huggingface-hub==0.36.0 protobuf
 """
 import os
 import sys

@@ -914,11 +914,26 @@ int ldm_gemm(const gemm_job *j, int precision) {
     /* When the other operand fits one chunk (small images, few tokens), it is packed once
      * for the whole K, shared by the tasks, instead of once per task. */
     const int shared = odim <= chunk && target > 1;
-    int tw = (wunits + 7) / 8, tn = 1;
-    if (shared || tw >= target) tw = wunits < target ? wunits : target;
-    else {
-        tn = (target + tw - 1) / tw;
-        if (tn > ounits) tn = ounits;
+    int tw = 1, tn = 1;
+    if (shared) {
+        tw = wunits < target ? wunits : target;
+    } else {
+        /* Each task packs its weight range once per k block and each chunk of its other
+         * range: over all tasks tn copies of the weight and tw of the other operand.  Take
+         * the grid of about `target` tasks that packs least (a transposing pack counts
+         * twice), with a task's weight block within 1 MiB (L2). */
+        double wsize = (double)wdim * K, osize = (double)odim * K;
+        double cw = 2.0, co = j->weight_is_a && j->b.kind != GEMM_B_NK_F16 ? 1.0 : 2.0;
+        double best = -1;
+        int tmax = wunits < target ? wunits : target;
+        for (int a = 1; a <= tmax; a++) {
+            int b = (target + a - 1) / a;
+            if (b > ounits) b = ounits;
+            double rows = (double)wdim / a;
+            if (a < tmax && rows * kc_max * 4.0 > 1048576.0) continue;
+            double cost = b * wsize * cw + a * osize * co;
+            if (best < 0 || cost < best) { best = cost; tw = a; tn = b; }
+        }
     }
     lim = j->weight_is_a ? mc_limit : nc_limit;
     if (lim > 0) {
