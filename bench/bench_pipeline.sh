@@ -91,6 +91,9 @@ measure() {
     wait $job
 }
 
+# skip TOOL SIZE WHY: the tool is not installed: say so, and a table row that says so.
+skip() { echo "== $1-$2: skipped ($3)" >&2; echo "| $1 | ${2}x$2 | skipped: $3 ||||||||||" >> "$TABLE"; }
+
 warm() { [ "$REPORT_ONLY" = 1 ] || find "$@" -type f -exec cat {} + > /dev/null 2>&1; }
 
 # report TOOL SIZE TAG LOADED_RE TEXT_RE SAMPLING_RE DECODE_RE: one table row from the files.
@@ -179,8 +182,7 @@ for size in $SIZES; do
         diffusers|diffusers-bf16)
             dt=float32; [ $tool = diffusers-bf16 ] && dt=bfloat16
             if [ ! -x "$PY" ] || ! "$PY" -c 'import diffusers' 2>/dev/null || [ ! -d "$MODEL" ]; then
-                echo "== $tag: skipped ($PY with diffusers, or the folder $MODEL, missing: pip install torch diffusers transformers; bench/run.sh makes the folder)" >&2
-                echo "| $tool | ${size}x$size | skipped: no diffusers at $PY or no $MODEL ||||||||||" >> "$TABLE"
+                skip $tool $size "no diffusers at $PY (pip install torch diffusers transformers) or no $MODEL (bench/run.sh makes it)"
                 continue
             fi
             warm "$MODEL"
@@ -192,8 +194,7 @@ for size in $SIZES; do
         openvino|openvino-bf16)
             hint=f32; [ $tool = openvino-bf16 ] && hint=bf16
             if [ ! -x "$OVPY" ] || ! "$OVPY" -c 'import optimum.intel' 2>/dev/null || [ ! -d "$MODEL" ]; then
-                echo "== $tag: skipped (no optimum-intel at $OVPY: see bench/openvino_pipeline.py for the install)" >&2
-                echo "| $tool | ${size}x$size | skipped: no optimum-intel at $OVPY or no $MODEL ||||||||||" >> "$TABLE"
+                skip $tool $size "no optimum-intel at $OVPY (its install: bench/openvino_pipeline.py) or no $MODEL"
                 continue
             fi
             warm "$MODEL"
@@ -205,8 +206,7 @@ for size in $SIZES; do
         sdcpp|sdcpp-mmap)
             local_mmap=; [ $tool = sdcpp-mmap ] && local_mmap=--mmap
             if [ -z "$SDCPP" ] || [ ! -x "$SDCPP" ]; then
-                echo "== $tag: skipped (set SDCPP to stable-diffusion.cpp's sd-cli binary)" >&2
-                echo "| $tool | ${size}x$size | skipped: SDCPP not set or not executable ||||||||||" >> "$TABLE"
+                skip $tool $size "SDCPP not set to stable-diffusion.cpp's sd-cli binary"
                 continue
             fi
             warm "$MODEL"

@@ -401,24 +401,73 @@ const char *ldm_gemm_bf16_isa(void) {
     }
 }
 
+#ifdef GEMM_X86
+/* The two conversions of a 16-value run with AVX-512: the same bits as bf16_round. */
+static __attribute__((target("avx512f,avx512bw"))) inline __m512i bf16_lo(__m512 x) {
+    /* round to nearest even, result in the low 16 bits of each 32-bit lane; a NaN stays a
+     * (quiet) NaN, as in bf16_round */
+    __m512i u = _mm512_castps_si512(x);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    return _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+}
+/* d[0..31] = bf16 of src[0..n-1] (fp16 or fp32), zeros after. */
+static __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void bf16_row32_avx512(
+    uint16_t *d, const void *src, int f16, int n) {
+    int n0 = n < 16 ? n : 16, n1 = n - 16 > 0 ? n - 16 : 0;
+    __mmask16 m0 = (__mmask16)((1u << n0) - 1), m1 = (__mmask16)((1u << n1) - 1);
+    __m512 x0, x1;
+    if (f16) {
+        const uint16_t *h = src;
+        x0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, h));
+        x1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, h + 16));
+    } else {
+        const float *f = src;
+        x0 = _mm512_maskz_loadu_ps(m0, f);
+        x1 = _mm512_maskz_loadu_ps(m1, f + 16);
+    }
+    _mm256_storeu_si256((__m256i *)d, _mm512_cvtepi32_epi16(bf16_lo(x0)));
+    _mm256_storeu_si256((__m256i *)(d + 16), _mm512_cvtepi32_epi16(bf16_lo(x1)));
+}
+/* d[2c] = bf16(r0[c]), d[2c+1] = bf16(r1[c]), c < 16; a NULL row is zeros. */
+static __attribute__((target("avx512f,avx512bw"))) void vnni16_avx512(uint16_t *d, const float *r0,
+                                                                     const float *r1) {
+    __m512 a = r0 ? _mm512_loadu_ps(r0) : _mm512_setzero_ps();
+    __m512 b = r1 ? _mm512_loadu_ps(r1) : _mm512_setzero_ps();
+    _mm512_storeu_si512(d, _mm512_or_si512(bf16_lo(a), _mm512_slli_epi32(bf16_lo(b), 16)));
+}
+#endif
+
+static void bf16_row32(uint16_t *d, const void *src, int f16, int n) {
+#ifdef GEMM_X86
+    if (isa_fp32 == ISA_AVX512) { bf16_row32_avx512(d, src, f16, n); return; }
+#endif
+    for (int i = 0; i < n; i++)
+        d[i] = bf16_round(f16 ? ldm_f16_to_f32(((const uint16_t *)src)[i]) : ((const float *)src)[i]);
+    for (int i = n; i < BT; i++) d[i] = 0;
+}
+static void vnni16(uint16_t *d, const float *r0, const float *r1) {
+#ifdef GEMM_X86
+    if (isa_fp32 == ISA_AVX512) { vnni16_avx512(d, r0, r1); return; }
+#endif
+    for (int c = 0; c < 16; c++) {
+        d[2 * c] = r0 ? bf16_round(r0[c]) : 0;
+        d[2 * c + 1] = r1 ? bf16_round(r1[c]) : 0;
+    }
+}
+
 /* A panels from rows (fp16 or fp32): rows < nrows, k < kc of the block (else 0). */
-static void pack_a_bf16(uint16_t *dst, const void *src, int f16, size_t ld, int nrows, int k0, int kc) {
+static void pack_a_bf(uint16_t *dst, const void *src, int f16, size_t ld, int nrows, int k0, int kc) {
     int panels = (nrows + BT - 1) / BT, nks = (kc + BT - 1) / BT;
+    const size_t esize = f16 ? sizeof(uint16_t) : sizeof(float);
     for (int ip = 0; ip < panels; ip++)
         for (int s = 0; s < nks; s++)
             for (int r = 0; r < BT; r++) {
                 uint16_t *d = dst + (((size_t)ip * nks + s) * 2 + r / 16) * 512 + (size_t)(r % 16) * 32;
                 int row = ip * BT + r, kb = s * BT, n = kc - kb < BT ? kc - kb : BT;
-                if (row >= nrows) { memset(d, 0, 64); continue; }
-                size_t base = (size_t)row * ld + (size_t)(k0 + kb);
-                if (f16) {
-                    const uint16_t *h = (const uint16_t *)src + base;
-                    for (int i = 0; i < n; i++) d[i] = bf16_round(ldm_f16_to_f32(h[i]));
-                } else {
-                    const float *f = (const float *)src + base;
-                    for (int i = 0; i < n; i++) d[i] = bf16_round(f[i]);
-                }
-                for (int i = n; i < BT; i++) d[i] = 0;
+                if (row >= nrows) { memset(d, 0, BT * sizeof *d); continue; }
+                bf16_row32(d, (const char *)src + ((size_t)row * ld + (size_t)(k0 + kb)) * esize, f16, n);
             }
 }
 
@@ -427,81 +476,16 @@ static void vnni_from_panels(uint16_t *dst, const float *P, int ncols, int kc) {
     int panels = (ncols + BT - 1) / BT, nks = (kc + BT - 1) / BT;
     for (int jp = 0; jp < panels; jp++)
         for (int s = 0; s < nks; s++)
-            for (int t = 0; t < 2; t++) {
-                uint16_t *d = dst + (((size_t)jp * nks + s) * 2 + t) * 512;
+            for (int t = 0; t < 2; t++)
                 for (int r = 0; r < 16; r++) {
                     int k = s * BT + 2 * r;
                     const float *r0 = P + ((size_t)jp * kc + k) * NR + 16 * t;
-                    const float *r1 = r0 + NR;
-                    for (int c = 0; c < 16; c++) {
-                        d[r * 32 + 2 * c] = k < kc ? bf16_round(r0[c]) : 0;
-                        d[r * 32 + 2 * c + 1] = k + 1 < kc ? bf16_round(r1[c]) : 0;
-                    }
+                    vnni16(dst + (((size_t)jp * nks + s) * 2 + t) * 512 + r * 32, k < kc ? r0 : NULL,
+                           k + 1 < kc ? r0 + NR : NULL);
                 }
-            }
 }
 
 #ifdef GEMM_X86
-/* The same two conversions with AVX-512 (identical bits: the same rounding). */
-static __attribute__((target("avx512f,avx512bw"))) inline __m512i bf16_lo(__m512 x) {
-    /* round to nearest even, result in the low 16 bits of each 32-bit lane (no NaNs here:
-     * the products are checked for finite values by the model code's callers) */
-    __m512i u = _mm512_castps_si512(x);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    return _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-}
-static __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void
-pack_a_bf16_avx512(uint16_t *dst, const void *src, int f16, size_t ld, int nrows, int k0, int kc) {
-    int panels = (nrows + BT - 1) / BT, nks = (kc + BT - 1) / BT;
-    for (int ip = 0; ip < panels; ip++)
-        for (int s = 0; s < nks; s++)
-            for (int r = 0; r < BT; r++) {
-                uint16_t *d = dst + (((size_t)ip * nks + s) * 2 + r / 16) * 512 + (size_t)(r % 16) * 32;
-                int row = ip * BT + r, kb = s * BT, n = kc - kb < BT ? kc - kb : BT;
-                if (row >= nrows) { _mm512_storeu_si512(d, _mm512_setzero_si512()); continue; }
-                size_t base = (size_t)row * ld + (size_t)(k0 + kb);
-                int n0 = n < 16 ? n : 16, n1 = n - 16 > 0 ? n - 16 : 0;
-                __mmask16 m0 = (__mmask16)((1u << n0) - 1), m1 = (__mmask16)((1u << n1) - 1);
-                __m512 x0, x1;
-                if (f16) {
-                    const uint16_t *h = (const uint16_t *)src + base;
-                    x0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, h));
-                    x1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, h + 16));
-                } else {
-                    const float *f = (const float *)src + base;
-                    x0 = _mm512_maskz_loadu_ps(m0, f);
-                    x1 = _mm512_maskz_loadu_ps(m1, f + 16);
-                }
-                _mm256_storeu_si256((__m256i *)d, _mm512_cvtepi32_epi16(bf16_lo(x0)));
-                _mm256_storeu_si256((__m256i *)(d + 16), _mm512_cvtepi32_epi16(bf16_lo(x1)));
-            }
-}
-static __attribute__((target("avx512f,avx512bw"))) void vnni_from_panels_avx512(uint16_t *dst,
-                                                                               const float *P,
-                                                                               int ncols, int kc) {
-    int panels = (ncols + BT - 1) / BT, nks = (kc + BT - 1) / BT;
-    for (int jp = 0; jp < panels; jp++)
-        for (int s = 0; s < nks; s++)
-            for (int t = 0; t < 2; t++) {
-                uint16_t *d = dst + (((size_t)jp * nks + s) * 2 + t) * 512;
-                for (int r = 0; r < 16; r++) {
-                    int k = s * BT + 2 * r;
-                    const float *r0 = P + ((size_t)jp * kc + k) * NR + 16 * t;
-                    __m512 a = k < kc ? _mm512_loadu_ps(r0) : _mm512_setzero_ps();
-                    __m512 b = k + 1 < kc ? _mm512_loadu_ps(r0 + NR) : _mm512_setzero_ps();
-                    __m512i w = _mm512_or_si512(bf16_lo(a), _mm512_slli_epi32(bf16_lo(b), 16));
-                    _mm512_storeu_si512(d + r * 32, w);
-                }
-            }
-}
-
-static __attribute__((target("avx512f,avx512bw"))) void vnni_pair_avx512(uint16_t *d, const float *r0,
-                                                                        const float *r1) {
-    __m512 a = r0 ? _mm512_loadu_ps(r0) : _mm512_setzero_ps();
-    __m512 b = r1 ? _mm512_loadu_ps(r1) : _mm512_setzero_ps();
-    _mm512_storeu_si512(d, _mm512_or_si512(bf16_lo(a), _mm512_slli_epi32(bf16_lo(b), 16)));
-}
-
 /* AMX: C tile 32x32 = 2x2 tiles of 16x16 fp32 (tmm0-3), A tiles tmm4-5, B tiles tmm6-7. */
 typedef struct {
     uint8_t palette, start_row, reserved[14];
@@ -601,19 +585,6 @@ static __attribute__((target("avx512f"))) void tile_to_c(float *C, size_t ldc, c
 }
 #endif
 
-static void pack_a_bf(uint16_t *dst, const void *src, int f16, size_t ld, int nrows, int k0, int kc) {
-#ifdef GEMM_X86
-    if (isa_fp32 == ISA_AVX512) { pack_a_bf16_avx512(dst, src, f16, ld, nrows, k0, kc); return; }
-#endif
-    pack_a_bf16(dst, src, f16, ld, nrows, k0, kc);
-}
-static void vnni_bf(uint16_t *dst, const float *P, int ncols, int kc) {
-#ifdef GEMM_X86
-    if (isa_fp32 == ISA_AVX512) { vnni_from_panels_avx512(dst, P, ncols, kc); return; }
-#endif
-    vnni_from_panels(dst, P, ncols, kc);
-}
-
 size_t ldm_gemm_bf16_prep_elems(int rows, int K) {
     return (size_t)((rows + BT - 1) / BT) * BT * (size_t)((K + BT - 1) / BT) * BT;
 }
@@ -643,7 +614,7 @@ void ldm_gemm_bf16_prepare(uint16_t *dst, const uint16_t *w, int rows, int K, in
     for (int jp = 0; jp * BT < rows; jp++) {
         int nr = rows - jp * BT < BT ? rows - jp * BT : BT;
         pack_t(isa_fp32, tmp, NR, w + (size_t)jp * BT * K, 1, (size_t)K, nr, 0, K);
-        vnni_bf(dst + (size_t)jp * nks * 1024, tmp, nr, K);
+        vnni_from_panels(dst + (size_t)jp * nks * 1024, tmp, nr, K);
     }
     free(tmp);
 }
@@ -699,20 +670,13 @@ static void pack_a_block(const gctx *g, float *Ap, int m0, int mrows, int k0, in
  * ones (b_floats); *out points at what the kernels read. */
 /* Two k rows of B (buf: [panel][rows][32] fp32, rows 0..2; missing rows are zero) into the
  * VNNI panels at k step kk/32, pair (kk%32)/2. */
-static void vnni_rows(int isa, uint16_t *V, const float *buf, int panels, int nks, int kk, int rows) {
+static void vnni_rows(uint16_t *V, const float *buf, int panels, int nks, int kk, int rows) {
     int s = kk / BT, r = (kk % BT) / 2;
     for (int jp = 0; jp < panels; jp++)
         for (int t = 0; t < 2; t++) {
-            uint16_t *d = V + (((size_t)jp * nks + s) * 2 + t) * 512 + (size_t)r * 32;
-            const float *r0 = buf + ((size_t)jp * rows) * NR + 16 * t, *r1 = r0 + NR;
-#ifdef GEMM_X86
-            if (isa == ISA_AVX512) { vnni_pair_avx512(d, rows > 0 ? r0 : NULL, rows > 1 ? r1 : NULL); continue; }
-#endif
-            (void)isa;
-            for (int c = 0; c < 16; c++) {
-                d[2 * c] = rows > 0 ? bf16_round(r0[c]) : 0;
-                d[2 * c + 1] = rows > 1 ? bf16_round(r1[c]) : 0;
-            }
+            const float *r0 = buf + ((size_t)jp * rows) * NR + 16 * t;
+            vnni16(V + (((size_t)jp * nks + s) * 2 + t) * 512 + (size_t)r * 32, rows > 0 ? r0 : NULL,
+                   rows > 1 ? r0 + NR : NULL);
         }
 }
 
@@ -738,7 +702,7 @@ static void pack_b_vnni(const gctx *g, uint16_t *V, int j0, int ncols, int k0, i
             }
             pack_zero_tail(buf, rows, ncols, panels * NR);
         }
-        vnni_rows(g->isa, V, buf, panels, nks, kk, rows);
+        vnni_rows(V, buf, panels, nks, kk, rows);
     }
 }
 
@@ -771,7 +735,7 @@ static void pack_b_block(const gctx *g, float *Bp, int j0, int ncols, int k0, in
     }
     if (!g->bf) { *out = Bp; return; }
     uint16_t *V = (uint16_t *)(Bp + (size_t)((ncols + NR - 1) / NR) * NR * kc);
-    vnni_bf(V, Bp, ncols, kc);
+    vnni_from_panels(V, Bp, ncols, kc);
     *out = V;
 }
 
