@@ -86,7 +86,7 @@ $(BUILD)/tests/%: tests/%.c tests/test.h tests/model_test_util.h $(BUILD)/libldm
 $(BUILD)/obj $(BUILD)/cuda $(BUILD)/tests:
 	mkdir -p $@
 
-test: $(PROGS) $(TEST_BIN)
+test: $(PROGS) $(TEST_BIN) $(BUILD)/tests/gpu_fullsize
 	tests/run.sh $(BUILD)
 
 asan:

@@ -130,6 +130,7 @@ typedef struct cuda_state {
     cublasHandle_t cublas;
     cudnnHandle_t cudnn;
     cudaDeviceProp prop;
+    char isa[256]; /* "NVIDIA H200 (sm_90)": the record's isa */
     size_t smem_optin;   /* largest dynamic shared memory a block may opt in to */
     dev_scratch xh;      /* fp16 copy of a linear/conv input */
     dev_scratch yh;      /* fp16 conv result */
@@ -1189,6 +1190,7 @@ static int cuda_init(ldm_backend *be) {
     if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0)) != cudaSuccess)
         return init_failed(be, "CUDA backend: device 0: shared memory attribute: %s", cudaGetErrorString(e));
     st->smem_optin = optin > 0 ? (size_t)optin : (size_t)48 << 10;
+    snprintf(st->isa, sizeof st->isa, "%.200s (sm_%d%d)", st->prop.name, st->prop.major, st->prop.minor);
     cublasStatus_t bs = cublasCreate(&st->cublas);
     if (bs != CUBLAS_STATUS_SUCCESS) {
         st->cublas = NULL;
@@ -1207,6 +1209,13 @@ static int cuda_init(ldm_backend *be) {
     return 0;
 }
 
+/* What the record's "isa" says for this backend: the GPU and its compute capability, e.g.
+ * "NVIDIA H200 (sm_90)", so the history names the GPU an image was made on. */
+static const char *cuda_isa_name(ldm_backend *be) {
+    cuda_state *st = G(be);
+    return st && st->isa[0] ? st->isa : "cuda";
+}
+
 extern "C" const ldm_backend_ops ldm_backend_ops_cuda = {
     "cuda",
     0,
@@ -1220,7 +1229,7 @@ extern "C" const ldm_backend_ops ldm_backend_ops_cuda = {
     cuda_prepare_weights,
     cuda_release_weights,
     NULL, /* precision_name: the record says "fp32" and the backend "cuda" */
-    NULL, /* isa_name */
+    cuda_isa_name,
 #define LDM_X(name, params, args) cuda_##name,
     LDM_OPS(LDM_X)
 #undef LDM_X

@@ -37,6 +37,24 @@ expect_fail "LDM_TEST_FAIL_OP=abc" 2 'LDM_TEST_FAIL_OP=abc' env LDM_TEST_FAIL_OP
 expect_fail "LDM_BACKEND=tpu" 2 'LDM_BACKEND=tpu' env LDM_BACKEND=tpu "$GEN" --bundle "$B1" -o "$OUT/g.png" x
 rm -f "$OUT"/*
 
+# ---- --device auto|cpu|cuda (and LDM_BACKEND=auto) ----
+expect_fail "--device tpu" 2 'device "tpu": expected auto, cpu or cuda' "$GEN" --bundle "$B1" --device tpu -o "$OUT/g.png" x
+LDM_BACKEND=cuda "$GEN" --bundle "$B1" --no-history --device cpu -n 1 --seed 1 -q -o "$OUT/d.png" x 2>"$TMP/err"
+check "--device cpu overrides LDM_BACKEND=cuda: $(cat "$TMP/err")" [ -s "$OUT/d.png" ]
+LDM_BACKEND=auto "$GEN" --bundle "$B1" --no-history -n 1 --seed 1 -q -o "$OUT/a.png" x 2>"$TMP/err"
+check "LDM_BACKEND=auto: $(cat "$TMP/err")" [ -s "$OUT/a.png" ]
+if ! nvidia-smi -L >/dev/null 2>&1; then
+    # no GPU here: asking for CUDA is an error that names it, and nothing is written
+    "$GEN" --bundle "$B1" --db "$TMP/dev.db" --device cuda -n 1 --seed 1 -o "$OUT/c.png" x >/dev/null 2>"$TMP/err"
+    rc=$?
+    check "--device cuda without a GPU: exit 1 (got $rc)" [ "$rc" -eq 1 ]
+    check "--device cuda without a GPU: the message names CUDA: $(cat "$TMP/err")" grep -qiE 'cuda' "$TMP/err"
+    check "--device cuda without a GPU: no PNG" [ ! -e "$OUT/c.png" ]
+    "$GEN" --bundle "$B1" --no-history --device auto -n 1 --seed 1 -q -o "$OUT/c.png" x 2>"$TMP/err"
+    check "--device auto without a GPU runs on the CPU: $(cat "$TMP/err")" [ -s "$OUT/c.png" ]
+fi
+rm -f "$OUT"/*
+
 # ---- -v: the per-op profile ----
 LDM_BACKEND=cpu "$GEN" --bundle "$B1" --no-history -n 1 --seed 1 -v -o "$OUT/v.png" x >/dev/null 2>"$TMP/err"
 check "-v: per-op profile" grep -q 'per-op profile (cpu backend' "$TMP/err"

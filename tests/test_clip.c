@@ -14,7 +14,7 @@
 #include "model/model.h"
 #include "backend/ops.h"
 
-#define TOL 1e-4
+#define TOL mt_tol(1e-4) /* see model_test_util.h */
 #define N_PROMPTS 12
 
 static void ids_from(const ldm_safetensors *st, int i, int32_t *ids, int T) {

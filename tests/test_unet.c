@@ -16,7 +16,7 @@
 #include "backend/ops.h"
 #include "app/pack.h"
 
-#define TOL 1e-4
+#define TOL mt_tol(1e-4) /* see model_test_util.h */
 
 static ldm_unet *open_unet(const char *bundle_path, ldm_bundle **pb) {
     *pb = ldm_bundle_open(bundle_path);

@@ -13,7 +13,7 @@
 #include "model/model.h"
 #include "backend/ops.h"
 
-#define TOL 1e-4
+#define TOL mt_tol(1e-4) /* see model_test_util.h */
 
 static ldm_vae *open_vae(const char *bundle_path, ldm_bundle **pb) {
     *pb = ldm_bundle_open(bundle_path);

@@ -269,6 +269,10 @@ static void make_record(const run_state *r, const ldm_gen_params *prm, int idx, 
     ldm_record_set(&m->backend, r->be ? ldm_backend_name(r->be) : "");
     ldm_record_set(&m->precision, r->be ? ldm_backend_precision_name(r->be) : "fp32");
     ldm_record_set(&m->isa, r->be ? ldm_backend_isa_name(r->be) : NULL);
+    if (r->be) {
+        snprintf(r->j->backend_used, sizeof r->j->backend_used, "%s", ldm_backend_name(r->be));
+        snprintf(r->j->isa_used, sizeof r->j->isa_used, "%s", ldm_backend_isa_name(r->be));
+    }
     if (r->init) {
         m->strength = prm->strength;
         ldm_record_set(&m->init_image_sha256, r->init_sha);
@@ -457,7 +461,7 @@ static ldm_status run_batch(run_state *r) {
         ldm_log(2, "%s, %d steps (%d UNet evaluations), %dx%d, seed %llu\n",
                 ldm_sched_a1111_name(&res.sched), prm.steps, res.unet_evaluations, res.width,
                 res.height, (unsigned long long)prm.seed);
-        ldm_log(2, "time: text %.2f s, sampling %.2f s, decode %.2f s, total %.2f s\n", res.t_text,
+        ldm_log(2, "time: text %.3f s, sampling %.3f s, decode %.3f s, total %.3f s\n", res.t_text,
                 res.t_sampling, res.t_decode, res.t_total);
         ldm_log(2, "products: sampling %.1f GFLOP (%.0f GFLOP/s), decode %.1f GFLOP (%.0f GFLOP/s)\n",
                 res.gflop_sampling, res.t_sampling > 0 ? res.gflop_sampling / res.t_sampling : 0.0,
@@ -868,6 +872,7 @@ void ldm_session_close(ldm_session *ss) {
 ldm_status ldm_job_run(ldm_job *j) {
     j->history_lost = 0;
     j->png_sha256[0] = 0;
+    j->backend_used[0] = j->isa_used[0] = 0;
     ldm_status rc = check_job(j);
     if (rc) return rc;
     ldm_session *ss = ldm_session_open(j);

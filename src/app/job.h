@@ -96,6 +96,8 @@ typedef struct ldm_job {
     void *skip_user;
     /* results */
     char png_sha256[65];        /* SHA-256 of the (last) PNG written */
+    char backend_used[16];      /* the backend that ran: "cpu" or "cuda" ("" before any) */
+    char isa_used[256];         /* and its instruction set or GPU (the record's isa) */
     uint64_t seed_used;
     int history_lost;           /* some history was not recorded */
     int skipped;                /* the skip hook said so: nothing was done */

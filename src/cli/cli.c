@@ -84,15 +84,18 @@ int cli_bundle_path(const char *opt, char *buf, size_t n) {
                      "--bundle FILE or LDM_BUNDLE", list);
 }
 
+const char *cli_device;   /* --device: "auto", "cpu" or "cuda"; NULL: LDM_BACKEND, else auto */
+
 int cli_backend_env(const char **backend, long *fail_op) {
     *backend = NULL;
     *fail_op = 0;
     const char *b = getenv("LDM_BACKEND");
-    if (b && *b) {
-        if (strcmp(b, "cpu") && strcmp(b, "cuda"))
-            return ldm_error_kind(LDM_USAGE, "LDM_BACKEND=%s: expected cpu or cuda", b);
-        *backend = b;
+    if (b && *b && !cli_device) {
+        if (strcmp(b, "auto") && strcmp(b, "cpu") && strcmp(b, "cuda"))
+            return ldm_error_kind(LDM_USAGE, "LDM_BACKEND=%s: expected auto, cpu or cuda", b);
+        *backend = strcmp(b, "auto") ? b : NULL;
     }
+    if (cli_device) *backend = strcmp(cli_device, "auto") ? cli_device : NULL;
     const char *f = getenv("LDM_TEST_FAIL_OP");
     if (f && *f) {
         char *end;

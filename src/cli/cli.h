@@ -31,6 +31,7 @@ int cli_bundle_path(const char *opt, char *buf, size_t n);
 
 /* Options from the environment for a backend: LDM_BACKEND (cpu|cuda), the fault
  * injection LDM_TEST_FAIL_OP=K.  *backend is NULL for "choose". */
+extern const char *cli_device;
 int cli_backend_env(const char **backend, long *fail_op);
 
 #endif

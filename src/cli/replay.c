@@ -35,6 +35,8 @@ static const char REPLAY_USAGE[] =
     "      --init-img FILE   the init image of an image-to-image generation (default: its\n"
     "                        copy beside the history, else its recorded path)\n"
     "      --mask FILE       the mask of an inpainting generation (default: likewise)\n"
+    "      --device D        auto, cpu or cuda (default: the recorded backend when usable;\n"
+    "                        on another backend the pixels differ and replay says by how much)\n"
     "  -q, --quiet           print errors only;  -v, --verbose  print details\n"
     "Exit status: 0 identical, 1 different or error, 2 usage error, 130 interrupted.\n";
 
@@ -136,7 +138,7 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         {"no-cache", no_argument, 0, 'C'},     {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},      {"help", no_argument, 0, 'h'},
         {"init-img", required_argument, 0, 'I'}, {"overwrite", no_argument, 0, 'W'},
-        {"mask", required_argument, 0, 'M'},
+        {"mask", required_argument, 0, 'M'},   {"device", required_argument, 0, 'E'},
         {0, 0, 0, 0},
     };
     const char *out = NULL, *bundle = NULL, *db_opt = NULL, *init_opt = NULL, *mask_opt = NULL;
@@ -153,6 +155,13 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
         case 'I': init_opt = optarg; break;
         case 'M': mask_opt = optarg; break;
         case 'W': overwrite = 1; break;
+        case 'E':
+            if (strcmp(optarg, "auto") && strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) {
+                fprintf(stderr, "ldmgen replay: device \"%s\": expected auto, cpu or cuda\n", optarg);
+                return 2;
+            }
+            cli_device = optarg;
+            break;
         case 'q': cli_verbosity = 0; break;
         case 'v': cli_verbosity = 2; break;
         case 'h': fputs(REPLAY_USAGE, stdout); return 0;
@@ -273,6 +282,8 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
     j.refuse_existing = !overwrite;
     j.numbered = !out;
     if (cli_job_setup(&j)) { rc = err(NULL, LDM_USAGE); goto done; }
+    /* no --device or LDM_BACKEND: the recorded backend (CUDA only when usable) */
+    if (!j.backend && m.backend && !strcmp(m.backend, "cpu")) j.backend = "cpu";
     char written[4096] = "";
     j.hooks.written = note_written;   /* the verdict below names the file */
     j.hooks.user = written;
@@ -300,6 +311,14 @@ int cli_replay(int argc, char **argv, const volatile int *interrupt) {
     char label[4200];
     if (by_id) snprintf(label, sizeof label, "generation %lld", id);
     else snprintf(label, sizeof label, "%s", what);
+    /* another backend (or another GPU) computes in another order: say so with the difference */
+    int across = m.backend && m.backend[0] && j.backend_used[0] &&
+                 (strcmp(m.backend, j.backend_used) ||
+                  (!strcmp(m.backend, "cuda") && m.isa && strcmp(m.isa, j.isa_used)));
+    if (across && strcmp(orig_sha, j.png_sha256))
+        fprintf(stderr, "ldmgen replay: comparing across backends: %s was made on %s (%s), replayed on "
+                "%s (%s); images agree only within the backends' rounding\n", label, m.backend,
+                m.isa ? m.isa : "not recorded", j.backend_used, j.isa_used);
     if (!orig_sha[0]) {
         fprintf(stderr, "ldmgen replay: %s: generation %lld is '%s' and has no recorded PNG to compare with\n",
                 written, id, status);
