@@ -13,7 +13,7 @@
 # data set needs one copy of each emoji. Captions come from train/captions.py (token ids are
 # computed once and cached next to the data set, so the GPU run does not tokenize).
 # The pipeline folder (fp16 safetensors) is written to --out; with --out-tar PREFIX it is also
-# written as a tar split into 15 MiB parts PREFIX00, PREFIX01, ... (files the device tool returns).
+# written as a tar split into parts just under 16 MiB, PREFIX00, PREFIX01, ... (files the device tool returns).
 #
 #   python train/make_dataset.py --variants 1 --out build/emoji-data/emoji64.npz
 #   python train/train.py all --data build/emoji-data/emoji64.npz --minutes 7 --out build/emoji-model
@@ -192,7 +192,7 @@ def strip_source_paths(folder):
 
 def save_pipeline(pipe, out, tar_prefix=None):
     """Writes the pipeline folder with fp16 weights (tmp name, then rename); with tar_prefix
-    also as a tar split into 15 MiB parts."""
+    also as a tar split into parts just under 16 MiB."""
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
@@ -356,7 +356,7 @@ def main():
     ap.add_argument("--data", default="build/emoji-data/emoji64.npz")
     ap.add_argument("--work", default="build/emoji-work", help="where the vae stage writes its VAE")
     ap.add_argument("--out", default="build/emoji-model")
-    ap.add_argument("--out-tar", default=None, help="also write the folder as a tar in 15 MiB parts")
+    ap.add_argument("--out-tar", default=None, help="also write the folder as a tar in parts just under 16 MiB")
     ap.add_argument("--logdir", default=None, help="train.log, info.json, loss.csv (default --work)")
     ap.add_argument("--minutes", type=float, default=10, help="whole budget (all) or this stage's")
     ap.add_argument("--vae-share", type=float, default=0.2, help="all: the VAE's share of --minutes")
