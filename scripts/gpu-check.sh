@@ -7,7 +7,7 @@
 # prepare builds the library with CUDA (sm_75, sm_80, sm_86, sm_89, sm_90), links ldmgen,
 # ldmpack, test_backend_ops, test_clip, test_unet, test_vae and gpu_fullsize with every
 # library the GPU machine lacks linked statically (libarchive, sqlite, png, jpeg, jansson,
-# utf8proc, zlib; scripts/gpu-archive-stubs.c says why some writers are stubs) and OpenBLAS, libgfortran, libquadmath and libgomp beside them, packs
+# utf8proc, zlib; scripts/gpu-archive-stubs.c says why some writers are stubs) and libgomp beside them, packs
 # them into .gpu/stage.tar.xz, and adds the diffusers wheel for the baseline. The device
 # tool carries the working tree plus `carry`, 64 MiB in all; the tracked tree is about
 # 52 MB, 26 MB of it bundle/default.ldmb, which the run does not need: prepare deletes it
@@ -52,11 +52,10 @@ prepare)
     nm build-gpu/libldm.a 2>/dev/null | grep -q ' ldm_backend_ops_cuda' || {
         echo "gpu-check: build-gpu/libldm.a has no CUDA backend" >&2; exit 1; }
     rm -rf "$STAGE" && mkdir -p "$STAGE/pkg/bin/tests" "$STAGE/pkg/lib"
-    obdir=$(pkg-config --variable=libdir openblas)
     cuda_home="$(dirname "$(dirname "$(command -v nvcc)")")"
     cc -O2 -c scripts/gpu-archive-stubs.c -o build-gpu/gpu-archive-stubs.o
     static="build-gpu/gpu-archive-stubs.o -Wl,-Bstatic -larchive -lsqlite3 -lpng16 -ljansson -lutf8proc -ljpeg -lz -Wl,-Bdynamic"
-    dyn="-L$obdir -lopenblas -L$cuda_home/lib64 -lcudnn -lcublas -lcudart -lstdc++ -lm -lpthread -ldl"
+    dyn="-L$cuda_home/lib64 -lcudnn -lcublas -lcudart -lstdc++ -lm -lpthread -ldl"
     cli="build-gpu/obj/cli/cli.o build-gpu/obj/cli/history.o build-gpu/obj/cli/merge.o build-gpu/obj/cli/prompts.o build-gpu/obj/cli/replay.o"
     for p in ldmgen ldmpack; do
         cc -fopenmp build-gpu/obj/cli/${p}_main.o $cli build-gpu/libldm.a -Wl,--as-needed $static $dyn \
@@ -67,9 +66,8 @@ prepare)
             -Wl,--as-needed $static $dyn -o "$STAGE/pkg/bin/tests/$t"
     done
     strip "$STAGE"/pkg/bin/* "$STAGE"/pkg/bin/tests/* 2> /dev/null || true
-    for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libgomp.so.1; do
+    for lib in libgomp.so.1; do
         path=$(ldd "$STAGE/pkg/bin/ldmgen" | awk -v l="$lib" '$1 == l {print $3}')
-        [ -z "$path" ] && path=$(ldd "$obdir/libopenblas.so.0" | awk -v l="$lib" '$1 == l {print $3}')
         [ -n "$path" ] && cp -L "$path" "$STAGE/pkg/lib/"
     done
     tar -C "$STAGE/pkg" -cJf "$STAGE/stage.tar.xz" bin lib

@@ -705,6 +705,7 @@ int main(void) {
     test_attention(2, 2, 33, 77, 40, 40, 80, 0, 3.0f);
     test_attention(1, 1, 300, 530, 5, 1, 2, 0, 4.0f);
     test_attention(1, 8, 64, 256, 40, 0, 0, 1, 1.0f);
+    test_attention(1, 1, 140, 260, 512, 0, 0, 0, 0.044f); /* the VAE's single head */
     /* elementwise, in serial and parallel sizes */
     test_elementwise(1);
     test_elementwise(1001);

@@ -756,7 +756,10 @@ static void tile_segments(const gemm_job *j, int m, int jc, int mi, int nj, cons
         for (int i = 0; i < mi; i++) {
             float *cp = c0 + (size_t)i * j->ldc;
             const float *t = T + (size_t)i * ldt + jj;
-            if (add) for (int q = 0; q < len; q++) cp[q] += t[q];
+            if (add) {
+#pragma omp simd
+                for (int q = 0; q < len; q++) cp[q] += t[q];
+            }
             else memcpy(cp, t, (size_t)len * sizeof(float));
         }
         jj += len;
@@ -822,14 +825,19 @@ static void compute_block(const gctx *g, const void *Ap_, const void *Bp_, int m
     }
 }
 
-static void add_bias(const gemm_job *j, float *C, int m0, int mrows, int n0, int ncols) {
+/* The bias (converted to fp32 once per call, bf[m] or bf[n]) added to C's block. */
+static void add_bias(const gemm_job *j, const float *bf, float *C, int m0, int mrows, int n0,
+                     int ncols) {
     for (int i = 0; i < mrows; i++) {
         float *row = C + (size_t)(m0 + i) * j->ldc + n0;
         if (j->bias_per_row) {
-            float v = ldm_f16_to_f32(j->bias[m0 + i]);
+            float v = bf[m0 + i];
+#pragma omp simd
             for (int n = 0; n < ncols; n++) row[n] += v;
         } else {
-            for (int n = 0; n < ncols; n++) row[n] += ldm_f16_to_f32(j->bias[n0 + n]);
+            const float *b = bf + n0;
+#pragma omp simd
+            for (int n = 0; n < ncols; n++) row[n] += b[n];
         }
     }
 }
@@ -846,16 +854,26 @@ int ldm_gemm(const gemm_job *j, int precision) {
      * and last layers (conv_in: K = 4*9; conv_out: 3 or 4 output channels; the VAE's 4x4
      * 1x1 convolutions), where rounding costs the most and the time is nothing; and a bf16
      * tile would be mostly padding. */
-    if (g.bf && (M < BT || N < BT || K < BT)) g.bf = BF_NONE;
+    const int batch = j->batch > 0 ? j->batch : 1;
+    /* (a convolution's columns are those of all its images: the 4x4 layers of a batch of
+     * two have 32) */
+    if (g.bf && (M < BT || (j->weight_is_a ? N * batch : N) < BT || K < BT)) g.bf = BF_NONE;
     g.ukr = pick_ukr(g.isa);
     g.amr = g.bf ? BT : MR;
-    const int batch = j->batch > 0 ? j->batch : 1;
+    float *bf = NULL; /* the bias in fp32 */
+    if (j->bias) {
+        int nb = j->bias_per_row ? M : N;
+        bf = malloc((size_t)nb * sizeof *bf);
+        if (!bf) return -1;
+        for (int i = 0; i < nb; i++) bf[i] = ldm_f16_to_f32(j->bias[i]);
+    }
     if (K <= 0) { /* empty sum: C = bias or 0 */
         for (int it = 0; it < batch; it++) {
             float *C = j->c + (size_t)it * j->c_batch_stride;
             for (int m = 0; m < M; m++) memset(C + (size_t)m * j->ldc, 0, (size_t)N * sizeof(float));
-            if (j->bias) add_bias(j, C, 0, M, 0, N);
+            if (bf) add_bias(j, bf, C, 0, M, 0, N);
         }
+        free(bf);
         return 0;
     }
     const int kc_max = kc_for(K, g.bf);
@@ -925,12 +943,12 @@ int ldm_gemm(const gemm_job *j, int precision) {
     sblock = (sblock + 15) & ~(size_t)15;
     size_t shared_floats = shared ? sblock * (size_t)nkb : 0;
     float *scratch = aligned_alloc(64, (per_thread * (size_t)nth + shared_floats) * sizeof(float));
-    if (!scratch) return -1;
+    if (!scratch) { free(bf); return -1; }
     float *S = scratch + per_thread * (size_t)nth;
     const void **sptr = NULL;
     if (shared) {
         sptr = malloc((size_t)nkb * sizeof *sptr);
-        if (!sptr) { free(scratch); return -1; }
+        if (!sptr) { free(scratch); free(bf); return -1; }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (nth > 1 && nkb > 1 && 2.0 * M * NT * K >= 4e6)
         for (int kb = 0; kb < nkb; kb++) {
             int k0 = kb * kc_max, kc = K - k0 < kc_max ? K - k0 : kc_max;
@@ -985,19 +1003,84 @@ int ldm_gemm(const gemm_job *j, int precision) {
 #ifdef GEMM_X86
         if (g.bf == BF_AMX) amx_release();
 #endif
-        if (j->bias) {
+        if (bf) {
             if (j->weight_is_a)
                 for (int jc = v0; jc < v1;) { /* the columns of each item in [v0, v1) */
                     int it = jc / N, n0 = jc % N, nn = N - n0 < v1 - jc ? N - n0 : v1 - jc;
-                    add_bias(j, j->c + (size_t)it * j->c_batch_stride, w0, w1 - w0, n0, nn);
+                    add_bias(j, bf, j->c + (size_t)it * j->c_batch_stride, w0, w1 - w0, n0, nn);
                     jc += nn;
                 }
             else
-                add_bias(j, j->c, v0, v1 - v0, w0, w1 - w0);
+                add_bias(j, bf, j->c, v0, v1 - v0, w0, w1 - w0);
         }
     }
     free(sptr);
     free(scratch);
+    free(bf);
     return 0;
 }
 
+
+/* ------------------------------------------------------------------------------
+ * Panel products for code already inside a parallel region (the attention blocks): the
+ * caller packs each operand once and multiplies on its own thread.  The whole K is one
+ * k block, summed in order with fused multiply-adds: the same bits with every kernel. */
+
+size_t ldm_panel_a_floats(int M, int K) { return (size_t)((M + MR - 1) / MR) * MR * (size_t)K; }
+size_t ldm_panel_b_floats(int N, int K) { return (size_t)((N + NR - 1) / NR) * NR * (size_t)K; }
+
+/* P-wide panels [p][k][P] from src[k*ld + r] (r < rows, else 0): runs copied as they are. */
+static void pack_runs(float *dst, int P, const float *src, size_t ld, int rows, int K) {
+    int panels = (rows + P - 1) / P;
+    for (int ip = 0; ip < panels; ip++) {
+        int r0 = ip * P, n = rows - r0 < P ? rows - r0 : P;
+        float *d = dst + (size_t)ip * K * P;
+        for (int k = 0; k < K; k++, d += P) {
+            memcpy(d, src + (size_t)k * ld + r0, (size_t)n * sizeof(float));
+            for (int i = n; i < P; i++) d[i] = 0.0f;
+        }
+    }
+}
+
+void ldm_panel_pack_a(float *Ap, const float *src, size_t ld, int M, int K, int km) {
+    if (km) pack_runs(Ap, MR, src, ld, M, K);
+    else pack_t(cur_isa(), Ap, MR, src, 0, ld, M, 0, K);
+}
+
+void ldm_panel_pack_b(float *Bp, const float *src, size_t ld, int N, int K, int nk) {
+    if (nk) pack_t(cur_isa(), Bp, NR, src, 0, ld, N, 0, K);
+    else pack_runs(Bp, NR, src, ld, N, K);
+}
+
+void ldm_panel_gemm(int M, int N, int K, const float *Ap, const float *Bp, float *C, size_t ldc,
+                    int add) {
+    if (M <= 0 || N <= 0) return;
+    ukr_fn ukr = pick_ukr(cur_isa());
+    float tmp[MR * NR];
+    for (int ip = 0; ip * MR < M; ip++) {
+        int mi = M - ip * MR < MR ? M - ip * MR : MR;
+        const float *ap = Ap + (size_t)ip * K * MR;
+        for (int jp = 0; jp * NR < N; jp++) {
+            int nj = N - jp * NR < NR ? N - jp * NR : NR;
+            const float *bp = Bp + (size_t)jp * K * NR;
+            float *c = C + (size_t)ip * MR * ldc + (size_t)jp * NR;
+            if (K <= 0) {
+                for (int i = 0; i < mi; i++)
+                    if (!add) memset(c + (size_t)i * ldc, 0, (size_t)nj * sizeof(float));
+                continue;
+            }
+            if (mi == MR && nj == NR) { ukr(K, ap, bp, c, ldc, add); continue; }
+            ukr(K, ap, bp, tmp, NR, 0);
+            for (int i = 0; i < mi; i++) {
+                float *cr = c + (size_t)i * ldc;
+                const float *t = tmp + (size_t)i * NR;
+                if (add) {
+#pragma omp simd
+                    for (int q = 0; q < nj; q++) cr[q] += t[q];
+                } else {
+                    memcpy(cr, t, (size_t)nj * sizeof(float));
+                }
+            }
+        }
+    }
+}

@@ -75,6 +75,19 @@ void ldm_gemm_bf16_prepare(uint16_t *dst, const uint16_t *w, int rows, int K, in
 const char *ldm_gemm_fp32_isa(void);
 const char *ldm_gemm_bf16_isa(void);
 
+/* Panel products, single-threaded, for code already inside a parallel region (the
+ * attention blocks): each operand packed once by the caller and reused.
+ *   A (M x K) from src[m*ld + k] (km 0) or src[k*ld + m] (km 1), ldm_panel_a_floats floats;
+ *   B (K x N) from src[k*ld + n] (nk 0) or src[n*ld + k] (nk 1), ldm_panel_b_floats floats;
+ *   C[m*ldc + n] = (add ? C : 0) + A·B, each element summed over k in order (any kernel:
+ *   the same bits). */
+size_t ldm_panel_a_floats(int M, int K);
+size_t ldm_panel_b_floats(int N, int K);
+void ldm_panel_pack_a(float *Ap, const float *src, size_t ld, int M, int K, int km);
+void ldm_panel_pack_b(float *Bp, const float *src, size_t ld, int N, int K, int nk);
+void ldm_panel_gemm(int M, int N, int K, const float *Ap, const float *Bp, float *C, size_t ldc,
+                    int add);
+
 /* Test hook: blocking limits (0 keeps the default): the k block, and the rows/columns of
  * one task, so that tests reach the multi-block paths on small shapes. */
 void ldm_gemm_set_blocking(int kc, int mc, int nc);

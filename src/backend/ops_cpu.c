@@ -6,9 +6,9 @@
  * nothing is cached between calls except the scratch buffers, so memory stays near the
  * activation arena (the mapping is page cache, not private memory).
  *
- * Threads: OpenMP only (one pragma per hot loop).  OpenBLAS (attention's small products)
- * runs single-threaded inside our threads.  Two thread pools taking turns would spin
- * against each other.
+ * Threads: OpenMP only (one pragma per hot loop); attention's small products run on the
+ * thread that owns the block (ldm_panel_gemm), so no second thread pool spins against
+ * ours.
  *
  * State: the scratch buffers live in the handle (cpu_state), so two handles share
  * nothing; a handle runs one op at a time.
@@ -18,7 +18,6 @@
 #include "core/common.h"
 #include "core/fp16.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -30,12 +29,13 @@
 #define HAVE_F16C_PATH 1
 #endif
 
-/* Attention block sizes: BQ queries against BK keys at a time. */
+/* Attention block sizes: BQ queries against BK keys at a time (126 queries: 9 whole
+ * 14-row panels in Q·Kᵀ and 4 of 32 columns, 98 % filled, in Vᵀ·Pᵀ). */
 #ifndef ATT_BQ
-#define ATT_BQ 128
+#define ATT_BQ 126
 #endif
 #ifndef ATT_BK
-#define ATT_BK 512
+#define ATT_BK 256
 #endif
 /* Elementwise loops shorter than this run on one thread (fork/join costs more). */
 #define PAR_MIN 32768
@@ -282,12 +282,12 @@ LDM_CLONES static float row_max(const float *s, int n, float init) {
     return mx;
 }
 
-/* s[j] = exp(s[j] - mx) for j < n; returns their sum. */
-LDM_CLONES static float exp_shift_sum(float *s, int n, float mx) {
+/* s[j] = exp(scale·s[j] - mx) for j < n; returns their sum. */
+LDM_CLONES static float exp_shift_sum(float *s, int n, float scale, float mx) {
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < n; j++) {
-        s[j] = exp_ps(s[j] - mx);
+        s[j] = exp_ps(s[j] * scale - mx);
         sum += s[j];
     }
     return sum;
@@ -422,25 +422,43 @@ static int cpu_layer_norm(ldm_backend *be, float *out, const float *x, const ldm
 
 /* ------------------------------------------------------------------------------
  * Attention, flash style.  For each (batch, head, block of BQ queries) one thread
- * walks the keys BK at a time:
- *   S = Q Kᵀ·scale            [bq, bk]   (sgemm)
- *   m' = max(m, rowmax S);  P = exp(S - m');  l = l·exp(m-m') + rowsum P
- *   O = O·exp(m-m') + P V     [bq, D]    (sgemm)
- * and finally out = O / l.  Memory per thread: BQ*BK + BQ*D + 2*BQ floats. */
+ * walks the keys BK at a time, with the products on its own panels (gemm_cpu.c):
+ *   S = Q Kᵀ                   [bq, bk]
+ *   m' = max(m, scale·rowmax S);  P = exp(scale·S - m');  l = l·exp(m-m') + rowsum P
+ *   Oᵀ = Oᵀ·exp(m-m') + Vᵀ Pᵀ  [D, bq]   (D as the rows: a head of 40 fills 14-row panels)
+ * and finally out = O / l.  Everything a block sums is in a fixed order: the same bits
+ * whatever the thread count. */
+
+typedef struct att_buf {
+    float *S, *Qp, *Kp, *Vp, *Pp, *OT, *m, *l, *corr;
+} att_buf;
+
+static size_t att_floats(int D, att_buf *b, float *base) {
+    size_t sz[9] = {(size_t)ATT_BQ * ATT_BK, ldm_panel_a_floats(ATT_BQ, D), ldm_panel_b_floats(ATT_BK, D),
+                    ldm_panel_a_floats(D, ATT_BK), ldm_panel_b_floats(ATT_BQ, ATT_BK),
+                    (size_t)D * ATT_BQ, ATT_BQ, ATT_BQ, ATT_BQ};
+    float **dst[9] = {&b->S, &b->Qp, &b->Kp, &b->Vp, &b->Pp, &b->OT, &b->m, &b->l, &b->corr};
+    size_t off = 0;
+    for (int i = 0; i < 9; i++) {
+        if (base) *dst[i] = base + off;
+        off += (sz[i] + 15) & ~(size_t)15; /* each part 64-byte aligned */
+    }
+    return off;
+}
 
 static void attention_block(float *out, const float *q, const float *k, const float *v,
-                            int heads, int Tq, int Tk, int D, int q_stride, int kv_stride,
-                            float scale, int causal, int q0, int bq, float *S, float *O,
-                            float *m, float *l) {
+                            int heads, int Tk, int D, int q_stride, int kv_stride,
+                            float scale, int causal, int q0, int bq, const att_buf *w) {
+    float *S = w->S, *OT = w->OT, *m = w->m, *l = w->l, *corr = w->corr;
     for (int i = 0; i < bq; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
-    memset(O, 0, (size_t)bq * D * sizeof(float));
+    ldm_panel_pack_a(w->Qp, q + (size_t)q0 * q_stride, (size_t)q_stride, bq, D, 0);
     int kend = Tk;
     if (causal && q0 + bq < kend) kend = q0 + bq; /* keys beyond the last query are masked */
     for (int k0 = 0; k0 < kend; k0 += ATT_BK) {
         int bk = kend - k0 < ATT_BK ? kend - k0 : ATT_BK;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, bk, D, scale,
-                    q + (size_t)q0 * q_stride, q_stride, k + (size_t)k0 * kv_stride, kv_stride,
-                    0.0f, S, ATT_BK);
+        ldm_panel_pack_b(w->Kp, k + (size_t)k0 * kv_stride, (size_t)kv_stride, bk, D, 1);
+        ldm_panel_gemm(bq, bk, D, w->Qp, w->Kp, S, ATT_BK, 0);
+        int rescale = 0;
         for (int i = 0; i < bq; i++) {
             float *s = S + (size_t)i * ATT_BK;
             int valid = bk; /* keys k0 .. k0+valid-1 are visible to query q0+i */
@@ -448,30 +466,36 @@ static void attention_block(float *out, const float *q, const float *k, const fl
                 int lim = q0 + i + 1 - k0;
                 valid = lim < 0 ? 0 : (lim < bk ? lim : bk);
             }
-            float mx = row_max(s, valid, m[i]);
-            float *o = O + (size_t)i * D;
+            float mx = valid > 0 ? scale * row_max(s, valid, -INFINITY) : -INFINITY;
+            if (m[i] > mx) mx = m[i];
+            corr[i] = 1.0f;
             if (mx == -INFINITY) { /* nothing visible yet: P row is zero */
                 memset(s, 0, (size_t)bk * sizeof(float));
                 continue;
             }
-            float corr = expf(m[i] - mx), sum = exp_shift_sum(s, valid, mx);
+            float c = expf(m[i] - mx), sum = exp_shift_sum(s, valid, scale, mx);
             for (int j = valid; j < bk; j++) s[j] = 0.0f;
-            l[i] = l[i] * corr + sum;
+            l[i] = l[i] * c + sum;
             m[i] = mx;
-            if (corr != 1.0f)
-                for (int d = 0; d < D; d++) o[d] *= corr;
+            corr[i] = c;
+            if (c != 1.0f) rescale = 1;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, D, bk, 1.0f, S, ATT_BK,
-                    v + (size_t)k0 * kv_stride, kv_stride, 1.0f, O, D);
+        if (k0 > 0 && rescale)
+            for (int d = 0; d < D; d++) {
+                float *o = OT + (size_t)d * ATT_BQ;
+#pragma omp simd
+                for (int i = 0; i < bq; i++) o[i] *= corr[i];
+            }
+        ldm_panel_pack_a(w->Vp, v + (size_t)k0 * kv_stride, (size_t)kv_stride, D, bk, 1);
+        ldm_panel_pack_b(w->Pp, S, ATT_BK, bq, bk, 1);
+        ldm_panel_gemm(D, bq, bk, w->Vp, w->Pp, OT, ATT_BQ, k0 > 0);
     }
     int ostride = heads * D;
+    for (int i = 0; i < bq; i++) l[i] = l[i] > 0 ? 1.0f / l[i] : 0.0f;
     for (int i = 0; i < bq; i++) {
-        float inv = l[i] > 0 ? 1.0f / l[i] : 0.0f;
         float *dst = out + (size_t)(q0 + i) * ostride;
-        const float *o = O + (size_t)i * D;
-        for (int d = 0; d < D; d++) dst[d] = o[d] * inv;
+        for (int d = 0; d < D; d++) dst[d] = OT[(size_t)d * ATT_BQ + i] * l[i];
     }
-    (void)Tq;
 }
 
 static int cpu_attention(ldm_backend *be, float *out, const float *q, const float *k, const float *v, int B,
@@ -482,23 +506,20 @@ static int cpu_attention(ldm_backend *be, float *out, const float *q, const floa
     int ntasks = B * heads * nqb;
     int nthreads = omp_get_max_threads();
     if (nthreads > ntasks) nthreads = ntasks;
-    size_t per = (size_t)ATT_BQ * ATT_BK + (size_t)ATT_BQ * D + 2 * ATT_BQ;
-    per = (per + 15) & ~(size_t)15; /* keep each thread's slice 64-byte aligned */
+    size_t per = att_floats(D, &(att_buf){0}, NULL);
     float *buf = scratch(be, SCR_ATT, per * (size_t)nthreads);
     if (!buf) return -1;
-    static int blas_one; /* the sgemm calls below run inside an OpenMP region */
-    if (!blas_one) { openblas_set_num_threads(1); blas_one = 1; }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int t = 0; t < ntasks; t++) {
         int qb = t % nqb, h = (t / nqb) % heads, b = t / (nqb * heads);
-        float *S = buf + per * (size_t)omp_get_thread_num();
-        float *O = S + (size_t)ATT_BQ * ATT_BK, *m = O + (size_t)ATT_BQ * D, *l = m + ATT_BQ;
+        att_buf w;
+        att_floats(D, &w, buf + per * (size_t)omp_get_thread_num());
         int q0 = qb * ATT_BQ, bq = Tq - q0 < ATT_BQ ? Tq - q0 : ATT_BQ;
         attention_block(out + (size_t)b * Tq * heads * D + (size_t)h * D,
                         q + (size_t)b * Tq * q_stride + (size_t)h * D,
                         k + (size_t)b * Tk * kv_stride + (size_t)h * D,
-                        v + (size_t)b * Tk * kv_stride + (size_t)h * D, heads, Tq, Tk, D,
-                        q_stride, kv_stride, scale, causal, q0, bq, S, O, m, l);
+                        v + (size_t)b * Tk * kv_stride + (size_t)h * D, heads, Tk, D,
+                        q_stride, kv_stride, scale, causal, q0, bq, &w);
     }
     return 0;
 }
