@@ -222,11 +222,13 @@ static __attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) 
     }
 }
 
-/* The same packing, 16 rows x 16 k at a time through registers. */
-static __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void pack_t_avx512(float *dst, int P, const void *src,
-                                                               int f16, size_t ld, int nrows, int k0,
-                                                               int kc) {
+/* The same packing, 16 rows x 16 k at a time through registers (f16 a constant in each
+ * copy; rows beyond the matrix are masked loads of nothing, so the loop has no branch). */
+static __attribute__((target("avx512f,avx512bw,avx512vl,f16c"), always_inline)) inline void
+pack_t_avx512_body(float *dst, int P, const void *src, const int f16, size_t ld, int nrows, int k0,
+                   int kc) {
     int panels = (nrows + P - 1) / P;
+    const size_t esz = f16 ? 2 : 4;
     for (int ip = 0; ip < panels; ip++) {
         float *dp = dst + (size_t)ip * kc * P;
         for (int i0 = 0; i0 < P; i0 += 16) {
@@ -235,26 +237,46 @@ static __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void pack_t_avx
             int valid = nrows - rbase;                   /* rows that exist */
             if (valid > ni) valid = ni;
             __mmask16 smask = (__mmask16)((1u << ni) - 1);
+            int nxt = nrows - (rbase + P); /* rows of the next panel to prefetch */
+            nxt = nxt < 0 ? 0 : nxt > ni ? ni : nxt;
+            const char *rows[16];
+            for (int i = 0; i < 16; i++) /* a missing row points at row 0 (never read) */
+                rows[i] = (const char *)src + (size_t)(i < valid ? rbase + i : rbase) * ld * esz;
             for (int k = 0; k < kc; k += 16) {
                 int nk = kc - k < 16 ? kc - k : 16;
                 __mmask16 kmask = (__mmask16)((1u << nk) - 1);
+                size_t koff = (size_t)(k0 + k) * esz;
+                /* the same k of the next panel's rows, fetched while this one is
+                 * transposed: one row's run per block is a few cache lines, too short
+                 * for the hardware prefetcher, and a weight comes from DRAM */
+                for (int i = 0; i < nxt; i++)
+                    _mm_prefetch(rows[0] + ((size_t)(P + i) * ld) * esz + koff, _MM_HINT_T0);
                 __m512 r[16];
+#pragma GCC unroll 16
                 for (int i = 0; i < 16; i++) {
-                    if (i >= valid) { r[i] = _mm512_setzero_ps(); continue; }
-                    size_t off = (size_t)(rbase + i) * ld + (size_t)(k0 + k);
-                    if (f16) {
-                        __m256i h = _mm256_maskz_loadu_epi16(kmask, (const uint16_t *)src + off);
-                        r[i] = _mm512_cvtph_ps(h);
-                    } else {
-                        r[i] = _mm512_maskz_loadu_ps(kmask, (const float *)src + off);
-                    }
+                    __mmask16 m = i < valid ? kmask : 0;
+                    if (f16)
+                        r[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, rows[i] + koff));
+                    else
+                        r[i] = _mm512_maskz_loadu_ps(m, rows[i] + koff);
                 }
                 transpose16(r);
-                for (int kk = 0; kk < nk; kk++)
-                    _mm512_mask_storeu_ps(dp + (size_t)(k + kk) * P + i0, smask, r[kk]);
+                if (nk == 16) {
+#pragma GCC unroll 16
+                    for (int kk = 0; kk < 16; kk++)
+                        _mm512_mask_storeu_ps(dp + (size_t)(k + kk) * P + i0, smask, r[kk]);
+                } else {
+                    for (int kk = 0; kk < nk; kk++)
+                        _mm512_mask_storeu_ps(dp + (size_t)(k + kk) * P + i0, smask, r[kk]);
+                }
             }
         }
     }
+}
+static __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void pack_t_avx512(
+    float *dst, int P, const void *src, int f16, size_t ld, int nrows, int k0, int kc) {
+    if (f16) pack_t_avx512_body(dst, P, src, 1, ld, nrows, k0, kc);
+    else pack_t_avx512_body(dst, P, src, 0, ld, nrows, k0, kc);
 }
 #endif
 
