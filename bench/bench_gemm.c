@@ -27,6 +27,56 @@ static double now(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+/* The machine's fp32 FMA peak: every thread runs 12 independent chains of vector FMAs
+ * on registers only (no memory, no dependency stalls: the bound no product can pass).
+ * MKL and OpenBLAS take generic paths on some CPUs (AMD: AVX2 kernels), so their sgemm
+ * can understate what the cores do; this line says what they can do. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define PEAK_BODY(VT, SET1, FMA, REDUCE_FIRST)                                              \
+    double sink = 0;                                                                         \
+    _Pragma("omp parallel reduction(+ : sink)") {                                            \
+        VT a[12];                                                                            \
+        _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) a[i] = SET1(1.0f + i * 1e-3f); \
+        VT b = SET1(0.99999f), c = SET1(1e-6f);                                              \
+        for (long it = 0; it < iters; it++) {                                                \
+            _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) a[i] = FMA(a[i], b, c);    \
+        }                                                                                    \
+        _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) sink += REDUCE_FIRST(a[i]);    \
+    }                                                                                        \
+    return sink;
+static __attribute__((target("avx512f"))) float first512(__m512 v) { return _mm512_cvtss_f32(v); }
+static __attribute__((target("avx512f"))) double peak512(long iters) {
+    PEAK_BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, first512)
+}
+static __attribute__((target("avx2,fma"))) float first256(__m256 v) { return _mm256_cvtss_f32(v); }
+static __attribute__((target("avx2,fma"))) double peak256(long iters) {
+    PEAK_BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, first256)
+}
+#endif
+/* GFLOP/s of the FMA peak with the kernel's instruction set, or 0 (portable kernel). */
+static double fma_peak(int threads) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    int lanes = !strcmp(ldm_gemm_fp32_isa(), "avx512") ? 16 : !strcmp(ldm_gemm_fp32_isa(), "avx2") ? 8 : 0;
+    if (!lanes) return 0;
+    long iters = 20000000;
+    double best = 1e30, sink = 0;
+    for (int r = 0; r < 4; r++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        sink += lanes == 16 ? peak512(iters) : peak256(iters);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double t = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+        if (r && t < best) best = t;
+    }
+    if (sink == 12345.678) printf("(%g)\n", sink); /* keep the chains */
+    return (double)threads * iters * 12 * lanes * 2 / best / 1e9;
+#else
+    (void)threads;
+    return 0;
+#endif
+}
+
 static uint64_t rs = 0x9e3779b97f4a7c15ull;
 static float frand(void) {
     rs = rs * 6364136223846793005ull + 1442695040888963407ull;
@@ -103,6 +153,10 @@ int main(int argc, char **argv) {
            precision ? "bf16" : "fp32", ldm_gemm_fp32_isa(),
            ldm_gemm_bf16_isa() ? ldm_gemm_bf16_isa() : "none");
     printf("%-34s %9s %9s %7s\n", "shape", "ms", "GFLOP/s", "ceiling");
+    double peak = fma_peak(threads);
+    if (peak > 0)
+        printf("%-34s %9s %9.1f %6.0f%%  (the shapes' share of it: the last line)\n",
+               "FMA peak, registers only", "", peak, 100.0 * peak / ceiling);
     printf("%-34s %9.2f %9.1f %6.0f%%\n", "OpenBLAS sgemm 1024^3 (ceiling)", best * 1e3, ceiling, 100.0);
 
     double tot_fl = 0, tot_t = 0, tot_c = 0;
@@ -160,6 +214,9 @@ int main(int argc, char **argv) {
     }
     printf("%-34s %9.2f %9.1f %6.0f%%  (mean ceiling %.0f)\n", "all shapes", tot_t * 1e3,
            tot_fl / tot_t / 1e9, 100.0 * tot_fl / tot_t / 1e9 / (tot_c / nshapes), tot_c / nshapes);
+    if (peak > 0 && precision == LDM_PRECISION_FP32)
+        printf("%-34s %9s %9.1f %6.0f%%  of the FMA peak\n", "all shapes", "", tot_fl / tot_t / 1e9,
+               100.0 * tot_fl / tot_t / 1e9 / peak);
     free(A); free(B); free(C);
     if (ldm_backend_status(be) != 0) { fprintf(stderr, "backend failed\n"); return 1; }
     ldm_backend_free(be);

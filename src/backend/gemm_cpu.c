@@ -195,7 +195,7 @@ static void pack_t_portable(float *dst, int P, const void *src, int f16, size_t 
 
 #ifdef GEMM_X86
 /* In-register transpose of 16 rows of 16 floats: r[i][j] -> r[j][i]. */
-static __attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
+static __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512 r[16]) {
     __m512 t[16], u[16];
     for (int i = 0; i < 8; i++) {
         t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);

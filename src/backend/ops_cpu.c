@@ -274,25 +274,6 @@ LDM_CLONES static void silu_row(float *out, const float *x, size_t n, float a, f
     }
 }
 
-/* max(init, s[0..n-1]) */
-LDM_CLONES static float row_max(const float *s, int n, float init) {
-    float mx = init;
-#pragma omp simd reduction(max : mx)
-    for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
-    return mx;
-}
-
-/* s[j] = exp(scale·s[j] - mx) for j < n; returns their sum. */
-LDM_CLONES static float exp_shift_sum(float *s, int n, float scale, float mx) {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < n; j++) {
-        s[j] = exp_ps(s[j] * scale - mx);
-        sum += s[j];
-    }
-    return sum;
-}
-
 /* ------------------------------------------------------------------------------
  * Memory. */
 
@@ -423,62 +404,86 @@ static int cpu_layer_norm(ldm_backend *be, float *out, const float *x, const ldm
 /* ------------------------------------------------------------------------------
  * Attention, flash style.  For each (batch, head, block of BQ queries) one thread
  * walks the keys BK at a time, with the products on its own panels (gemm_cpu.c):
- *   S = Q Kᵀ                   [bq, bk]
- *   m' = max(m, scale·rowmax S);  P = exp(scale·S - m');  l = l·exp(m-m') + rowsum P
+ *   Sᵀ = K Qᵀ                  [bk, bq], written straight into the 32-query panels that
+ *                              the second product reads (no transpose)
+ *   per query (a column, so the softmax runs across the panel's 32 lanes):
+ *     m' = max(m, scale·max S);  P = exp(scale·S - m');  l = l·exp(m-m') + sum P
  *   Oᵀ = Oᵀ·exp(m-m') + Vᵀ Pᵀ  [D, bq]   (D as the rows: a head of 40 fills 14-row panels)
  * and finally out = O / l.  Everything a block sums is in a fixed order: the same bits
  * whatever the thread count. */
 
 typedef struct att_buf {
-    float *S, *Qp, *Kp, *Vp, *Pp, *OT, *m, *l, *corr;
+    float *Qp, *Kp, *Vp, *Pp, *OT, *m, *l, *corr;
 } att_buf;
 
 static size_t att_floats(int D, att_buf *b, float *base) {
-    size_t sz[9] = {(size_t)ATT_BQ * ATT_BK, ldm_panel_a_floats(ATT_BQ, D), ldm_panel_b_floats(ATT_BK, D),
+    size_t sz[8] = {ldm_panel_b_floats(ATT_BQ, D), ldm_panel_a_floats(ATT_BK, D),
                     ldm_panel_a_floats(D, ATT_BK), ldm_panel_b_floats(ATT_BQ, ATT_BK),
-                    (size_t)D * ATT_BQ, ATT_BQ, ATT_BQ, ATT_BQ};
-    float **dst[9] = {&b->S, &b->Qp, &b->Kp, &b->Vp, &b->Pp, &b->OT, &b->m, &b->l, &b->corr};
+                    (size_t)D * ATT_BQ, ATT_BQ + 32, ATT_BQ + 32, ATT_BQ + 32};
+    float **dst[8] = {&b->Qp, &b->Kp, &b->Vp, &b->Pp, &b->OT, &b->m, &b->l, &b->corr};
     size_t off = 0;
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < 8; i++) {
         if (base) *dst[i] = base + off;
         off += (sz[i] + 15) & ~(size_t)15; /* each part 64-byte aligned */
     }
     return off;
 }
 
+/* The softmax step of one panel P[bk][32] (32 queries, each a column) in place: m, l and
+ * corr are the panel's 32 running maxima (scaled), sums and rescale factors. */
+LDM_CLONES static void att_panel_softmax(float *P, int bk, float scale, float *m, float *l,
+                                         float *corr) {
+    float mx[32], shift[32], sum[32];
+    for (int j = 0; j < 32; j++) { mx[j] = -INFINITY; sum[j] = 0.0f; }
+    for (int k = 0; k < bk; k++) {
+        const float *row = P + (size_t)k * 32;
+#pragma omp simd
+        for (int j = 0; j < 32; j++) mx[j] = row[j] > mx[j] ? row[j] : mx[j];
+    }
+    for (int j = 0; j < 32; j++) {
+        float nm = scale * mx[j];
+        if (m[j] > nm) nm = m[j];
+        /* a query that sees no key yet keeps a zero row, sum and output */
+        shift[j] = nm == -INFINITY ? 0.0f : nm;
+        corr[j] = nm == -INFINITY ? 1.0f : expf(m[j] - nm);
+        m[j] = nm;
+    }
+    for (int k = 0; k < bk; k++) {
+        float *row = P + (size_t)k * 32;
+#pragma omp simd
+        for (int j = 0; j < 32; j++) {
+            float e = exp_ps(row[j] * scale - shift[j]);
+            row[j] = e;
+            sum[j] += e;
+        }
+    }
+    for (int j = 0; j < 32; j++) l[j] = l[j] * corr[j] + sum[j];
+}
+
 static void attention_block(float *out, const float *q, const float *k, const float *v,
                             int heads, int Tk, int D, int q_stride, int kv_stride,
                             float scale, int causal, int q0, int bq, const att_buf *w) {
-    float *S = w->S, *OT = w->OT, *m = w->m, *l = w->l, *corr = w->corr;
-    for (int i = 0; i < bq; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
-    ldm_panel_pack_a(w->Qp, q + (size_t)q0 * q_stride, (size_t)q_stride, bq, D, 0);
+    float *OT = w->OT, *m = w->m, *l = w->l, *corr = w->corr;
+    const int npan = (bq + 31) / 32;
+    for (int i = 0; i < npan * 32; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
+    ldm_panel_pack_b(w->Qp, q + (size_t)q0 * q_stride, (size_t)q_stride, bq, D, 1);
     int kend = Tk;
     if (causal && q0 + bq < kend) kend = q0 + bq; /* keys beyond the last query are masked */
     for (int k0 = 0; k0 < kend; k0 += ATT_BK) {
         int bk = kend - k0 < ATT_BK ? kend - k0 : ATT_BK;
-        ldm_panel_pack_b(w->Kp, k + (size_t)k0 * kv_stride, (size_t)kv_stride, bk, D, 1);
-        ldm_panel_gemm(bq, bk, D, w->Qp, w->Kp, S, ATT_BK, 0);
+        ldm_panel_pack_a(w->Kp, k + (size_t)k0 * kv_stride, (size_t)kv_stride, bk, D, 0);
         int rescale = 0;
-        for (int i = 0; i < bq; i++) {
-            float *s = S + (size_t)i * ATT_BK;
-            int valid = bk; /* keys k0 .. k0+valid-1 are visible to query q0+i */
-            if (causal) {
-                int lim = q0 + i + 1 - k0;
-                valid = lim < 0 ? 0 : (lim < bk ? lim : bk);
-            }
-            float mx = valid > 0 ? scale * row_max(s, valid, -INFINITY) : -INFINITY;
-            if (m[i] > mx) mx = m[i];
-            corr[i] = 1.0f;
-            if (mx == -INFINITY) { /* nothing visible yet: P row is zero */
-                memset(s, 0, (size_t)bk * sizeof(float));
-                continue;
-            }
-            float c = expf(m[i] - mx), sum = exp_shift_sum(s, valid, scale, mx);
-            for (int j = valid; j < bk; j++) s[j] = 0.0f;
-            l[i] = l[i] * c + sum;
-            m[i] = mx;
-            corr[i] = c;
-            if (c != 1.0f) rescale = 1;
+        for (int jp = 0; jp < npan; jp++) {
+            float *P = w->Pp + (size_t)jp * bk * 32;
+            int nq = bq - jp * 32 < 32 ? bq - jp * 32 : 32;
+            if (nq < 32) memset(P, 0, (size_t)bk * 32 * sizeof(float)); /* the columns past bq */
+            ldm_panel_gemm(bk, nq, D, w->Kp, w->Qp + (size_t)jp * D * 32, P, 32, 0);
+            if (causal) /* key k0+r is visible to query q0+jp*32+j when k0+r <= q0+jp*32+j */
+                for (int r = 0; r < bk; r++)
+                    for (int j = 0; j < nq; j++)
+                        if (k0 + r > q0 + jp * 32 + j) P[(size_t)r * 32 + j] = -INFINITY;
+            att_panel_softmax(P, bk, scale, m + jp * 32, l + jp * 32, corr + jp * 32);
+            for (int j = 0; j < nq && !rescale; j++) rescale = corr[jp * 32 + j] != 1.0f;
         }
         if (k0 > 0 && rescale)
             for (int d = 0; d < D; d++) {
@@ -487,7 +492,6 @@ static void attention_block(float *out, const float *q, const float *k, const fl
                 for (int i = 0; i < bq; i++) o[i] *= corr[i];
             }
         ldm_panel_pack_a(w->Vp, v + (size_t)k0 * kv_stride, (size_t)kv_stride, D, bk, 1);
-        ldm_panel_pack_b(w->Pp, S, ATT_BK, bq, bk, 1);
         ldm_panel_gemm(D, bq, bk, w->Vp, w->Pp, OT, ATT_BQ, k0 > 0);
     }
     int ostride = heads * D;
