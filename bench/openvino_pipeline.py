@@ -18,7 +18,9 @@ diffusers one through a .pth file):
     echo /opt/curenv/lib/python3.11/site-packages > /opt/ovenv/lib/python3.11/site-packages/curenv.pth
     /opt/ovenv/bin/pip install --no-deps optimum-intel==2.2.0 optimum==2.3.0 openvino==2026.4.1 \
         openvino-tokenizers openvino-telemetry diffusers==0.35.2 transformers==4.57.1 \
-        huggingface-hub==0.36.0 protobuf
+        huggingface-hub==0.36.0 protobuf tokenizers==0.22.1
+(tokenizers pinned: transformers 4.57 takes <= 0.23.0, and the borrowed environment may have
+a newer one)
 """
 import os
 import sys
