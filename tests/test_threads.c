@@ -93,6 +93,8 @@ int main(void) {
         {"conv 2x2560x8x8 -> 1280, 1x1 (shortcut)", OP_CONV, 2, 2560, 8, 1280, 1},
         {"group norm 2x320x1024, 32 groups", OP_GN, 2, 320, 1024, 32, 0},
         {"attention 2x8 heads, 1024 tokens, 40", OP_ATT, 2, 8, 1024, 40, 0},
+        {"attention 1x2 heads, 300 tokens, 40", OP_ATT, 1, 2, 300, 40, 0},
+        {"attention 1 head, 300 tokens, 512 (VAE)", OP_ATT, 1, 1, 300, 512, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const op_case *c = &cases[i];
@@ -133,11 +135,13 @@ int main(void) {
             }
         /* the products: the same bits from the AVX2 and the portable kernels (the same sum
          * order, fused multiply-adds everywhere), so images do not depend on the CPU's
-         * vector width either */
-        if (c->op == OP_LINEAR || c->op == OP_CONV) {
+         * vector width either.  Attention's two products go through the same kernels, and
+         * its softmax sums each query's column in order (no sum across lanes). */
+        if (c->op == OP_LINEAR || c->op == OP_CONV || c->op == OP_ATT) {
             static const char *const names[] = {"", "portable", "AVX2"};
             for (int isa = 2; isa >= 1; isa--) {
                 double flops = c->op == OP_LINEAR ? 2.0 * c->a * c->b * c->c
+                               : c->op == OP_ATT  ? 4.0 * c->a * c->b * c->c * c->c * c->d
                                                   : 2.0 * c->a * c->d * c->c * c->c * c->b * c->e * c->e;
                 if (isa == 1 && flops > 3e8) continue; /* the portable kernel is slow */
                 ldm_gemm_force_isa(isa);
