@@ -28,8 +28,8 @@
 #define GEMM_X86 1
 #endif
 
-#define MR 14
-#define NR 32
+#define MR LDM_PANEL_MR
+#define NR LDM_PANEL_NR
 #define KC_MAX 256
 
 static int kc_limit = KC_MAX, mc_limit = 0, nc_limit = 0, forced_isa = 0;
@@ -1074,17 +1074,19 @@ void ldm_panel_pack_b(float *Bp, const float *src, size_t ld, int N, int K, int 
     else pack_runs(Bp, NR, src, ld, N, K);
 }
 
-void ldm_panel_gemm(int M, int N, int K, const float *Ap, const float *Bp, float *C, size_t ldc,
-                    int add) {
+void ldm_panel_gemm(int M, int N, int K, const float *Ap, size_t a_pstride, const float *Bp,
+                    size_t b_pstride, float *C, size_t ldc, int add) {
     if (M <= 0 || N <= 0) return;
+    if (!a_pstride) a_pstride = (size_t)K * MR;
+    if (!b_pstride) b_pstride = (size_t)K * NR;
     ukr_fn ukr = pick_ukr(cur_isa());
     float tmp[MR * NR];
     for (int ip = 0; ip * MR < M; ip++) {
         int mi = M - ip * MR < MR ? M - ip * MR : MR;
-        const float *ap = Ap + (size_t)ip * K * MR;
+        const float *ap = Ap + (size_t)ip * a_pstride;
         for (int jp = 0; jp * NR < N; jp++) {
             int nj = N - jp * NR < NR ? N - jp * NR : NR;
-            const float *bp = Bp + (size_t)jp * K * NR;
+            const float *bp = Bp + (size_t)jp * b_pstride;
             float *c = C + (size_t)ip * MR * ldc + (size_t)jp * NR;
             if (K <= 0) {
                 for (int i = 0; i < mi; i++)

@@ -80,13 +80,16 @@ const char *ldm_gemm_bf16_isa(void);
  *   A (M x K) from src[m*ld + k] (km 0) or src[k*ld + m] (km 1), ldm_panel_a_floats floats;
  *   B (K x N) from src[k*ld + n] (nk 0) or src[n*ld + k] (nk 1), ldm_panel_b_floats floats;
  *   C[m*ldc + n] = (add ? C : 0) + A·B, each element summed over k in order (any kernel:
- *   the same bits). */
+ *   the same bits).  a_pstride, b_pstride: floats from one panel to the next (0: K*14 and
+ *   K*32, panels packed for this K alone; more: a k range of panels packed for a longer K). */
+#define LDM_PANEL_MR 14 /* rows of an A panel */
+#define LDM_PANEL_NR 32 /* columns of a B panel */
 size_t ldm_panel_a_floats(int M, int K);
 size_t ldm_panel_b_floats(int N, int K);
 void ldm_panel_pack_a(float *Ap, const float *src, size_t ld, int M, int K, int km);
 void ldm_panel_pack_b(float *Bp, const float *src, size_t ld, int N, int K, int nk);
-void ldm_panel_gemm(int M, int N, int K, const float *Ap, const float *Bp, float *C, size_t ldc,
-                    int add);
+void ldm_panel_gemm(int M, int N, int K, const float *Ap, size_t a_pstride, const float *Bp,
+                    size_t b_pstride, float *C, size_t ldc, int add);
 
 /* Test hook: blocking limits (0 keeps the default): the k block, and the rows/columns of
  * one task, so that tests reach the multi-block paths on small shapes. */

@@ -29,21 +29,18 @@
 #define HAVE_F16C_PATH 1
 #endif
 
-/* Attention block sizes: BQ queries against BK keys at a time (126 queries: 9 whole
- * 14-row panels in Q·Kᵀ and 4 of 32 columns, 98 % filled, in Vᵀ·Pᵀ). */
-#ifndef ATT_BQ
+/* Attention block sizes: BQ queries against BK keys at a time (126 queries: 4 panels of
+ * 32, 98 % filled, in Vᵀ·Pᵀ; 252 keys: 18 whole 14-row panels of K, so that a block starts
+ * on a panel of the keys packed once per head). */
 #define ATT_BQ 126
-#endif
-#ifndef ATT_BK
-#define ATT_BK 256
-#endif
+#define ATT_BK 252
 /* Elementwise loops shorter than this run on one thread (fork/join costs more). */
 #define PAR_MIN 32768
 
 /* ------------------------------------------------------------------------------
  * Scratch: a few growable buffers per calling thread, reused across calls. */
 
-enum { SCR_COLS, SCR_ATT, SCR_COUNT };
+enum { SCR_COLS, SCR_ATT, SCR_KV, SCR_COUNT };
 /* bf16: the weights of the models loaded on the handle (prepare_weights registers them)
  * are put once, on first use, into the product's panels (ldm_gemm_bf16_prepare), found
  * by the address of their fp16 data; released with the model's weights.  Only in bf16
@@ -413,16 +410,15 @@ static int cpu_layer_norm(ldm_backend *be, float *out, const float *x, const ldm
  * whatever the thread count. */
 
 typedef struct att_buf {
-    float *Qp, *Kp, *Vp, *Pp, *OT, *m, *l, *corr;
+    float *Qp, *Pp, *OT, *m, *l, *corr;
 } att_buf;
 
 static size_t att_floats(int D, att_buf *b, float *base) {
-    size_t sz[8] = {ldm_panel_b_floats(ATT_BQ, D), ldm_panel_a_floats(ATT_BK, D),
-                    ldm_panel_a_floats(D, ATT_BK), ldm_panel_b_floats(ATT_BQ, ATT_BK),
+    size_t sz[6] = {ldm_panel_b_floats(ATT_BQ, D), ldm_panel_b_floats(ATT_BQ, ATT_BK),
                     (size_t)D * ATT_BQ, ATT_BQ + 32, ATT_BQ + 32, ATT_BQ + 32};
-    float **dst[8] = {&b->Qp, &b->Kp, &b->Vp, &b->Pp, &b->OT, &b->m, &b->l, &b->corr};
+    float **dst[6] = {&b->Qp, &b->Pp, &b->OT, &b->m, &b->l, &b->corr};
     size_t off = 0;
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < 6; i++) {
         if (base) *dst[i] = base + off;
         off += (sz[i] + 15) & ~(size_t)15; /* each part 64-byte aligned */
     }
@@ -460,9 +456,11 @@ LDM_CLONES static void att_panel_softmax(float *P, int bk, float scale, float *m
     for (int j = 0; j < 32; j++) l[j] = l[j] * corr[j] + sum[j];
 }
 
-static void attention_block(float *out, const float *q, const float *k, const float *v,
-                            int heads, int Tk, int D, int q_stride, int kv_stride,
-                            float scale, int causal, int q0, int bq, const att_buf *w) {
+/* One block of queries of one head.  Kp: the head's keys as A panels ([Tk/14][D][14]);
+ * Vp: its values transposed as A panels ([D/14][Tk][14]). */
+static void attention_block(float *out, const float *q, const float *Kp, const float *Vp, int heads,
+                            int Tk, int D, int q_stride, float scale, int causal, int q0, int bq,
+                            const att_buf *w) {
     float *OT = w->OT, *m = w->m, *l = w->l, *corr = w->corr;
     const int npan = (bq + 31) / 32;
     for (int i = 0; i < npan * 32; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
@@ -471,13 +469,13 @@ static void attention_block(float *out, const float *q, const float *k, const fl
     if (causal && q0 + bq < kend) kend = q0 + bq; /* keys beyond the last query are masked */
     for (int k0 = 0; k0 < kend; k0 += ATT_BK) {
         int bk = kend - k0 < ATT_BK ? kend - k0 : ATT_BK;
-        ldm_panel_pack_a(w->Kp, k + (size_t)k0 * kv_stride, (size_t)kv_stride, bk, D, 0);
+        const float *Kb = Kp + (size_t)(k0 / LDM_PANEL_MR) * D * LDM_PANEL_MR;
         int rescale = 0;
         for (int jp = 0; jp < npan; jp++) {
             float *P = w->Pp + (size_t)jp * bk * 32;
             int nq = bq - jp * 32 < 32 ? bq - jp * 32 : 32;
             if (nq < 32) memset(P, 0, (size_t)bk * 32 * sizeof(float)); /* the columns past bq */
-            ldm_panel_gemm(bk, nq, D, w->Kp, w->Qp + (size_t)jp * D * 32, P, 32, 0);
+            ldm_panel_gemm(bk, nq, D, Kb, 0, w->Qp + (size_t)jp * D * 32, 0, P, 32, 0);
             if (causal) /* key k0+r is visible to query q0+jp*32+j when k0+r <= q0+jp*32+j */
                 for (int r = 0; r < bk; r++)
                     for (int j = 0; j < nq; j++)
@@ -491,8 +489,8 @@ static void attention_block(float *out, const float *q, const float *k, const fl
 #pragma omp simd
                 for (int i = 0; i < bq; i++) o[i] *= corr[i];
             }
-        ldm_panel_pack_a(w->Vp, v + (size_t)k0 * kv_stride, (size_t)kv_stride, D, bk, 1);
-        ldm_panel_gemm(D, bq, bk, w->Vp, w->Pp, OT, ATT_BQ, k0 > 0);
+        ldm_panel_gemm(D, bq, bk, Vp + (size_t)k0 * LDM_PANEL_MR, (size_t)Tk * LDM_PANEL_MR, w->Pp, 0,
+                       OT, ATT_BQ, k0 > 0);
     }
     int ostride = heads * D;
     for (int i = 0; i < bq; i++) l[i] = l[i] > 0 ? 1.0f / l[i] : 0.0f;
@@ -506,8 +504,22 @@ static int cpu_attention(ldm_backend *be, float *out, const float *q, const floa
                           int heads, int Tq, int Tk, int D, int q_stride, int kv_stride,
                           float scale, int causal) {
     if (B <= 0 || heads <= 0 || Tq <= 0 || D <= 0) return 0;
+    /* every head's keys and values in panels, once for all its blocks of queries */
+    const size_t kfl = (ldm_panel_a_floats(Tk, D) + 15) & ~(size_t)15;
+    const size_t vfl = (ldm_panel_a_floats(D, Tk) + 15) & ~(size_t)15;
+    const int nbh = B * heads;
+    float *kv = scratch(be, SCR_KV, (size_t)nbh * (kfl + vfl));
+    if (!kv) return -1;
+#pragma omp parallel for schedule(dynamic, 1) if (2.0 * nbh * Tk * D >= PAR_MIN)
+    for (int t = 0; t < 2 * nbh; t++) {
+        int bh = t / 2, b = bh / heads, h = bh % heads;
+        const float *src = (t % 2 ? v : k) + (size_t)b * Tk * kv_stride + (size_t)h * D;
+        float *dst = kv + (size_t)bh * (kfl + vfl) + (t % 2 ? kfl : 0);
+        if (t % 2) ldm_panel_pack_a(dst, src, (size_t)kv_stride, D, Tk, 1);
+        else ldm_panel_pack_a(dst, src, (size_t)kv_stride, Tk, D, 0);
+    }
     int nqb = (Tq + ATT_BQ - 1) / ATT_BQ;
-    int ntasks = B * heads * nqb;
+    int ntasks = nbh * nqb;
     int nthreads = omp_get_max_threads();
     if (nthreads > ntasks) nthreads = ntasks;
     size_t per = att_floats(D, &(att_buf){0}, NULL);
@@ -515,15 +527,14 @@ static int cpu_attention(ldm_backend *be, float *out, const float *q, const floa
     if (!buf) return -1;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int t = 0; t < ntasks; t++) {
-        int qb = t % nqb, h = (t / nqb) % heads, b = t / (nqb * heads);
+        int qb = t % nqb, bh = t / nqb, h = bh % heads, b = bh / heads;
         att_buf w;
         att_floats(D, &w, buf + per * (size_t)omp_get_thread_num());
         int q0 = qb * ATT_BQ, bq = Tq - q0 < ATT_BQ ? Tq - q0 : ATT_BQ;
+        const float *kp = kv + (size_t)bh * (kfl + vfl);
         attention_block(out + (size_t)b * Tq * heads * D + (size_t)h * D,
-                        q + (size_t)b * Tq * q_stride + (size_t)h * D,
-                        k + (size_t)b * Tk * kv_stride + (size_t)h * D,
-                        v + (size_t)b * Tk * kv_stride + (size_t)h * D, heads, Tk, D,
-                        q_stride, kv_stride, scale, causal, q0, bq, &w);
+                        q + (size_t)b * Tq * q_stride + (size_t)h * D, kp, kp + kfl, heads, Tk, D,
+                        q_stride, scale, causal, q0, bq, &w);
     }
     return 0;
 }
