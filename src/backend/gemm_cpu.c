@@ -369,7 +369,7 @@ static void pack_zero_tail(float *dst, int kc, int from, int to) {
 #define BT 32   /* rows of an A panel, columns of a B panel, k per step */
 
 enum { BF_NONE = 0, BF_AVX512 = 1, BF_AMX = 2 };
-static int bf_isa = -1, forced_bf = 0;
+static int bf_isa = -1, forced_bf = 0, has_avx512bf16 = 0;
 void ldm_gemm_force_bf16(int mode) { forced_bf = mode; }
 
 static inline uint16_t bf16_round(float f) {
@@ -403,6 +403,7 @@ static void detect_bf16(void) {
         else amx = 0;
 #endif
     }
+    has_avx512bf16 = avx512bf16;
     bf_isa = amx ? BF_AMX : avx512bf16 ? BF_AVX512 : BF_NONE;
 }
 #else
@@ -1107,4 +1108,128 @@ void ldm_panel_gemm(int M, int N, int K, const float *Ap, size_t a_pstride, cons
             }
         }
     }
+}
+
+/* ------------------------------------------------------------------------------
+ * bf16 panel products (attention in bf16 mode, on CPUs with AVX512_BF16): the fp32 panels
+ * above with k taken in pairs, each element rounded to bf16 (nearest even):
+ *   A  [panel][k pair][14 rows][2]     B  [panel][k pair][32 columns][2]
+ * (an odd K ends with a zero), multiplied by a 14x32 kernel of vdpbf16ps: the fp32 kernel's
+ * shape, two products per lane and instruction. */
+
+int ldm_panel_bf16_available(void) {
+    detect_bf16();
+    return has_avx512bf16 && forced_bf != 1; /* forced_bf 1: the test hook's "no bf16" */
+}
+size_t ldm_panel_bf_a_elems(int M, int K) { return (size_t)((M + MR - 1) / MR) * MR * (size_t)((K + 1) & ~1); }
+size_t ldm_panel_bf_b_elems(int N, int K) { return (size_t)((N + NR - 1) / NR) * NR * (size_t)((K + 1) & ~1); }
+
+#ifdef GEMM_X86
+/* vnni16_avx512 for a 14-row panel: d[2c] = bf16(r0[c]), d[2c+1] = bf16(r1[c]), c < 14. */
+static __attribute__((target("avx512f,avx512bw"))) void vnni14_avx512(uint16_t *d, const float *r0,
+                                                                     const float *r1) {
+    __m512 a = _mm512_maskz_loadu_ps(0x3fff, r0);
+    __m512 b = r1 ? _mm512_maskz_loadu_ps(0x3fff, r1) : _mm512_setzero_ps();
+    _mm512_mask_storeu_epi32(d, 0x3fff, _mm512_or_si512(bf16_lo(a), _mm512_slli_epi32(bf16_lo(b), 16)));
+}
+#endif
+
+/* P-wide fp32 panels (panel stride src_ps floats) to pair panels (stride dst_ps elements). */
+static void pairs_from_panels(uint16_t *dst, size_t dst_ps, const float *src, size_t src_ps, int P,
+                              int panels, int K) {
+    const int kp = (K + 1) / 2;
+    for (int ip = 0; ip < panels; ip++) {
+        const float *sp = src + (size_t)ip * src_ps;
+        uint16_t *dp = dst + (size_t)ip * dst_ps;
+        for (int q = 0; q < kp; q++, dp += 2 * P) {
+            const float *r0 = sp + (size_t)(2 * q) * P, *r1 = 2 * q + 1 < K ? r0 + P : NULL;
+#ifdef GEMM_X86
+            if (isa_fp32 == ISA_AVX512 && P % 16 == 0) {
+                for (int c = 0; c < P; c += 16) vnni16_avx512(dp + 2 * c, r0 + c, r1 ? r1 + c : NULL);
+                continue;
+            }
+            if (isa_fp32 == ISA_AVX512 && P == 14) { vnni14_avx512(dp, r0, r1); continue; }
+#endif
+            for (int c = 0; c < P; c++) {
+                dp[2 * c] = bf16_round(r0[c]);
+                dp[2 * c + 1] = r1 ? bf16_round(r1[c]) : 0;
+            }
+        }
+    }
+}
+void ldm_panel_bf_from_a(uint16_t *dst, const float *Ap, size_t a_pstride, int M, int K) {
+    if (!a_pstride) a_pstride = (size_t)K * MR;
+    pairs_from_panels(dst, (size_t)((K + 1) & ~1) * MR, Ap, a_pstride, MR, (M + MR - 1) / MR, K);
+}
+void ldm_panel_bf_from_b(uint16_t *dst, const float *Bp, size_t b_pstride, int N, int K) {
+    if (!b_pstride) b_pstride = (size_t)K * NR;
+    pairs_from_panels(dst, (size_t)((K + 1) & ~1) * NR, Bp, b_pstride, NR, (N + NR - 1) / NR, K);
+}
+
+#ifdef GEMM_X86
+static __attribute__((target("avx512f,avx512bf16"))) void ukr_bf16p(int kp, const uint16_t *Ap,
+                                                                    const uint16_t *Bp, float *C,
+                                                                    size_t ldc, int add) {
+    __m512 c0[MR], c1[MR];
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+    for (int q = 0; q < kp; q++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(Bp), b1 = (__m512bh)_mm512_loadu_si512(Bp + 32);
+#pragma GCC unroll 14
+        for (int i = 0; i < MR; i++) {
+            uint32_t pair;
+            memcpy(&pair, Ap + 2 * i, 4);
+            __m512bh a = (__m512bh)_mm512_set1_epi32((int)pair);
+            c0[i] = _mm512_dpbf16_ps(c0[i], a, b0);
+            c1[i] = _mm512_dpbf16_ps(c1[i], a, b1);
+        }
+        Ap += 2 * MR;
+        Bp += 2 * NR;
+    }
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++) {
+        float *cr = C + (size_t)i * ldc;
+        if (add) {
+            c0[i] = _mm512_add_ps(_mm512_loadu_ps(cr), c0[i]);
+            c1[i] = _mm512_add_ps(_mm512_loadu_ps(cr + 16), c1[i]);
+        }
+        _mm512_storeu_ps(cr, c0[i]);
+        _mm512_storeu_ps(cr + 16, c1[i]);
+    }
+}
+#endif
+
+void ldm_panel_bf_gemm(int M, int N, int K, const uint16_t *Ap, size_t a_pstride, const uint16_t *Bp,
+                       size_t b_pstride, float *C, size_t ldc, int add) {
+#ifdef GEMM_X86
+    if (M <= 0 || N <= 0) return;
+    const int kp = (K + 1) / 2;
+    if (!a_pstride) a_pstride = (size_t)kp * 2 * MR;
+    if (!b_pstride) b_pstride = (size_t)kp * 2 * NR;
+    float tmp[MR * NR];
+    for (int ip = 0; ip * MR < M; ip++) {
+        int mi = M - ip * MR < MR ? M - ip * MR : MR;
+        const uint16_t *ap = Ap + (size_t)ip * a_pstride;
+        for (int jp = 0; jp * NR < N; jp++) {
+            int nj = N - jp * NR < NR ? N - jp * NR : NR;
+            const uint16_t *bp = Bp + (size_t)jp * b_pstride;
+            float *c = C + (size_t)ip * MR * ldc + (size_t)jp * NR;
+            if (mi == MR && nj == NR) { ukr_bf16p(kp, ap, bp, c, ldc, add); continue; }
+            ukr_bf16p(kp, ap, bp, tmp, NR, 0);
+            for (int i = 0; i < mi; i++) {
+                float *cr = c + (size_t)i * ldc;
+                const float *t = tmp + (size_t)i * NR;
+                if (add) {
+#pragma omp simd
+                    for (int q = 0; q < nj; q++) cr[q] += t[q];
+                } else {
+                    memcpy(cr, t, (size_t)nj * sizeof(float));
+                }
+            }
+        }
+    }
+#else
+    (void)M; (void)N; (void)K; (void)Ap; (void)a_pstride; (void)Bp; (void)b_pstride; (void)C;
+    (void)ldc; (void)add;
+#endif
 }

@@ -91,6 +91,18 @@ void ldm_panel_pack_b(float *Bp, const float *src, size_t ld, int N, int K, int 
 void ldm_panel_gemm(int M, int N, int K, const float *Ap, size_t a_pstride, const float *Bp,
                     size_t b_pstride, float *C, size_t ldc, int add);
 
+/* The same products in bf16 (attention in bf16 mode), where ldm_panel_bf16_available():
+ * the fp32 panels above (panel strides as above, 0 = packed for this K) rounded to bf16
+ * with k in pairs (ldm_panel_bf_a_elems / _b_elems uint16 each, panel strides then in
+ * uint16: 0 = for this K), and C = (add ? C : 0) + A·B summed in fp32. */
+int ldm_panel_bf16_available(void);
+size_t ldm_panel_bf_a_elems(int M, int K);
+size_t ldm_panel_bf_b_elems(int N, int K);
+void ldm_panel_bf_from_a(uint16_t *dst, const float *Ap, size_t a_pstride, int M, int K);
+void ldm_panel_bf_from_b(uint16_t *dst, const float *Bp, size_t b_pstride, int N, int K);
+void ldm_panel_bf_gemm(int M, int N, int K, const uint16_t *Ap, size_t a_pstride, const uint16_t *Bp,
+                       size_t b_pstride, float *C, size_t ldc, int add);
+
 /* Test hook: blocking limits (0 keeps the default): the k block, and the rows/columns of
  * one task, so that tests reach the multi-block paths on small shapes. */
 void ldm_gemm_set_blocking(int kc, int mc, int nc);

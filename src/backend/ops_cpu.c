@@ -411,16 +411,23 @@ static int cpu_layer_norm(ldm_backend *be, float *out, const float *x, const ldm
 
 typedef struct att_buf {
     float *Qp, *Pp, *OT, *m, *l, *corr;
+    uint16_t *Qb, *Pb; /* bf16: Qp and Pp in pairs of k */
 } att_buf;
 
 static size_t att_floats(int D, att_buf *b, float *base) {
-    size_t sz[6] = {ldm_panel_b_floats(ATT_BQ, D), ldm_panel_b_floats(ATT_BQ, ATT_BK),
-                    (size_t)D * ATT_BQ, ATT_BQ + 32, ATT_BQ + 32, ATT_BQ + 32};
-    float **dst[6] = {&b->Qp, &b->Pp, &b->OT, &b->m, &b->l, &b->corr};
+    size_t sz[8] = {ldm_panel_b_floats(ATT_BQ, D), ldm_panel_b_floats(ATT_BQ, ATT_BK),
+                    (size_t)D * ATT_BQ, ATT_BQ + 32, ATT_BQ + 32, ATT_BQ + 32,
+                    (ldm_panel_bf_b_elems(ATT_BQ, D) + 1) / 2, (ldm_panel_bf_b_elems(ATT_BQ, ATT_BK) + 1) / 2};
+    float *parts[8];
     size_t off = 0;
-    for (int i = 0; i < 6; i++) {
-        if (base) *dst[i] = base + off;
+    for (int i = 0; i < 8; i++) {
+        parts[i] = base ? base + off : NULL;
         off += (sz[i] + 15) & ~(size_t)15; /* each part 64-byte aligned */
+    }
+    if (base) {
+        b->Qp = parts[0]; b->Pp = parts[1]; b->OT = parts[2];
+        b->m = parts[3]; b->l = parts[4]; b->corr = parts[5];
+        b->Qb = (uint16_t *)parts[6]; b->Pb = (uint16_t *)parts[7];
     }
     return off;
 }
@@ -457,25 +464,34 @@ LDM_CLONES static void att_panel_softmax(float *P, int bk, float scale, float *m
 }
 
 /* One block of queries of one head.  Kp: the head's keys as A panels ([Tk/14][D][14]);
- * Vp: its values transposed as A panels ([D/14][Tk][14]). */
-static void attention_block(float *out, const float *q, const float *Kp, const float *Vp, int heads,
-                            int Tk, int D, int q_stride, float scale, int causal, int q0, int bq,
+ * Vp: its values transposed as A panels ([D/14][Tk][14]); Kb, Vb: the same in bf16 pairs
+ * (NULL: the products in fp32). */
+static void attention_block(float *out, const float *q, const float *Kp, const float *Vp,
+                            const uint16_t *Kb, const uint16_t *Vb, int heads, int Tk, int D,
+                            int q_stride, float scale, int causal, int q0, int bq,
                             const att_buf *w) {
     float *OT = w->OT, *m = w->m, *l = w->l, *corr = w->corr;
-    const int npan = (bq + 31) / 32;
+    const int npan = (bq + 31) / 32, bf = Kb != NULL;
+    const size_t D2 = (size_t)((D + 1) & ~1), Tk2 = (size_t)((Tk + 1) & ~1);
     for (int i = 0; i < npan * 32; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
     ldm_panel_pack_b(w->Qp, q + (size_t)q0 * q_stride, (size_t)q_stride, bq, D, 1);
+    if (bf) ldm_panel_bf_from_b(w->Qb, w->Qp, 0, bq, D);
     int kend = Tk;
     if (causal && q0 + bq < kend) kend = q0 + bq; /* keys beyond the last query are masked */
     for (int k0 = 0; k0 < kend; k0 += ATT_BK) {
         int bk = kend - k0 < ATT_BK ? kend - k0 : ATT_BK;
-        const float *Kb = Kp + (size_t)(k0 / LDM_PANEL_MR) * D * LDM_PANEL_MR;
+        const size_t kpan = (size_t)(k0 / LDM_PANEL_MR); /* the block's first panel of keys */
         int rescale = 0;
         for (int jp = 0; jp < npan; jp++) {
             float *P = w->Pp + (size_t)jp * bk * 32;
             int nq = bq - jp * 32 < 32 ? bq - jp * 32 : 32;
             if (nq < 32) memset(P, 0, (size_t)bk * 32 * sizeof(float)); /* the columns past bq */
-            ldm_panel_gemm(bk, nq, D, Kb, 0, w->Qp + (size_t)jp * D * 32, 0, P, 32, 0);
+            if (bf)
+                ldm_panel_bf_gemm(bk, nq, D, Kb + kpan * D2 * LDM_PANEL_MR, 0, w->Qb + (size_t)jp * D2 * 32, 0,
+                                  P, 32, 0);
+            else
+                ldm_panel_gemm(bk, nq, D, Kp + kpan * D * LDM_PANEL_MR, 0, w->Qp + (size_t)jp * D * 32, 0,
+                               P, 32, 0);
             if (causal) /* key k0+r is visible to query q0+jp*32+j when k0+r <= q0+jp*32+j */
                 for (int r = 0; r < bk; r++)
                     for (int j = 0; j < nq; j++)
@@ -489,8 +505,14 @@ static void attention_block(float *out, const float *q, const float *Kp, const f
 #pragma omp simd
                 for (int i = 0; i < bq; i++) o[i] *= corr[i];
             }
-        ldm_panel_gemm(D, bq, bk, Vp + (size_t)k0 * LDM_PANEL_MR, (size_t)Tk * LDM_PANEL_MR, w->Pp, 0,
-                       OT, ATT_BQ, k0 > 0);
+        if (bf) {
+            ldm_panel_bf_from_b(w->Pb, w->Pp, (size_t)bk * 32, bq, bk);
+            ldm_panel_bf_gemm(D, bq, bk, Vb + (size_t)k0 * LDM_PANEL_MR, Tk2 * LDM_PANEL_MR, w->Pb, 0, OT,
+                              ATT_BQ, k0 > 0);
+        } else {
+            ldm_panel_gemm(D, bq, bk, Vp + (size_t)k0 * LDM_PANEL_MR, (size_t)Tk * LDM_PANEL_MR, w->Pp, 0,
+                           OT, ATT_BQ, k0 > 0);
+        }
     }
     int ostride = heads * D;
     for (int i = 0; i < bq; i++) l[i] = l[i] > 0 ? 1.0f / l[i] : 0.0f;
@@ -500,23 +522,38 @@ static void attention_block(float *out, const float *q, const float *Kp, const f
     }
 }
 
+/* Attention in bf16 mode: its two products in bf16 where the CPU has AVX512_BF16 (the
+ * softmax and the sums stay fp32), else fp32. */
+static int att_bf16(ldm_backend *be) {
+    return cpu_precision(be) == LDM_GEMM_BF16 && ldm_gemm_bf16_isa() && ldm_panel_bf16_available();
+}
+
 static int cpu_attention(ldm_backend *be, float *out, const float *q, const float *k, const float *v, int B,
                           int heads, int Tq, int Tk, int D, int q_stride, int kv_stride,
                           float scale, int causal) {
     if (B <= 0 || heads <= 0 || Tq <= 0 || D <= 0) return 0;
     /* every head's keys and values in panels, once for all its blocks of queries */
+    const int bf = att_bf16(be);
     const size_t kfl = (ldm_panel_a_floats(Tk, D) + 15) & ~(size_t)15;
     const size_t vfl = (ldm_panel_a_floats(D, Tk) + 15) & ~(size_t)15;
+    const size_t kbl = bf ? ((ldm_panel_bf_a_elems(Tk, D) + 1) / 2 + 15) & ~(size_t)15 : 0;
+    const size_t vbl = bf ? ((ldm_panel_bf_a_elems(D, Tk) + 1) / 2 + 15) & ~(size_t)15 : 0;
+    const size_t per_head = kfl + vfl + kbl + vbl;
     const int nbh = B * heads;
-    float *kv = scratch(be, SCR_KV, (size_t)nbh * (kfl + vfl));
+    float *kv = scratch(be, SCR_KV, (size_t)nbh * per_head);
     if (!kv) return -1;
 #pragma omp parallel for schedule(dynamic, 1) if (2.0 * nbh * Tk * D >= PAR_MIN)
     for (int t = 0; t < 2 * nbh; t++) {
         int bh = t / 2, b = bh / heads, h = bh % heads;
         const float *src = (t % 2 ? v : k) + (size_t)b * Tk * kv_stride + (size_t)h * D;
-        float *dst = kv + (size_t)bh * (kfl + vfl) + (t % 2 ? kfl : 0);
-        if (t % 2) ldm_panel_pack_a(dst, src, (size_t)kv_stride, D, Tk, 1);
-        else ldm_panel_pack_a(dst, src, (size_t)kv_stride, Tk, D, 0);
+        float *head = kv + (size_t)bh * per_head;
+        if (t % 2) {
+            ldm_panel_pack_a(head + kfl, src, (size_t)kv_stride, D, Tk, 1);
+            if (bf) ldm_panel_bf_from_a((uint16_t *)(head + kfl + vfl + kbl), head + kfl, 0, D, Tk);
+        } else {
+            ldm_panel_pack_a(head, src, (size_t)kv_stride, Tk, D, 0);
+            if (bf) ldm_panel_bf_from_a((uint16_t *)(head + kfl + vfl), head, 0, Tk, D);
+        }
     }
     int nqb = (Tq + ATT_BQ - 1) / ATT_BQ;
     int ntasks = nbh * nqb;
@@ -531,10 +568,12 @@ static int cpu_attention(ldm_backend *be, float *out, const float *q, const floa
         att_buf w;
         att_floats(D, &w, buf + per * (size_t)omp_get_thread_num());
         int q0 = qb * ATT_BQ, bq = Tq - q0 < ATT_BQ ? Tq - q0 : ATT_BQ;
-        const float *kp = kv + (size_t)bh * (kfl + vfl);
+        const float *head = kv + (size_t)bh * per_head;
+        const uint16_t *kb = bf ? (const uint16_t *)(head + kfl + vfl) : NULL;
+        const uint16_t *vb = bf ? (const uint16_t *)(head + kfl + vfl + kbl) : NULL;
         attention_block(out + (size_t)b * Tq * heads * D + (size_t)h * D,
-                        q + (size_t)b * Tq * q_stride + (size_t)h * D, kp, kp + kfl, heads, Tk, D,
-                        q_stride, scale, causal, q0, bq, &w);
+                        q + (size_t)b * Tq * q_stride + (size_t)h * D, head, head + kfl, kb, vb, heads,
+                        Tk, D, q_stride, scale, causal, q0, bq, &w);
     }
     return 0;
 }
