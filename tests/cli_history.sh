@@ -201,7 +201,9 @@ expect_fail "replay of a latent picture: no ldm chunk" 1 'no "ldm" text chunk' "
 expect_fail "latent: same name" 2 'same file' $G -o "$O/same.png" --save-latent "$O/same.png" "$P"
 
 # ---- failed: the PNG cannot be put in place -> 'failed' with the message ----
-$G -n 40 --seed 1 -o "$O/f.png" -q "fails at the end" 2> "$TMP/ferr" &
+# (400 steps, about 2.5 s here: the directory must be made while the run is still going;
+# 40 steps finished before it on a clean CI clone once the CPU kernels got faster)
+$G -n 400 --seed 1 -o "$O/f.png" -q "fails at the end" 2> "$TMP/ferr" &
 pid=$!
 wait_running "$DB" || bad "failed run: no running row"
 mkdir "$O/f.png"; : > "$O/f.png/keep"
