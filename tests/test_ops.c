@@ -287,13 +287,16 @@ static void test_layer_norm(int M, int C) {
 /* ---- attention ---- */
 static void test_attention(int B, int heads, int Tq, int Tk, int D, int q_extra, int kv_extra,
                            int causal, float amp) {
+    /* amp < 0: the scale is negative (the op takes any finite scale) */
+    float sgn = amp < 0 ? -1.0f : 1.0f;
+    amp = fabsf(amp);
     int qs = heads * D + q_extra, ks = heads * D + kv_extra, os = heads * D;
     float *q = rand_vec((size_t)B * Tq * qs, amp), *k = rand_vec((size_t)B * Tk * ks, amp);
     float *v = rand_vec((size_t)B * Tk * ks, 1.0f);
     size_t on = (size_t)B * Tq * os;
     float *out = rand_vec(on, 1.0f);
     double *ref = calloc(on, sizeof(double)), *p = malloc((size_t)Tk * sizeof(double));
-    float scale = 1.0f / sqrtf((float)D);
+    float scale = sgn / sqrtf((float)D);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < heads; h++)
             for (int i = 0; i < Tq; i++) {
@@ -733,6 +736,7 @@ int main(void) {
     test_attention(1, 1, 300, 530, 5, 1, 2, 0, 4.0f);
     test_attention(1, 8, 64, 256, 40, 0, 0, 1, 1.0f);
     test_attention(1, 1, 140, 260, 512, 0, 0, 0, 0.044f); /* the VAE's single head */
+    test_attention(1, 2, 40, 300, 8, 0, 0, 0, -1.0f);     /* a negative scale (amp < 0) */
     /* elementwise, in serial and parallel sizes */
     test_elementwise(1);
     test_elementwise(1001);

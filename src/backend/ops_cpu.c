@@ -403,8 +403,8 @@ static int cpu_layer_norm(ldm_backend *be, float *out, const float *x, const ldm
  * walks the keys BK at a time, with the products on its own panels (gemm_cpu.c):
  *   Sᵀ = K Qᵀ                  [bk, bq], written straight into the 32-query panels that
  *                              the second product reads (no transpose)
- *   per query (a column, so the softmax runs across the panel's 32 lanes):
- *     m' = max(m, scale·max S);  P = exp(scale·S - m');  l = l·exp(m-m') + sum P
+ *   (Q scaled as it is packed), then per query (a column, so the softmax runs across the
+ *   panel's 32 lanes):  m' = max(m, max S);  P = exp(S - m');  l = l·exp(m-m') + sum P
  *   Oᵀ = Oᵀ·exp(m-m') + Vᵀ Pᵀ  [D, bq]   (D as the rows: a head of 40 fills 14-row panels)
  * and finally out = O / l.  Everything a block sums is in a fixed order: the same bits
  * whatever the thread count. */
@@ -434,8 +434,7 @@ static size_t att_floats(int D, att_buf *b, float *base) {
 
 /* The softmax step of one panel P[bk][32] (32 queries, each a column) in place: m, l and
  * corr are the panel's 32 running maxima (scaled), sums and rescale factors. */
-LDM_CLONES static void att_panel_softmax(float *P, int bk, float scale, float *m, float *l,
-                                         float *corr) {
+LDM_CLONES static void att_panel_softmax(float *P, int bk, float *m, float *l, float *corr) {
     float mx[32], shift[32], sum[32];
     for (int j = 0; j < 32; j++) { mx[j] = -INFINITY; sum[j] = 0.0f; }
     for (int k = 0; k < bk; k++) {
@@ -444,7 +443,7 @@ LDM_CLONES static void att_panel_softmax(float *P, int bk, float scale, float *m
         for (int j = 0; j < 32; j++) mx[j] = row[j] > mx[j] ? row[j] : mx[j];
     }
     for (int j = 0; j < 32; j++) {
-        float nm = scale * mx[j];
+        float nm = mx[j];
         if (m[j] > nm) nm = m[j];
         /* a query that sees no key yet keeps a zero row, sum and output */
         shift[j] = nm == -INFINITY ? 0.0f : nm;
@@ -455,7 +454,7 @@ LDM_CLONES static void att_panel_softmax(float *P, int bk, float scale, float *m
         float *row = P + (size_t)k * 32;
 #pragma omp simd
         for (int j = 0; j < 32; j++) {
-            float e = exp_ps(row[j] * scale - shift[j]);
+            float e = exp_ps(row[j] - shift[j]);
             row[j] = e;
             sum[j] += e;
         }
@@ -475,6 +474,12 @@ static void attention_block(float *out, const float *q, const float *Kp, const f
     const size_t D2 = (size_t)((D + 1) & ~1), Tk2 = (size_t)((Tk + 1) & ~1);
     for (int i = 0; i < npan * 32; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
     ldm_panel_pack_b(w->Qp, q + (size_t)q0 * q_stride, (size_t)q_stride, bq, D, 1);
+    { /* the scale on Q (any sign: the maximum below is then that of the scaled scores) */
+        float *qp = w->Qp;
+        size_t nq = ldm_panel_b_floats(bq, D);
+#pragma omp simd
+        for (size_t i = 0; i < nq; i++) qp[i] *= scale;
+    }
     if (bf) ldm_panel_bf_from_b(w->Qb, w->Qp, 0, bq, D);
     int kend = Tk;
     if (causal && q0 + bq < kend) kend = q0 + bq; /* keys beyond the last query are masked */
@@ -496,7 +501,7 @@ static void attention_block(float *out, const float *q, const float *Kp, const f
                 for (int r = 0; r < bk; r++)
                     for (int j = 0; j < nq; j++)
                         if (k0 + r > q0 + jp * 32 + j) P[(size_t)r * 32 + j] = -INFINITY;
-            att_panel_softmax(P, bk, scale, m + jp * 32, l + jp * 32, corr + jp * 32);
+            att_panel_softmax(P, bk, m + jp * 32, l + jp * 32, corr + jp * 32);
             for (int j = 0; j < nq && !rescale; j++) rescale = corr[jp * 32 + j] != 1.0f;
         }
         if (k0 > 0 && rescale)
