@@ -129,6 +129,22 @@ static void ukr_avx2(int kc, const float *Ap, const float *Bp, float *C, size_t 
     }
 }
 
+/* C (ldc) = or += a 14x32 tile held in c0 (columns 0-15) and c1 (16-31). */
+static __attribute__((target("avx512f"), always_inline)) inline void store_14x32(float *C, size_t ldc,
+                                                                                __m512 *c0, __m512 *c1,
+                                                                                int add) {
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++) {
+        float *cr = C + (size_t)i * ldc;
+        if (add) {
+            c0[i] = _mm512_add_ps(_mm512_loadu_ps(cr), c0[i]);
+            c1[i] = _mm512_add_ps(_mm512_loadu_ps(cr + 16), c1[i]);
+        }
+        _mm512_storeu_ps(cr, c0[i]);
+        _mm512_storeu_ps(cr + 16, c1[i]);
+    }
+}
+
 /* AVX-512: 14 x 32 = 28 zmm accumulators, 2 for B, 1 broadcast. */
 static __attribute__((target("avx512f"))) void ukr_avx512(int kc, const float *Ap, const float *Bp,
                                                           float *C, size_t ldc, int add) {
@@ -146,16 +162,7 @@ static __attribute__((target("avx512f"))) void ukr_avx512(int kc, const float *A
         Ap += MR;
         Bp += NR;
     }
-#pragma GCC unroll 14
-    for (int i = 0; i < MR; i++) {
-        float *cr = C + (size_t)i * ldc;
-        if (add) {
-            c0[i] = _mm512_add_ps(_mm512_loadu_ps(cr), c0[i]);
-            c1[i] = _mm512_add_ps(_mm512_loadu_ps(cr + 16), c1[i]);
-        }
-        _mm512_storeu_ps(cr, c0[i]);
-        _mm512_storeu_ps(cr + 16, c1[i]);
-    }
+    store_14x32(C, ldc, c0, c1, add);
 }
 #endif
 
@@ -1075,41 +1082,17 @@ void ldm_panel_pack_b(float *Bp, const float *src, size_t ld, int N, int K, int 
     else pack_runs(Bp, NR, src, ld, N, K);
 }
 
+/* The tiles of a panel product: fp32 panels (bf 0) or bf16 pair panels (bf 1); panel
+ * strides in elements of the panels' type. */
+static void panel_tiles(int bf, int M, int N, int K, const void *Ap, size_t a_pstride, const void *Bp,
+                        size_t b_pstride, float *C, size_t ldc, int add);
+
 void ldm_panel_gemm(int M, int N, int K, const float *Ap, size_t a_pstride, const float *Bp,
                     size_t b_pstride, float *C, size_t ldc, int add) {
-    if (M <= 0 || N <= 0) return;
     if (!a_pstride) a_pstride = (size_t)K * MR;
     if (!b_pstride) b_pstride = (size_t)K * NR;
-    ukr_fn ukr = pick_ukr(cur_isa());
-    float tmp[MR * NR];
-    for (int ip = 0; ip * MR < M; ip++) {
-        int mi = M - ip * MR < MR ? M - ip * MR : MR;
-        const float *ap = Ap + (size_t)ip * a_pstride;
-        for (int jp = 0; jp * NR < N; jp++) {
-            int nj = N - jp * NR < NR ? N - jp * NR : NR;
-            const float *bp = Bp + (size_t)jp * b_pstride;
-            float *c = C + (size_t)ip * MR * ldc + (size_t)jp * NR;
-            if (K <= 0) {
-                for (int i = 0; i < mi; i++)
-                    if (!add) memset(c + (size_t)i * ldc, 0, (size_t)nj * sizeof(float));
-                continue;
-            }
-            if (mi == MR && nj == NR) { ukr(K, ap, bp, c, ldc, add); continue; }
-            ukr(K, ap, bp, tmp, NR, 0);
-            for (int i = 0; i < mi; i++) {
-                float *cr = c + (size_t)i * ldc;
-                const float *t = tmp + (size_t)i * NR;
-                if (add) {
-#pragma omp simd
-                    for (int q = 0; q < nj; q++) cr[q] += t[q];
-                } else {
-                    memcpy(cr, t, (size_t)nj * sizeof(float));
-                }
-            }
-        }
-    }
+    panel_tiles(0, M, N, K, Ap, a_pstride, Bp, b_pstride, C, ldc, add);
 }
-
 /* ------------------------------------------------------------------------------
  * bf16 panel products (attention in bf16 mode, on CPUs with AVX512_BF16): the fp32 panels
  * above with k taken in pairs, each element rounded to bf16 (nearest even):
@@ -1186,36 +1169,46 @@ static __attribute__((target("avx512f,avx512bf16"))) void ukr_bf16p(int kp, cons
         Ap += 2 * MR;
         Bp += 2 * NR;
     }
-#pragma GCC unroll 14
-    for (int i = 0; i < MR; i++) {
-        float *cr = C + (size_t)i * ldc;
-        if (add) {
-            c0[i] = _mm512_add_ps(_mm512_loadu_ps(cr), c0[i]);
-            c1[i] = _mm512_add_ps(_mm512_loadu_ps(cr + 16), c1[i]);
-        }
-        _mm512_storeu_ps(cr, c0[i]);
-        _mm512_storeu_ps(cr + 16, c1[i]);
-    }
+    store_14x32(C, ldc, c0, c1, add);
 }
 #endif
 
 void ldm_panel_bf_gemm(int M, int N, int K, const uint16_t *Ap, size_t a_pstride, const uint16_t *Bp,
                        size_t b_pstride, float *C, size_t ldc, int add) {
-#ifdef GEMM_X86
+    const size_t k2 = (size_t)((K + 1) & ~1);
+    if (!a_pstride) a_pstride = k2 * MR;
+    if (!b_pstride) b_pstride = k2 * NR;
+    panel_tiles(1, M, N, K, Ap, a_pstride, Bp, b_pstride, C, ldc, add);
+}
+
+static void panel_tiles(int bf, int M, int N, int K, const void *Ap, size_t a_pstride, const void *Bp,
+                        size_t b_pstride, float *C, size_t ldc, int add) {
     if (M <= 0 || N <= 0) return;
-    const int kp = (K + 1) / 2;
-    if (!a_pstride) a_pstride = (size_t)kp * 2 * MR;
-    if (!b_pstride) b_pstride = (size_t)kp * 2 * NR;
+    const size_t esz = bf ? sizeof(uint16_t) : sizeof(float);
+    ukr_fn ukr = pick_ukr(cur_isa());
     float tmp[MR * NR];
     for (int ip = 0; ip * MR < M; ip++) {
         int mi = M - ip * MR < MR ? M - ip * MR : MR;
-        const uint16_t *ap = Ap + (size_t)ip * a_pstride;
+        const char *ap = (const char *)Ap + (size_t)ip * a_pstride * esz;
         for (int jp = 0; jp * NR < N; jp++) {
             int nj = N - jp * NR < NR ? N - jp * NR : NR;
-            const uint16_t *bp = Bp + (size_t)jp * b_pstride;
+            const char *bp = (const char *)Bp + (size_t)jp * b_pstride * esz;
             float *c = C + (size_t)ip * MR * ldc + (size_t)jp * NR;
-            if (mi == MR && nj == NR) { ukr_bf16p(kp, ap, bp, c, ldc, add); continue; }
-            ukr_bf16p(kp, ap, bp, tmp, NR, 0);
+            int whole = mi == MR && nj == NR;
+            float *dst = whole ? c : tmp;
+            size_t ld = whole ? ldc : NR;
+            int acc = whole ? add : 0;
+            if (K <= 0) { /* the empty sum */
+                if (acc) continue; /* C + 0 */
+                for (int i = 0; i < MR; i++) memset(dst + (size_t)i * ld, 0, NR * sizeof(float));
+            } else if (bf) {
+#ifdef GEMM_X86
+                ukr_bf16p((K + 1) / 2, (const uint16_t *)ap, (const uint16_t *)bp, dst, ld, acc);
+#endif
+            } else {
+                ukr(K, (const float *)ap, (const float *)bp, dst, ld, acc);
+            }
+            if (whole) continue;
             for (int i = 0; i < mi; i++) {
                 float *cr = c + (size_t)i * ldc;
                 const float *t = tmp + (size_t)i * NR;
@@ -1228,8 +1221,4 @@ void ldm_panel_bf_gemm(int M, int N, int K, const uint16_t *Ap, size_t a_pstride
             }
         }
     }
-#else
-    (void)M; (void)N; (void)K; (void)Ap; (void)a_pstride; (void)Bp; (void)b_pstride; (void)C;
-    (void)ldc; (void)add;
-#endif
 }
