@@ -155,8 +155,9 @@ int main(int argc, char **argv) {
     printf("%-34s %9s %9s %7s\n", "shape", "ms", "GFLOP/s", "ceiling");
     double peak = fma_peak(threads);
     if (peak > 0)
-        printf("%-34s %9s %9.1f %6.0f%%  (the shapes' share of it: the last line)\n",
-               "FMA peak, registers only", "", peak, 100.0 * peak / ceiling);
+        printf("%-34s %9s %9.1f %6.0f%%%s\n", "FMA peak (fp32), registers only", "", peak,
+               100.0 * peak / ceiling,
+               precision == LDM_PRECISION_FP32 ? "  (the shapes' share of it: the last line)" : "");
     printf("%-34s %9.2f %9.1f %6.0f%%\n", "OpenBLAS sgemm 1024^3 (ceiling)", best * 1e3, ceiling, 100.0);
 
     double tot_fl = 0, tot_t = 0, tot_c = 0;

@@ -1077,9 +1077,8 @@ void ldm_panel_pack_a(float *Ap, const float *src, size_t ld, int M, int K, int 
     else pack_t(cur_isa(), Ap, MR, src, 0, ld, M, 0, K);
 }
 
-void ldm_panel_pack_b(float *Bp, const float *src, size_t ld, int N, int K, int nk) {
-    if (nk) pack_t(cur_isa(), Bp, NR, src, 0, ld, N, 0, K);
-    else pack_runs(Bp, NR, src, ld, N, K);
+void ldm_panel_pack_b(float *Bp, const float *src, size_t ld, int N, int K) {
+    pack_t(cur_isa(), Bp, NR, src, 0, ld, N, 0, K);
 }
 
 /* The tiles of a panel product: fp32 panels (bf 0) or bf16 pair panels (bf 1); panel
@@ -1102,7 +1101,7 @@ void ldm_panel_gemm(int M, int N, int K, const float *Ap, size_t a_pstride, cons
 
 int ldm_panel_bf16_available(void) {
     detect_bf16();
-    return has_avx512bf16 && forced_bf != 1; /* forced_bf 1: the test hook's "no bf16" */
+    return has_avx512bf16;
 }
 size_t ldm_panel_bf_a_elems(int M, int K) { return (size_t)((M + MR - 1) / MR) * MR * (size_t)((K + 1) & ~1); }
 size_t ldm_panel_bf_b_elems(int N, int K) { return (size_t)((N + NR - 1) / NR) * NR * (size_t)((K + 1) & ~1); }

@@ -78,7 +78,7 @@ const char *ldm_gemm_bf16_isa(void);
 /* Panel products, single-threaded, for code already inside a parallel region (the
  * attention blocks): each operand packed once by the caller and reused.
  *   A (M x K) from src[m*ld + k] (km 0) or src[k*ld + m] (km 1), ldm_panel_a_floats floats;
- *   B (K x N) from src[k*ld + n] (nk 0) or src[n*ld + k] (nk 1), ldm_panel_b_floats floats;
+ *   B (K x N) from src[n*ld + k] (rows of N), ldm_panel_b_floats floats;
  *   C[m*ldc + n] = (add ? C : 0) + A·B, each element summed over k in order (any kernel:
  *   the same bits).  a_pstride, b_pstride: floats from one panel to the next (0: K*14 and
  *   K*32, panels packed for this K alone; more: a k range of panels packed for a longer K). */
@@ -87,11 +87,12 @@ const char *ldm_gemm_bf16_isa(void);
 size_t ldm_panel_a_floats(int M, int K);
 size_t ldm_panel_b_floats(int N, int K);
 void ldm_panel_pack_a(float *Ap, const float *src, size_t ld, int M, int K, int km);
-void ldm_panel_pack_b(float *Bp, const float *src, size_t ld, int N, int K, int nk);
+void ldm_panel_pack_b(float *Bp, const float *src, size_t ld, int N, int K);
 void ldm_panel_gemm(int M, int N, int K, const float *Ap, size_t a_pstride, const float *Bp,
                     size_t b_pstride, float *C, size_t ldc, int add);
 
-/* The same products in bf16 (attention in bf16 mode), where ldm_panel_bf16_available():
+/* The same products in bf16 (attention in bf16 mode), where ldm_panel_bf16_available()
+ * (the CPU has AVX512_BF16; whether bf16 is wanted, and not forced off, is ldm_gemm_bf16_isa's):
  * the fp32 panels above (panel strides as above, 0 = packed for this K) rounded to bf16
  * with k in pairs (ldm_panel_bf_a_elems / _b_elems uint16 each, panel strides then in
  * uint16: 0 = for this K), and C = (add ? C : 0) + A·B summed in fp32. */

@@ -414,6 +414,7 @@ typedef struct att_buf {
     uint16_t *Qb, *Pb; /* bf16: Qp and Pp in pairs of k */
 } att_buf;
 
+/* The floats of one thread's block buffers; with base, b's parts are set inside it. */
 static size_t att_floats(int D, att_buf *b, float *base) {
     size_t sz[8] = {ldm_panel_b_floats(ATT_BQ, D), ldm_panel_b_floats(ATT_BQ, ATT_BK),
                     (size_t)D * ATT_BQ, ATT_BQ + 32, ATT_BQ + 32, ATT_BQ + 32,
@@ -473,7 +474,7 @@ static void attention_block(float *out, const float *q, const float *Kp, const f
     const int npan = (bq + 31) / 32, bf = Kb != NULL;
     const size_t D2 = (size_t)((D + 1) & ~1), Tk2 = (size_t)((Tk + 1) & ~1);
     for (int i = 0; i < npan * 32; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
-    ldm_panel_pack_b(w->Qp, q + (size_t)q0 * q_stride, (size_t)q_stride, bq, D, 1);
+    ldm_panel_pack_b(w->Qp, q + (size_t)q0 * q_stride, (size_t)q_stride, bq, D);
     { /* the scale on Q (any sign: the maximum below is then that of the scaled scores) */
         float *qp = w->Qp;
         size_t nq = ldm_panel_b_floats(bq, D);
@@ -564,7 +565,7 @@ static int cpu_attention(ldm_backend *be, float *out, const float *q, const floa
     int ntasks = nbh * nqb;
     int nthreads = omp_get_max_threads();
     if (nthreads > ntasks) nthreads = ntasks;
-    size_t per = att_floats(D, &(att_buf){0}, NULL);
+    size_t per = att_floats(D, NULL, NULL);
     float *buf = scratch(be, SCR_ATT, per * (size_t)nthreads);
     if (!buf) return -1;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
