@@ -95,38 +95,42 @@ static void ukr_portable(int kc, const float *Ap, const float *Bp, float *C, siz
 }
 
 #ifdef GEMM_X86
-/* AVX2: the 14x32 tile as 6x16 / 2x16 sub-tiles (16 ymm registers). */
-#define AVX2_SUB(ROWS)                                                                       \
-    static __attribute__((target("avx2,fma"))) void ukr_avx2_##ROWS(                         \
+/* AVX2: the 14x32 tile as four 6x16 sub-tiles (12 ymm accumulators, 2 for B, 1
+ * broadcast) and one 2x32 (8 accumulators: enough independent chains to hide the FMA
+ * latency).  The loops are unrolled so that the accumulators stay in registers. */
+#define AVX2_SUB(ROWS, NV)                                                                   \
+    static __attribute__((target("avx2,fma"))) void ukr_avx2_##ROWS##x##NV(                  \
         int kc, const float *Ap, const float *Bp, float *C, size_t ldc, int add) {           \
-        __m256 c0[ROWS], c1[ROWS];                                                           \
-        for (int i = 0; i < ROWS; i++) c0[i] = c1[i] = _mm256_setzero_ps();                 \
+        __m256 c[ROWS][NV];                                                                  \
+        _Pragma("GCC unroll 8") for (int i = 0; i < ROWS; i++)                               \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) c[i][v] = _mm256_setzero_ps(); \
         for (int k = 0; k < kc; k++) {                                                       \
-            __m256 b0 = _mm256_loadu_ps(Bp + (size_t)k * NR), b1 = _mm256_loadu_ps(Bp + (size_t)k * NR + 8); \
-            for (int i = 0; i < ROWS; i++) {                                                 \
-                __m256 a = _mm256_broadcast_ss(Ap + (size_t)k * MR + i);                     \
-                c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);                                       \
-                c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);                                       \
+            __m256 b[NV];                                                                    \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) b[v] = _mm256_loadu_ps(Bp + 8 * v); \
+            _Pragma("GCC unroll 8") for (int i = 0; i < ROWS; i++) {                         \
+                __m256 a = _mm256_broadcast_ss(Ap + i);                                      \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                         \
+                    c[i][v] = _mm256_fmadd_ps(a, b[v], c[i][v]);                             \
             }                                                                                \
+            Ap += MR;                                                                        \
+            Bp += NR;                                                                        \
         }                                                                                    \
-        for (int i = 0; i < ROWS; i++) {                                                     \
+        _Pragma("GCC unroll 8") for (int i = 0; i < ROWS; i++) {                             \
             float *cr = C + (size_t)i * ldc;                                                 \
-            if (add) {                                                                       \
-                c0[i] = _mm256_add_ps(_mm256_loadu_ps(cr), c0[i]);                           \
-                c1[i] = _mm256_add_ps(_mm256_loadu_ps(cr + 8), c1[i]);                       \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                           \
+                if (add) c[i][v] = _mm256_add_ps(_mm256_loadu_ps(cr + 8 * v), c[i][v]);      \
+                _mm256_storeu_ps(cr + 8 * v, c[i][v]);                                       \
             }                                                                                \
-            _mm256_storeu_ps(cr, c0[i]);                                                     \
-            _mm256_storeu_ps(cr + 8, c1[i]);                                                 \
         }                                                                                    \
     }
-AVX2_SUB(6)
-AVX2_SUB(2)
+AVX2_SUB(6, 2)
+AVX2_SUB(2, 4)
 static void ukr_avx2(int kc, const float *Ap, const float *Bp, float *C, size_t ldc, int add) {
     for (int j = 0; j < NR; j += 16) {
-        ukr_avx2_6(kc, Ap, Bp + j, C + j, ldc, add);
-        ukr_avx2_6(kc, Ap + 6, Bp + j, C + 6 * ldc + j, ldc, add);
-        ukr_avx2_2(kc, Ap + 12, Bp + j, C + 12 * ldc + j, ldc, add);
+        ukr_avx2_6x2(kc, Ap, Bp + j, C + j, ldc, add);
+        ukr_avx2_6x2(kc, Ap + 6, Bp + j, C + 6 * ldc + j, ldc, add);
     }
+    ukr_avx2_2x4(kc, Ap + 12, Bp, C + 12 * ldc, ldc, add);
 }
 
 /* C (ldc) = or += a 14x32 tile held in c0 (columns 0-15) and c1 (16-31). */
@@ -287,10 +291,90 @@ static __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void pack_t_avx
 }
 #endif
 
+#ifdef GEMM_X86
+/* AVX2 + F16C: the same packing, 8 rows x 8 k at a time through registers; a k tail under
+ * 8 goes element by element, missing rows are zero. */
+static __attribute__((target("avx2,f16c"), always_inline)) inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int g = 0; g < 2; g++) {
+        u[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+        r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+}
+
+static __attribute__((target("avx2,f16c"), always_inline)) inline void
+pack_t_avx2_body(float *dst, int P, const void *src, const int f16, size_t ld, int nrows, int k0,
+                 int kc) {
+    int panels = (nrows + P - 1) / P;
+    const size_t esz = f16 ? 2 : 4;
+    const int kfull = kc & ~7;
+    for (int ip = 0; ip < panels; ip++) {
+        float *dp = dst + (size_t)ip * kc * P;
+        for (int i0 = 0; i0 < P; i0 += 8) {
+            int ni = P - i0 < 8 ? P - i0 : 8;            /* lanes stored (6 or 8) */
+            int rbase = ip * P + i0;
+            int valid = nrows - rbase;                   /* rows that exist */
+            if (valid > ni) valid = ni;
+            if (valid < 0) valid = 0;
+            int nxt = nrows - (rbase + P);
+            nxt = nxt < 0 ? 0 : nxt > ni ? ni : nxt;
+            const char *rows[8];
+            for (int i = 0; i < 8; i++) /* a missing row points at a real one (never used) */
+                rows[i] = (const char *)src + (size_t)(i < valid ? rbase + i : 0) * ld * esz;
+            __m256i smask = _mm256_cmpgt_epi32(_mm256_set1_epi32(ni), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            for (int k = 0; k < kfull; k += 8) {
+                size_t koff = (size_t)(k0 + k) * esz;
+                for (int i = 0; i < nxt; i++)
+                    _mm_prefetch(rows[0] + ((size_t)(P + i) * ld) * esz + koff, _MM_HINT_T0);
+                __m256 r[8];
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++) {
+                    if (f16)
+                        r[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(rows[i] + koff)));
+                    else
+                        r[i] = _mm256_loadu_ps((const float *)(rows[i] + koff));
+                    if (i >= valid) r[i] = _mm256_setzero_ps();
+                }
+                transpose8(r);
+                if (ni == 8) {
+#pragma GCC unroll 8
+                    for (int kk = 0; kk < 8; kk++) _mm256_storeu_ps(dp + (size_t)(k + kk) * P + i0, r[kk]);
+                } else {
+#pragma GCC unroll 8
+                    for (int kk = 0; kk < 8; kk++)
+                        _mm256_maskstore_ps(dp + (size_t)(k + kk) * P + i0, smask, r[kk]);
+                }
+            }
+            for (int k = kfull; k < kc; k++)
+                for (int i = 0; i < ni; i++)
+                    dp[(size_t)k * P + i0 + i] =
+                        i < valid ? ld_el(src, f16, (size_t)(rbase + i) * ld + (size_t)(k0 + k)) : 0.0f;
+        }
+    }
+}
+static __attribute__((target("avx2,f16c"))) void pack_t_avx2(float *dst, int P, const void *src,
+                                                            int f16, size_t ld, int nrows, int k0,
+                                                            int kc) {
+    if (f16) pack_t_avx2_body(dst, P, src, 1, ld, nrows, k0, kc);
+    else pack_t_avx2_body(dst, P, src, 0, ld, nrows, k0, kc);
+}
+#endif
+
 static void pack_t(int isa, float *dst, int P, const void *src, int f16, size_t ld, int nrows,
                    int k0, int kc) {
 #ifdef GEMM_X86
     if (isa == ISA_AVX512) { pack_t_avx512(dst, P, src, f16, ld, nrows, k0, kc); return; }
+    if (isa == ISA_AVX2) { pack_t_avx2(dst, P, src, f16, ld, nrows, k0, kc); return; }
 #endif
     (void)isa;
     pack_t_portable(dst, P, src, f16, ld, nrows, k0, kc);
