@@ -958,7 +958,7 @@ ldm_status ldm_session_run(ldm_session *ss, ldm_job *j) {
                 ldm_backend_precision_name(ss->be), ldm_backend_isa_name(ss->be));
         if (ss->cfg.backend_opts.precision == LDM_PRECISION_BF16 &&
             strcmp(ldm_backend_precision_name(ss->be), "bf16"))
-            ldm_log(1, "note: bf16 asked for, but the %s backend here has no bf16 products "
+            ldm_warn("bf16 asked for, but the %s backend here has no bf16 products "
                        "(AMX or AVX512_BF16): running fp32\n", ldm_backend_name(ss->be));
     }
     r->be = ss->be;
